@@ -1,0 +1,1 @@
+"""Model description and files: hyperparameters, canonical weight names, checkpoint formats."""
