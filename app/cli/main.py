@@ -1,0 +1,51 @@
+"""`gpt2-serve` command line: one module per subcommand, each exposing ``register(subparsers)``.
+
+A subcommand's ``register`` adds its parser and sets ``func=run`` where ``run(args) -> int``.
+Errors meant for users (:class:`app.model.errors.ModelFileError`, ``ValueError`` from bad
+arguments) are printed as one line on stderr with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from app.model.errors import ModelFileError
+
+# Subcommand modules, in the order `--help` lists them.
+SUBCOMMANDS = (
+    "app.cli.generate_cmd",
+    "app.cli.tokenize_cmd",
+    "app.cli.download_cmd",
+    "app.cli.init_model_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt2-serve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet; the others still work
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ModelFileError, ValueError, FileNotFoundError) as exc:
+        print(f"gpt2-serve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
