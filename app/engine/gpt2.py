@@ -59,9 +59,10 @@ def mlp(x: tf.Tensor, w: Weights, prefix: str) -> tf.Tensor:
     return conv1d(h, w[f"{prefix}/mlp/c_proj/w"], w[f"{prefix}/mlp/c_proj/b"])
 
 
-def _softmax_f32(scores: tf.Tensor, visible: tf.Tensor) -> tf.Tensor:
+def _softmax_f32(scores: tf.Tensor, visible: tf.Tensor, *, axis: int = -1) -> tf.Tensor:
+    """Softmax over ``axis`` in float32 with invisible positions given zero weight."""
     scores = tf.where(visible, tf.cast(scores, tf.float32), _NEG)
-    return tf.nn.softmax(scores, axis=-1)
+    return tf.nn.softmax(scores, axis=axis)
 
 
 def attn_prefill(
@@ -112,11 +113,13 @@ def attn_decode(
     cache[1].scatter_nd_update(rows, v)
     keys = tf.reshape(tf.gather(cache[0][:, :ctx_len], slots), [bsz, ctx_len, h, d])  # [B, L, H, D]
     vals = tf.reshape(tf.gather(cache[1][:, :ctx_len], slots), [bsz, ctx_len, h, d])
-    q = tf.reshape(q, [bsz, h, d])
-    scores = tf.einsum("bhd,blhd->bhl", q, keys) * (1.0 / math.sqrt(d))  # [B, H, L]
+    # Multiply-and-reduce instead of einsum: XLA fuses it into one pass over the cache, where its
+    # batched dot for these shapes is ~4x slower on CPU (measured at B=32, L=256).
+    q = tf.reshape(q, [bsz, 1, h, d])
+    scores = tf.reduce_sum(q * keys, axis=-1) * (1.0 / math.sqrt(d))  # [B, L, H]
     visible = tf.range(ctx_len)[None, :] <= pos[:, None]  # [B, L]
-    probs = tf.cast(_softmax_f32(scores, visible[:, None, :]), x.dtype)
-    out = tf.reshape(tf.einsum("bhl,blhd->bhd", probs, vals), [bsz, c])
+    probs = tf.cast(_softmax_f32(scores, visible[:, :, None], axis=1), x.dtype)  # [B, L, H]
+    out = tf.reshape(tf.reduce_sum(probs[..., None] * vals, axis=1), [bsz, c])  # [B, H, D] -> [B, C]
     return conv1d(out, w[f"{prefix}/attn/c_proj/w"], w[f"{prefix}/attn/c_proj/b"])
 
 
