@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from app.engine.memory import InsufficientMemory
 from app.model.errors import ModelFileError
+from app.tokenizer.bundled import BundledFilesError
 
 # Subcommand modules, in the order `--help` lists them.
 SUBCOMMANDS = (
@@ -37,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CPU features, XLA service) is not for CLI users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ModelFileError, ValueError, FileNotFoundError) as exc:
+    except (ModelFileError, ValueError, FileNotFoundError, InsufficientMemory, BundledFilesError) as exc:
         print(f"gpt2-serve {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

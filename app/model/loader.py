@@ -64,6 +64,28 @@ def detect_layout(model_dir: Path | str) -> Layout:
     )
 
 
+def _format_module(model_dir: Path):
+    # Imported here so that finding and describing folders does not pull in TensorFlow.
+    if detect_layout(model_dir) == "openai":
+        from app.model.formats import openai_tf
+
+        return openai_tf.scan_openai_model, openai_tf.stored_tensor, openai_tf.read_openai_model
+    from app.model.formats import hf
+
+    return hf.scan_hf_model, hf.stored_tensor, hf.read_hf_model
+
+
+def read_hparams(model_dir: Path | str) -> HParams:
+    """The folder's hyperparameters, checked against its tensor list, without reading tensor data.
+
+    Lets a memory plan be made (and refused) before gigabytes are read.
+    """
+    scan, stored_tensor, _ = _format_module(Path(model_dir))
+    inv = scan(model_dir)
+    check_inventory(inv, stored_tensor)
+    return inv.hparams
+
+
 def load_weights(
     model_dir: Path | str, *, dtype: npt.DTypeLike = np.float32
 ) -> tuple[HParams, dict[str, np.ndarray]]:
@@ -71,17 +93,9 @@ def load_weights(
 
     The folder's tensor list is checked against its hyperparameters before any tensor data is read.
     """
-    model_dir = Path(model_dir)
-    # Imported here so that finding and describing folders does not pull in TensorFlow.
-    if detect_layout(model_dir) == "openai":
-        from app.model.formats import openai_tf
-
-        check_inventory(openai_tf.scan_openai_model(model_dir), openai_tf.stored_tensor)
-        return openai_tf.read_openai_model(model_dir, dtype=dtype)
-    from app.model.formats import hf
-
-    check_inventory(hf.scan_hf_model(model_dir), hf.stored_tensor)
-    return hf.read_hf_model(model_dir, dtype=dtype)
+    scan, stored_tensor, read = _format_module(Path(model_dir))
+    check_inventory(scan(model_dir), stored_tensor)
+    return read(model_dir, dtype=dtype)
 
 
 def check_inventory(inv: Inventory, stored_tensor: Callable[[str, tuple[int, ...]], StoredTensor]) -> None:

@@ -1,0 +1,97 @@
+"""`gpt2-serve generate`: OpenAI's two sample scripts in one command.
+
+Without ``--prompt`` it samples unconditionally (context ``<|endoftext|>``, as
+``sample_unconditional.py``); with ``--prompt TEXT`` or ``--interactive`` it continues the prompt
+(``interactive_conditional_samples.py``). Samples run with continuous batching, ``--batch-size``
+at a time, and print under ``SAMPLE n`` headers as the original scripts do, or as one JSON object
+per line with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+
+from app.model.default import DEFAULT_NAME, resolve_default
+
+RULE = "=" * 40
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample text from a model", description=__doc__)
+    p.add_argument("--model", default=DEFAULT_NAME, help="model name in --models-dir, or a model folder")
+    p.add_argument("--models-dir", default="model_store")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="text to continue (omit for unconditional samples)")
+    src.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    p.add_argument("--nsamples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--batch-size", type=int, default=1, help="samples generated at once")
+    p.add_argument("--length", type=int, default=None, help="tokens per sample (default n_ctx // 2)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=None, help="sample i uses seed + i")
+    p.add_argument("--ignore-eos", action="store_true", help="do not end a sample at <|endoftext|>")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--device", default=None, help="e.g. CPU:0 or GPU:1 (default: GPU 0 if any, else CPU)")
+    p.add_argument("--json", action="store_true", help="one JSON object per sample: text, token_ids")
+    p.set_defaults(func=run)
+
+
+def _prompts(args: argparse.Namespace) -> Iterator[str | None]:
+    if args.interactive:
+        while True:
+            if sys.stdin.isatty():
+                print("Model prompt >>> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                return
+            text = line.rstrip("\n")
+            if text.strip():
+                yield text
+            else:
+                print("Prompt should not be empty!", file=sys.stderr)
+    else:
+        yield args.prompt
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nsamples < 1 or args.batch_size < 1:
+        raise ValueError("--nsamples and --batch-size must be >= 1")
+    # Imported here: `gpt2-serve --help` should not wait for TensorFlow.
+    from app.engine.batcher import Sequence, generate
+    from app.engine.load import load_model
+    from app.engine.sampling import SamplingParams
+
+    name = resolve_default(args.models_dir) if args.model == DEFAULT_NAME else args.model
+    model = load_model(name, args.models_dir, device=args.device, dtype=args.dtype,
+                       slots=min(args.batch_size, args.nsamples))  # fmt: skip
+    enc, hp = model.encoder, model.hparams
+    length = args.length if args.length is not None else hp.n_ctx // 2
+    if length < 1:
+        raise ValueError(f"--length must be >= 1, got {length}")
+    counter = 0
+    for prompt in _prompts(args):
+        context = enc.encode(prompt) if prompt else [enc.eot_token]
+        seqs = [
+            Sequence(context, length, SamplingParams(
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                seed=None if args.seed is None else args.seed + i,
+            ), stop_at_eos=not args.ignore_eos)
+            for i in range(args.nsamples)
+        ]  # fmt: skip
+        for seq in generate(model.engine, seqs, eos_id=enc.eot_token):
+            counter += 1
+            ids = [t for t in seq.generated if not (seq.finish_reason == "eos_token" and t == enc.eot_token)]
+            text = enc.decode(ids)
+            if args.json:
+                print(json.dumps({"text": text, "token_ids": ids, "finish_reason": seq.finish_reason,
+                                  "seed": seq.seed, "prompt": prompt}), flush=True)  # fmt: skip
+            else:
+                print(f"{RULE} SAMPLE {counter} {RULE}")
+                print(text, flush=True)
+        if args.interactive and not args.json:
+            print("=" * 80, flush=True)
+    return 0

@@ -1,0 +1,59 @@
+"""Load a model folder into a ready worker: plan memory, read weights, build engine and tokenizer.
+
+The memory plan is made from the folder's hyperparameters before any weights are read, so a model
+that cannot fit is refused in a second with a message saying what would fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.engine import devices, memory
+from app.engine.engine import Engine, EngineConfig
+from app.model.hparams import HParams
+from app.model.loader import load_weights, read_hparams, resolve_model_dir
+from app.tokenizer.bpe import Encoder
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    hparams: HParams
+    encoder: Encoder
+    engine: Engine
+    plan: memory.MemoryPlan
+
+    @property
+    def device(self) -> str:
+        return self.engine.config.device or "/CPU:0"
+
+
+def load_model(
+    name_or_path: str | Path,
+    models_dir: str | Path = "model_store",
+    *,
+    device: str | None = None,
+    dtype: str = "float32",
+    slots: int | None = None,
+    memory_limit: int | None = None,
+    prefill_chunk: int = 256,
+) -> LoadedModel:
+    """``memory_limit`` (bytes) overrides what the device reports as free."""
+    path = resolve_model_dir(name_or_path, models_dir)
+    hp = read_hparams(path)
+    device = devices.normalize(device) if device else devices.default_device(0)
+    available = memory_limit if memory_limit is not None else devices.available_memory(device)
+    if slots is None:
+        slots = memory.default_slots(hp, dtype=dtype, available=available) if available else 8
+    plan = memory.plan(hp, slots=slots, dtype=dtype)
+    if available is not None:
+        memory.check_fits(plan, hp, available=available, where=f"{device} for {path.name}")
+    encoder = Encoder.from_dir(path)
+    if encoder.n_vocab != hp.n_vocab:
+        raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
+    _, params = load_weights(path)
+    config = EngineConfig(slots=slots, dtype=dtype, device=device, prefill_chunk=prefill_chunk)
+    engine = Engine(hp, params, config)
+    return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan)

@@ -1,0 +1,104 @@
+"""Sampling: pure functions from one row of logits to the next token.
+
+Order and semantics follow Hugging Face's logits warpers (``TemperatureLogitsWarper``,
+``TopKLogitsWarper``, ``TopPLogitsWarper``) and openai/gpt-2 ``src/sample.py``
+(``top_k_logits``, ``top_p_logits``): temperature, then top-k, then top-p (nucleus: the smallest
+set of most likely tokens whose probability reaches ``top_p``; the token that crosses the
+threshold is kept).
+
+Each request draws from its own ``numpy.random.Generator`` (seeded from its ``seed``), one uniform
+number per token, so a seeded request gives the same tokens whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy (argmax); otherwise logits are divided by it
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0  # nucleus mass in (0, 1]; 1 = off
+    seed: int | None = None  # None: the caller picks one (see ``resolve_seed``) so it can be reported
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k}")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def resolve_seed(seed: int | None, entropy: np.random.Generator | None = None) -> int:
+    """The seed a request will use: its own, or a fresh random one (reported back to the client)."""
+    if seed is not None:
+        return seed
+    return int((entropy or np.random.default_rng()).integers(0, 2**63))
+
+
+def make_rng(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``log p`` of the model's own distribution (temperature 1), float64. ``logits [..., V]``."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def support(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens a draw can return and their probabilities, most likely first.
+
+    ``logits [V]`` -> ``(ids [K] int64, probs [K] float64)`` with ``probs`` summing to 1. Greedy
+    parameters give the single argmax token. Ties are broken by the lower token id.
+    """
+    v = logits.shape[-1]
+    if params.greedy:
+        return np.array([int(np.argmax(logits))]), np.ones(1)
+    if 0 < params.top_k < v:
+        ids = np.argpartition(-logits, params.top_k - 1)[: params.top_k]
+    else:
+        ids = np.arange(v)
+    # Sort candidates by logit descending, then id ascending (deterministic ties).
+    ids = ids[np.lexsort((ids, -logits[ids]))]
+    scaled = logits[ids].astype(np.float64) / params.temperature
+    probs = np.exp(scaled - scaled[0])
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        cum = np.cumsum(probs)
+        keep = min(int(np.searchsorted(cum, params.top_p, side="left")) + 1, len(ids))
+        ids, probs = ids[:keep], probs[:keep] / cum[keep - 1]
+    return ids, probs
+
+
+def draw(ids: np.ndarray, probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw: the token whose cumulative-probability interval contains ``u`` in [0, 1)."""
+    cum = np.cumsum(probs)
+    return int(ids[min(int(np.searchsorted(cum, u * cum[-1], side="right")), len(ids) - 1)])
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """One token from ``logits [V]``. Consumes exactly one uniform number of ``rng`` per call,
+    greedy included, so a request's random stream does not depend on its parameters' path."""
+    u = float(rng.random())
+    if params.greedy:
+        return int(np.argmax(logits))
+    if params.top_k == 0 and params.top_p >= 1.0:
+        # Plain sampling over the whole vocabulary: no sort needed.
+        scaled = logits.astype(np.float64) / params.temperature
+        probs = np.exp(scaled - scaled.max())
+        return draw(np.arange(logits.shape[-1]), probs, u)
+    ids, probs = support(logits, params)
+    return draw(ids, probs, u)
