@@ -112,10 +112,8 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
     def make() -> list[Sequence]:
         return [Sequence(p, 24, sp, stop_at_eos=False) for p, sp in zip(ids, params)]
 
-    alone = []
-    for seq in make():
-        generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=1)), [seq], eos_id=None)
-        alone.append(seq.generated)
+    solo_engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1))
+    alone = [generate(solo_engine, [seq], eos_id=None)[0].generated for seq in make()]
     together = generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=4)), make(), eos_id=None)
     assert [s.generated for s in together] == alone
     # And once more in another order, through a batch that is never full.
