@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.engine.engine import Engine
-from app.engine.sampling import SamplingParams, log_softmax, make_rng, resolve_seed, sample
+from app.engine.sampling import SamplingParams, make_rng, resolve_seed, sample, token_logprob
 
 
 @dataclass(eq=False)
@@ -100,7 +100,7 @@ class Batcher:
 
     def _emit(self, seq: Sequence, logits: np.ndarray) -> TokenEvent:
         token = sample(logits, seq.params, seq._rng)
-        logprob = float(log_softmax(logits)[token])
+        logprob = token_logprob(logits, token)
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         if seq.stop_at_eos and token == self.eos_id:
