@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket service: settings, per-model workers, routes, metrics."""

@@ -1,0 +1,90 @@
+"""All server settings in one object, read once at start-up from ``GPT2_*`` variables and CLI flags.
+
+Lists are comma-separated in the environment (``GPT2_MODELS=124M,355M``); placement is
+``name=device`` pairs (``GPT2_PLACEMENT=124M=GPU:0,355M=GPU:1``). CLI flags of ``gpt2-serve serve``
+override the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPT2_", extra="forbid")
+
+    # What to serve and where.
+    models: Annotated[list[str], NoDecode] = Field(
+        default=["default"], description="model names in models_dir, or model folder paths"
+    )
+    models_dir: Path = Path("model_store")
+    placement: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="model=device pairs; default: model i on GPU i, else CPU"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    slots: int | None = Field(default=None, ge=1, le=1024, description="concurrent sequences per model")
+    queue_size: int = Field(default=64, ge=0, description="requests waiting for a slot, per model")
+    prefill_chunk: int = Field(default=256, ge=16, le=4096, description="longest prompt piece per call")
+    warmup: bool = Field(default=True, description="compile common shapes before reporting ready")
+
+    # Network.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    # Request limits.
+    default_max_new_tokens: int = Field(default=100, ge=1)
+    max_new_tokens_limit: int = Field(default=2048, ge=1)
+    max_stop_sequences: int = Field(default=4, ge=0)
+    max_stop_length: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=2 * 2**20, ge=1024)
+    max_websockets: int = Field(default=256, ge=1)
+    drain_timeout: float = Field(default=30.0, ge=0)
+
+    @field_validator("models", "cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if isinstance(value, str):
+            out = {}
+            for pair in _split(value):
+                name, sep, device = pair.partition("=")
+                if not sep or not name.strip() or not device.strip():
+                    raise ValueError(f"placement entry {pair!r} is not of the form model=DEVICE")
+                out[name.strip()] = device.strip()
+            return out
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.models:
+            raise ValueError("at least one model must be configured")
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("default_max_new_tokens exceeds max_new_tokens_limit")
+        unknown = set(self.placement) - set(self.model_names)
+        if unknown:
+            raise ValueError(f"placement names models that are not served: {', '.join(sorted(unknown))}")
+        if "*" in self.cors_origins and self.api_keys:
+            # Browsers would send credentials to any site; refuse rather than guess.
+            raise ValueError("cors_origins '*' cannot be combined with api_keys")
+        return self
+
+    @property
+    def model_names(self) -> list[str]:
+        """Public name of each configured model: the folder name for paths."""
+        return [Path(m).name if ("/" in m or m.startswith(".")) else m for m in self.models]
