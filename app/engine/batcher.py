@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.engine.engine import Engine
-from app.engine.sampling import SamplingParams, make_rng, resolve_seed, sample, token_logprob
+from app.engine.sampling import (
+    SamplingParams,
+    make_rng,
+    penalize_repetition,
+    resolve_seed,
+    sample,
+    token_logprob,
+)
 
 
 @dataclass(eq=False)
@@ -99,7 +106,12 @@ class Batcher:
         self._release(seq)
 
     def _emit(self, seq: Sequence, logits: np.ndarray) -> TokenEvent:
-        token = sample(logits, seq.params, seq._rng)
+        penalty = seq.params.repetition_penalty
+        if penalty != 1.0:
+            scores = penalize_repetition(logits, seq.prompt_ids + seq.generated, penalty)
+        else:
+            scores = logits
+        token = sample(scores, seq.params, seq._rng)
         logprob = token_logprob(logits, token)
         seq.generated.append(token)
         seq.logprobs.append(logprob)

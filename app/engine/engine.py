@@ -122,6 +122,19 @@ class Engine:
         """How many times the compiled functions have been traced (one per new shape bucket)."""
         return sum(f.experimental_get_tracing_count() for f in (self._prefill_fn, self._decode_fn))
 
+    def warmup(self) -> None:
+        """Compile the shapes of short requests (every prompt-chunk and batch bucket at the smallest
+        context) so the first clients do not wait for XLA. Leaves every slot free."""
+        for n in self.chunk_buckets:
+            if n <= self.ctx_buckets[0]:
+                self.prefill(0, [0] * n)
+        for b in self.batch_buckets:
+            for slot in range(b):
+                self.prefill(slot, [0])
+            self.step({slot: 0 for slot in range(b)})
+        for slot in range(self.slots):
+            self._windows[slot] = None
+
     # ---- compute ----
 
     def prefill(self, slot: int, ids: Sequence[int]) -> np.ndarray:

@@ -24,6 +24,7 @@ class SamplingParams:
     top_k: int = 0  # keep the k most likely tokens; 0 = off
     top_p: float = 1.0  # nucleus mass in (0, 1]; 1 = off
     seed: int | None = None  # None: the caller picks one (see ``resolve_seed``) so it can be reported
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (CTRL); 1 = off
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -32,6 +33,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k}")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
@@ -49,6 +52,19 @@ def resolve_seed(seed: int | None, entropy: np.random.Generator | None = None) -
 
 def make_rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
+
+
+def penalize_repetition(logits: np.ndarray, context: list[int], penalty: float) -> np.ndarray:
+    """CTRL's repetition penalty as transformers' ``RepetitionPenaltyLogitsProcessor`` applies it:
+    for every token present in ``context``, divide a positive logit by ``penalty`` and multiply a
+    negative one. Returns a new array; ``penalty == 1`` returns ``logits`` itself."""
+    if penalty == 1.0 or not context:
+        return logits
+    ids = np.unique(np.asarray(context, dtype=np.int64))
+    out = logits.copy()
+    seen = out[ids]
+    out[ids] = np.where(seen > 0, seen / penalty, seen * penalty)
+    return out
 
 
 def token_logprob(logits: np.ndarray, token: int) -> float:

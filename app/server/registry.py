@@ -1,0 +1,143 @@
+"""The configured models, their state (loading, ready, failed) and their workers.
+
+Models load one after another in a background thread started by the app's lifespan, so the
+server answers ``/health`` and reports ``loading`` while a big model is read. A model that fails
+to load is ``failed`` with its reason; the others serve on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from app.engine import devices
+from app.engine.load import LoadedModel, load_model
+from app.model.default import DEFAULT_NAME, resolve_default
+from app.server.metrics import Metrics
+from app.server.settings import Settings
+from app.server.worker import ModelWorker
+
+log = logging.getLogger("gpt2serve.registry")
+
+State = Literal["loading", "ready", "failed"]
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    name: str  # what clients use in `model`
+    source: str  # as configured: a name in models_dir or a folder path
+    device: str
+    state: State = "loading"
+    reason: str | None = None
+    worker: ModelWorker | None = None
+    loaded_at: float | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self.worker.model if self.worker else None
+
+
+class Registry:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.entries: dict[str, ModelEntry] = {}
+        for i, (source, name) in enumerate(zip(settings.models, settings.model_names)):
+            if name in self.entries:
+                raise ValueError(f"model {name!r} is configured twice")
+            where = settings.placement.get(name)
+            device = devices.normalize(where) if where else devices.default_device(i)
+            self.entries[name] = ModelEntry(name, source, device)
+        self._loader: threading.Thread | None = None
+
+    @property
+    def default(self) -> ModelEntry:
+        return next(iter(self.entries.values()))
+
+    def get(self, name: str | None) -> ModelEntry:
+        if name is None or name == "":
+            return self.default
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UnknownModel(f"unknown model {name!r}; served: {', '.join(self.entries)}") from None
+
+    def ready(self) -> bool:
+        return all(e.state == "ready" for e in self.entries.values())
+
+    def start_loading(self) -> None:
+        self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
+        self._loader.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        if self._loader:
+            self._loader.join(timeout)
+
+    def _load_all(self) -> None:
+        for entry in self.entries.values():
+            self._load(entry)
+
+    def _load(self, entry: ModelEntry) -> None:
+        s = self.settings
+        try:
+            source = resolve_default(s.models_dir) if entry.source == DEFAULT_NAME else entry.source
+            model = load_model(source, s.models_dir, device=entry.device, dtype=s.dtype, slots=s.slots,
+                               prefill_chunk=s.prefill_chunk)  # fmt: skip
+            if s.warmup:
+                model.engine.warmup()
+            worker = ModelWorker(entry.name, model, queue_size=s.queue_size, metrics=self.metrics)
+            worker.start()
+        except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, others go on
+            entry.state, entry.reason = "failed", _reason(exc)
+            log.error("model %s failed to load: %s", entry.name, entry.reason)
+            return
+        entry.worker, entry.state, entry.loaded_at = worker, "ready", time.time()
+        log.info("model %s ready on %s (%d slots)", entry.name, entry.device, model.engine.slots)
+
+    def stop_accepting(self) -> None:
+        for entry in self.entries.values():
+            if entry.worker:
+                entry.worker.stop()
+
+    def join(self, timeout: float) -> bool:
+        """Wait until every worker answered all it accepted; False if time ran out."""
+        deadline = time.monotonic() + timeout
+        ok = True
+        for entry in self.entries.values():
+            if entry.worker:
+                ok &= entry.worker.join(max(0.0, deadline - time.monotonic()))
+        return ok
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for users: the error's own message, no traceback or memory addresses."""
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return text[:500]
+
+
+def describe(entry: ModelEntry) -> dict:
+    """What ``GET /models`` says of one model."""
+    out: dict = {"name": entry.name, "source": entry.source, "device": entry.device, "state": entry.state}
+    if entry.reason:
+        out["reason"] = entry.reason
+    model = entry.model
+    if model is not None:
+        worker = entry.worker
+        out.update(
+            path=str(Path(model.path)),
+            hparams=model.hparams.__dict__,
+            dtype=model.engine.config.dtype,
+            slots={"busy": worker.active, "total": model.engine.slots},
+            queue={"length": worker.queued, "capacity": worker.queue_size},
+            memory_plan=model.plan.as_dict(),
+        )
+    return out
