@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "app.cli.tokenize_cmd",
     "app.cli.download_cmd",
     "app.cli.init_model_cmd",
+    "app.cli.serve_cmd",
 )
 
 

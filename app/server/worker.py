@@ -54,6 +54,7 @@ class Token:
     text: str  # text released by this token (may be empty: held back or a split character)
     logprob: float
     special: bool
+    finish_reason: str | None = None  # set on a request's last token; its Done follows at once
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,8 @@ class ModelWorker:
             text += live.text.finish()
         if self.metrics:
             self.metrics.generated_tokens.labels(self.name).inc()
-        live.handle.deliver(Token(len(seq.generated) - 1, event.token_id, text, event.logprob, special))
+        live.handle.deliver(Token(len(seq.generated) - 1, event.token_id, text, event.logprob, special,
+                                  seq.finish_reason))  # fmt: skip
         if seq.finished:
             self._finish(live, Done(seq.finish_reason, live.text.text, list(seq.generated),
                                     len(seq.prompt_ids), seq.seed))  # fmt: skip

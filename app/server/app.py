@@ -1,0 +1,68 @@
+"""The FastAPI application factory. ``main``-style: builds the app and nothing else.
+
+Models load in the lifespan (in a background thread, so ``/health`` answers while they load),
+never at import. On shutdown the server stops accepting, lets every accepted request finish
+within ``drain_timeout``, then stops the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.server import errors
+from app.server.metrics import Metrics
+from app.server.registry import Registry
+from app.server.settings import Settings
+from app.server.state import ServerState
+
+log = logging.getLogger("gpt2serve")
+
+ROUTERS = (
+    "app.server.routes.tgi",
+    "app.server.routes.system",
+    "app.server.routes.ws",
+    "app.server.routes.openai",
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        metrics = Metrics()
+        state = ServerState(settings, metrics, Registry(settings, metrics))
+        app.state.server = state
+        state.registry.start_loading()
+        try:
+            yield
+        finally:
+            await drain(state)
+
+    app = FastAPI(title="gpt2-serve", version=__version__, lifespan=lifespan,
+                  description="GPT-2 text generation: TGI- and OpenAI-compatible routes and a WebSocket stream.")  # fmt: skip
+    errors.install(app)
+    for name in ROUTERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet
+                continue
+            raise
+        app.include_router(module.router)
+    return app
+
+
+async def drain(state: ServerState) -> None:
+    """Refuse new work, let accepted requests finish within the drain timeout, stop the workers."""
+    state.draining = True
+    state.registry.stop_accepting()
+    finished = await asyncio.to_thread(state.registry.join, state.settings.drain_timeout)
+    if not finished:
+        log.warning("drain timeout (%.0f s) passed with requests still running", state.settings.drain_timeout)

@@ -1,0 +1,97 @@
+"""One error shape per API family, for every failure, never a traceback.
+
+TGI routes and our own: ``{"error": message, "error_type": type}``. OpenAI routes (``/v1/...``):
+``{"error": {"message", "type", "param", "code"}}``. Messages are short (capped) and built from
+what was wrong and where, never from the offending input itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("gpt2serve.errors")
+
+MAX_MESSAGE = 300
+
+# error_type -> (TGI-style status, OpenAI type)
+KINDS = {
+    "validation": (422, "invalid_request_error"),
+    "not_found": (404, "invalid_request_error"),
+    "unauthorized": (401, "authentication_error"),
+    "overloaded": (429, "rate_limit_error"),
+    "unavailable": (503, "service_unavailable"),
+    "too_large": (413, "invalid_request_error"),
+    "generation": (424, "server_error"),
+    "internal": (500, "server_error"),
+}
+
+
+class APIError(Exception):
+    def __init__(self, error_type: str, message: str, *, param: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = cap(message)
+        self.param = param
+        self.status = status or KINDS[error_type][0]
+
+
+def cap(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def error_response(request: Request, err: APIError, headers: dict | None = None) -> JSONResponse:
+    if is_openai(request):
+        status = 400 if err.error_type == "validation" else err.status
+        body = {"error": {"message": err.message, "type": KINDS[err.error_type][1], "param": err.param,
+                          "code": err.error_type}}  # fmt: skip
+    else:
+        status = err.status
+        body = {"error": err.message, "error_type": err.error_type}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    """First problem as ``"<where>: <what>"`` (pydantic's message, not the input value)."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    where = ".".join(loc) or "body"
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "json_invalid":
+        where, msg = "body", "invalid JSON"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return cap(f"{where}: {msg}{more}"), (loc[-1] if loc else None)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, param = describe_validation(exc)
+        return error_response(request, APIError("validation", message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        kind = {401: "unauthorized", 404: "not_found", 413: "too_large", 429: "overloaded",
+                503: "unavailable"}.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")  # fmt: skip
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(request, APIError(kind, detail, status=exc.status_code), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, APIError("internal", "internal server error"))

@@ -1,0 +1,55 @@
+"""Operations: ``GET /health``, ``GET /ready``, ``GET /models``, ``GET /metrics``."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.server.registry import describe
+from app.server.state import StateDep
+
+router = APIRouter(tags=["operations"])
+
+STUCK_AFTER = 120.0  # seconds one compute call may take before health calls the worker stuck
+
+
+@router.get("/health")
+async def health(state: StateDep):
+    """200 while the process and every loaded worker are responsive; 503 names the first that is not."""
+    now = time.monotonic()
+    for entry in state.registry.entries.values():
+        w = entry.worker
+        if w is None:
+            continue
+        if not w.alive and not state.draining:
+            return JSONResponse({"status": "error", "error": f"worker of model {entry.name} is dead"}, 503)
+        if w.busy_since is not None and now - w.busy_since > STUCK_AFTER:
+            return JSONResponse({"status": "error", "error": f"worker of model {entry.name} is stuck"}, 503)
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(state: StateDep):
+    """200 once every model is loaded and the server is not draining; 503 with each model's state."""
+    states = {e.name: e.state for e in state.registry.entries.values()}
+    if state.draining:
+        return JSONResponse({"status": "draining", "models": states}, 503)
+    if not state.registry.ready():
+        return JSONResponse({"status": "not ready", "models": states}, 503)
+    return {"status": "ready", "models": states}
+
+
+@router.get("/models")
+async def models(state: StateDep):
+    """Every configured model: source, hparams, device, dtype, state (with the reason when failed),
+    slots busy/total, queue length and memory plan."""
+    return {"models": [describe(e) for e in state.registry.entries.values()]}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: StateDep):
+    """Prometheus text format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,35 @@
+"""What routes need from the running server, reached through one FastAPI dependency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request, WebSocket
+
+from app.server.metrics import Metrics
+from app.server.registry import Registry
+from app.server.settings import Settings
+
+
+@dataclass(eq=False)
+class ServerState:
+    settings: Settings
+    metrics: Metrics
+    registry: Registry
+    draining: bool = False
+    started: float = field(default_factory=time.time)
+    websockets: int = 0  # open /stream connections (uvicorn does not count them)
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def get_ws_state(websocket: WebSocket) -> ServerState:
+    return websocket.app.state.server
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+WsStateDep = Annotated[ServerState, Depends(get_ws_state)]
