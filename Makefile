@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed-test
 MODELS_DIR ?= model_store
-MODEL  ?= default
+MODELS ?= default
+PORT   ?= 8000
 
-.PHONY: install run test lint bench-engine clean
+.PHONY: install run generate test lint bench-engine bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +22,10 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: install
-	$(VENV)/bin/gpt2-serve generate --models-dir $(MODELS_DIR) --model $(MODEL) --prompt "$${PROMPT:-The meaning of life is}" --length 40
+	$(VENV)/bin/gpt2-serve serve --models $(MODELS) --models-dir $(MODELS_DIR) --port $(PORT)
+
+generate: install
+	$(VENV)/bin/gpt2-serve generate --models-dir $(MODELS_DIR) --model $(MODELS) --prompt "$${PROMPT:-The meaning of life is}" --length 40
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,6 +13,7 @@ FLAGS = {  # flag -> (settings field, help)
     "--models-dir": ("models_dir", "folder of model folders (GPT2_MODELS_DIR)"),
     "--placement": ("placement", "model=DEVICE pairs, e.g. 124M=GPU:0,355M=GPU:1 (GPT2_PLACEMENT)"),
     "--dtype": ("dtype", "float32 | float16 | bfloat16 (GPT2_DTYPE)"),
+    "--cpu-devices": ("cpu_devices", "split the CPU into N logical devices (GPT2_CPU_DEVICES)"),
     "--slots": ("slots", "concurrent sequences per model (GPT2_SLOTS; default: sized from memory)"),
     "--queue-size": ("queue_size", "requests waiting per model (GPT2_QUEUE_SIZE)"),
     "--host": ("host", "GPT2_HOST"),

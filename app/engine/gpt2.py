@@ -84,8 +84,10 @@ def attn_prefill(
     rows = tf.stack([tf.fill([t_len], slot), write_pos], axis=1)  # [T, 2]
     cache[0].scatter_nd_update(rows, k)
     cache[1].scatter_nd_update(rows, v)
-    keys = tf.reshape(cache[0][slot, :ctx_len], [ctx_len, h, d])  # [L, H, D]
-    vals = tf.reshape(cache[1][slot, :ctx_len], [ctx_len, h, d])
+    # gather, not cache[slot]: XLA would take a sliced index as a compile-time constant and
+    # compile one program per slot.
+    keys = tf.reshape(tf.gather(cache[0][:, :ctx_len], slot), [ctx_len, h, d])  # [L, H, D]
+    vals = tf.reshape(tf.gather(cache[1][:, :ctx_len], slot), [ctx_len, h, d])
     q = tf.reshape(q, [t_len, h, d])  # [T, H, D]
     scores = tf.einsum("thd,lhd->htl", q, keys) * (1.0 / math.sqrt(d))  # [H, T, L]
     qpos = start + tf.range(t_len)  # [T]

@@ -36,6 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.cpu_devices > 1:
+            from app.engine.devices import split_cpu
+
+            split_cpu(settings.cpu_devices)  # must precede any TensorFlow op in this process
         metrics = Metrics()
         state = ServerState(settings, metrics, Registry(settings, metrics))
         app.state.server = state

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=0, description="requests waiting for a slot, per model")
     prefill_chunk: int = Field(default=256, ge=16, le=4096, description="longest prompt piece per call")
     warmup: bool = Field(default=True, description="compile common shapes before reporting ready")
+    cpu_devices: int = Field(default=1, ge=1, le=64, description=(
+        "split the CPU into this many logical devices (CPU:0..N-1) to place models apart without GPUs"))
 
     # Network.
     host: str = "127.0.0.1"
