@@ -36,5 +36,8 @@ lint: install
 bench-engine: install
 	$(PY) bench/engine.py
 
+bench-serve: install
+	$(PY) bench/serve.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

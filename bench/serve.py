@@ -1,0 +1,168 @@
+"""Serving benchmark (`make bench-serve`): WebSocket clients against a real server process.
+
+Method. A GPT-2 124M-shaped model with random weights is written to a temporary folder and served
+by ``gpt2-serve serve`` in a child process (slots = 32, warm-up on). For each client count C
+(32 first, then 1, 8 and 64 by default) C WebSocket clients start at once; each sends one request
+(a 32-token prompt, 128 new tokens, top_k 40, its own seed) and records when each token arrives.
+Reported per run: aggregate generated tokens/s (all tokens / wall time from first send to last
+``done``), time to first token p50/p99 and inter-token latency p50/p99.
+
+Baseline, measured in the same run: this engine's offline batched throughput at the same batch
+size (``min(C, slots)`` sequences through :func:`app.engine.batcher.generate` in this process,
+same model, prompts and sampling) while the server is idle. The ratio server/offline shows what
+the serving layer (scheduling, detokenizing, WebSocket I/O) costs. Target: >= 0.8 at 32 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from app.engine.batcher import Sequence, generate  # noqa: E402
+from app.engine.load import load_model  # noqa: E402
+from app.engine.sampling import SamplingParams  # noqa: E402
+from app.model.hparams import PRESETS, HParams  # noqa: E402
+from app.model.random_init import write_random_model  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompts(n: int, length: int, vocab: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, vocab - 1, length).tolist() for _ in range(n)]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def one_client(url: str, ids: list[int], new_tokens: int, seed: int, decode) -> dict:
+    text = decode(ids)
+    async with websockets.connect(url, max_size=None) as ws:
+        t0 = time.perf_counter()
+        await ws.send(json.dumps({"type": "generate", "inputs": text, "parameters": {
+            "max_new_tokens": new_tokens, "do_sample": True, "top_k": 40, "seed": seed}}))  # fmt: skip
+        stamps, done = [], None
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg["type"] == "token":
+                stamps.append(time.perf_counter())
+            elif msg["type"] == "done":
+                done = msg
+                break
+            else:
+                raise RuntimeError(f"server error: {msg}")
+    return {"start": t0, "stamps": stamps, "done": done}
+
+
+async def run_clients(url: str, c: int, all_prompts, new_tokens: int, decode) -> dict:
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one_client(url, all_prompts[i % len(all_prompts)], new_tokens, i, decode)
+                                     for i in range(c)))  # fmt: skip
+    wall = time.perf_counter() - t0
+    tokens = sum(len(r["stamps"]) for r in results)
+    ttft = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
+    itl = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
+    return {"clients": c, "tokens": tokens, "wall": wall, "tok_s": tokens / wall,
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99)}  # fmt: skip
+
+
+def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float:
+    def seqs():
+        return [Sequence(all_prompts[i % len(all_prompts)], new_tokens, SamplingParams(top_k=40, seed=i),
+                         stop_at_eos=False) for i in range(batch)]  # fmt: skip
+
+    generate(model.engine, seqs(), eos_id=None)  # compile this batch's shapes
+    t0 = time.perf_counter()
+    done = generate(model.engine, seqs(), eos_id=None)
+    return sum(len(s.generated) for s in done) / (time.perf_counter() - t0)
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError("server not ready")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="32,1,8,64")
+    ap.add_argument("--slots", type=int, default=32)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--tiny", action="store_true", help="2-layer model instead of the 124M shape (quick check)")
+    args = ap.parse_args()
+    hp = HParams(n_ctx=256, n_embd=128, n_head=4, n_layer=2) if args.tiny else PRESETS["124M"]
+    counts = [int(c) for c in args.clients.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = write_random_model(Path(tmp) / "bench-124M", hp, seed=0)
+        port = free_port()
+        base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/stream"
+        cmd = [sys.executable, "-m", "app.cli.main", "serve", "--models", str(model_dir), "--port", str(port),
+               "--slots", str(args.slots), "--queue-size", "256", "--log-level", "warning"]  # fmt: skip
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+        try:
+            wait_ready(base, proc)
+            model = load_model(model_dir, slots=args.slots)
+            decode = model.encoder.decode
+            all_prompts = prompts(64, args.prompt_tokens, hp.n_vocab)
+            # Warm the server's larger buckets too (the first run is not timed).
+            asyncio.run(run_clients(url, max(counts), all_prompts, 8, decode))
+            rows = []
+            for c in counts:
+                served = asyncio.run(run_clients(url, c, all_prompts, args.new_tokens, decode))
+                offline = offline_throughput(model, min(c, args.slots), all_prompts, args.new_tokens)
+                served["offline_tok_s"] = offline
+                served["ratio"] = served["tok_s"] / offline
+                rows.append(served)
+                print(f"clients {c}: {served['tok_s']:.1f} tok/s served, {offline:.1f} offline", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+    print(f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
+          f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}\n")  # fmt: skip
+    print("| clients | served tok/s | offline tok/s (batch) | ratio | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['tok_s']:.1f} | {r['offline_tok_s']:.1f} ({min(r['clients'], args.slots)}) | "
+              f"{r['ratio']:.2f} | {r['ttft_p50'] * 1e3:.0f} ms | {r['ttft_p99'] * 1e3:.0f} ms | "
+              f"{r['itl_p50'] * 1e3:.0f} ms | {r['itl_p99'] * 1e3:.0f} ms |")  # fmt: skip
+    at32 = [r for r in rows if r["clients"] == 32]
+    if at32:
+        print(f"\ntarget ratio >= 0.8 at 32 clients: {'met' if at32[0]['ratio'] >= 0.8 else 'not met'} "
+              f"({at32[0]['ratio']:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
