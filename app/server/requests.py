@@ -30,10 +30,14 @@ def build_request(
     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
     seed: int | None = None, stop: list[str] | None = None, do_sample: bool = False,
     repetition_penalty: float | None = None, truncate: int | None = None, stop_at_eos: bool = True,
+    prompt_ids: list[int] | None = None,
 ) -> GenerationRequest:  # fmt: skip
     """Sampling happens when ``do_sample`` is set or any sampling knob is given (TGI's rule);
-    otherwise decoding is greedy. ``temperature == 0`` is greedy whatever else is set."""
-    if not inputs:
+    otherwise decoding is greedy. ``temperature == 0`` is greedy whatever else is set.
+
+    ``prompt_ids`` (already token ids, e.g. an OpenAI token-id prompt) is used instead of encoding
+    ``inputs``; every id must be in the vocabulary."""
+    if prompt_ids is None and not inputs:
         raise APIError("validation", "inputs: must not be empty", param="inputs")
     model = worker.model
     n_ctx = model.hparams.n_ctx
@@ -50,7 +54,17 @@ def build_request(
         if not s or len(s) > settings.max_stop_length:
             raise APIError("validation", f"stop: each stop sequence must have 1 to {settings.max_stop_length} characters",
                            param="stop")  # fmt: skip
-    ids = model.encoder.encode(inputs)
+    if prompt_ids is None:
+        ids = model.encoder.encode(inputs)
+    else:
+        n_vocab = model.hparams.n_vocab
+        if not prompt_ids:
+            raise APIError("validation", "inputs: must not be empty", param="inputs")
+        bad = next((i for i in prompt_ids if not 0 <= i < n_vocab), None)
+        if bad is not None:
+            raise APIError("validation", f"inputs: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
+                           param="inputs")  # fmt: skip
+        ids = list(prompt_ids)
     if truncate is not None:
         if not 1 <= truncate <= n_ctx:
             raise APIError("validation", f"truncate must be between 1 and {n_ctx}, got {truncate}", param="truncate")
