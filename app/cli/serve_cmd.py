@@ -7,6 +7,7 @@ environment.
 from __future__ import annotations
 
 import argparse
+import signal
 
 FLAGS = {  # flag -> (settings field, help)
     "--models": ("models", "comma-separated model names or folders (GPT2_MODELS)"),
@@ -53,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ValueError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    # uvicorn handles SIGTERM (stop accepting, drain, lifespan shutdown), then restores the previous
+    # handler and raises the signal again. With this handler in place, a drained SIGTERM ends the
+    # process normally (exit 0) rather than by the signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=settings.drain_timeout + 5)  # fmt: skip

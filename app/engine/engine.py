@@ -61,7 +61,10 @@ class Engine:
         self.window_keep = keep
         self.ctx_buckets = power_buckets(64, hp.n_ctx)
         self.chunk_buckets = power_buckets(16, min(config.prefill_chunk, hp.n_ctx))
-        self.batch_buckets = power_buckets(1, config.slots)
+        # Never fewer than 2 rows: XLA runs a single row through a matrix-vector kernel whose
+        # rounding differs from the matrix-matrix one (measured: 2e-7), while 2..S rows give
+        # bit-identical rows. So a request's tokens do not depend on how many others share a step.
+        self.batch_buckets = power_buckets(2, max(2, config.slots))
         self._windows: list[list[int] | None] = [None] * config.slots
         with self._placement():
             self._w = {

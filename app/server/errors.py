@@ -27,6 +27,7 @@ KINDS = {
     "unavailable": (503, "service_unavailable"),
     "too_large": (413, "invalid_request_error"),
     "generation": (424, "server_error"),
+    "cancelled": (499, "invalid_request_error"),  # the client closed the request; nobody reads this
     "internal": (500, "server_error"),
 }
 

@@ -12,7 +12,7 @@ from app.server.errors import APIError
 from app.server.requests import build_request, ready_worker
 from app.server.schemas import tgi
 from app.server.state import ServerState, StateDep
-from app.server.streaming import collect, guarded, sse
+from app.server.streaming import ClientGone, collect, guarded, sse
 from app.server.worker import Done, Failed, ModelWorker, Overloaded, RequestHandle, Token, Unavailable
 
 router = APIRouter(tags=["TGI"])
@@ -66,7 +66,11 @@ def raise_failed(event: Failed) -> None:
 async def run_to_end(request: Request, state: ServerState, body: tgi.GenerateRequest,
                      route: str) -> tgi.GenerateResponse:  # fmt: skip
     worker, handle = submit(state, body, route)
-    tokens, end = await collect(request, handle)
+    try:
+        tokens, end = await collect(request, handle)
+    except ClientGone:
+        state.metrics.requests.labels(route, worker.name, "cancelled").inc()
+        raise APIError("cancelled", "client closed the request") from None
     state.metrics.requests.labels(route, worker.name, "ok" if isinstance(end, Done) else "error").inc()
     if isinstance(end, Failed):
         raise_failed(end)
