@@ -1,0 +1,255 @@
+"""``ws /stream``: our own WebSocket protocol (messages in :mod:`app.server.schemas.ws`, JSON Schema
+in ``docs/ws-protocol.schema.json``).
+
+One connection carries requests one after another. Each connection has two coroutines:
+
+* a reader that receives every client frame as soon as it arrives: it acts on ``cancel`` at once
+  and on a disconnect at once (both cancel the streaming request, so the worker frees its slot at
+  the next step boundary), and queues ``generate`` messages (parsed and validated) for
+* the handler, which runs one request at a time: submits it to the model's worker and forwards the
+  request's events (read on the event loop from :meth:`RequestHandle.events`, never sent from the
+  worker thread) as ``token`` messages and one ``done`` or ``error``.
+
+Refusals: a validation problem answers ``error`` and keeps the connection; an overloaded model
+answers ``error`` "overloaded" and closes with 1013 (try again later); a draining server answers
+``error`` "unavailable" and closes with 1012 (service restart). Connections beyond
+``max_websockets`` are refused the same way as an overloaded model (uvicorn's
+``--limit-concurrency`` does not count WebSockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from app.server.errors import APIError, cap
+from app.server.requests import build_request, ready_worker
+from app.server.schemas import ws as proto
+from app.server.state import ServerState, WsStateDep
+from app.server.worker import Done, Overloaded, RequestHandle, Token, Unavailable
+
+log = logging.getLogger("gpt2serve.ws")
+
+router = APIRouter(tags=["WebSocket"])
+
+ROUTE = "/stream"
+MAX_AHEAD = 16  # generate messages a client may send ahead while one request streams
+CLOSE_OVERLOADED = 1013  # "try again later"
+CLOSE_RESTART = 1012  # "service restart"
+CLOSE_POLICY = 1008  # policy violation: too many requests sent ahead
+# What sending or receiving raises once the connection is gone (Starlette: WebSocketDisconnect, or
+# RuntimeError after a close; the server's transport: OSError).
+CONNECTION_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+
+
+class _Gone(Exception):
+    """The client disconnected, or the server closed the connection."""
+
+
+class _Connection:
+    def __init__(self, websocket: WebSocket, state: ServerState):
+        self.ws = websocket
+        self.state = state
+        # Parsed generate messages, or errors to answer, in arrival order; None: the client left.
+        self.inbox: asyncio.Queue[proto.GenerateMessage | proto.ErrorMessage | None] = asyncio.Queue()
+        self.current: tuple[RequestHandle, str | None] | None = None  # streaming now: handle, client id
+        self.gone = False
+        self.flooded = False
+
+    # ---- the reader ----
+
+    async def read(self) -> None:
+        try:
+            await self._receive_frames()
+        except CONNECTION_ERRORS:
+            pass
+        except Exception:  # noqa: BLE001 - never leave the handler waiting on a dead reader
+            log.exception("WebSocket reader failed")
+        finally:
+            if not self.flooded:
+                self.gone = True
+            self.cancel(None)
+            self.inbox.put_nowait(None)
+
+    async def _receive_frames(self) -> None:
+        while True:
+            frame = await self.ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            message = self.parse(frame)
+            if isinstance(message, proto.CancelMessage):
+                self.cancel(message.id)
+            elif self.inbox.qsize() >= MAX_AHEAD:
+                self.flooded = True  # stop reading; the handler closes once the current request ended
+                return
+            else:
+                self.inbox.put_nowait(message)
+
+    def cancel(self, request_id: str | None) -> None:
+        if self.current is not None and request_id in (None, self.current[1]):
+            self.current[0].cancel()
+
+    def parse(self, frame: dict) -> proto.GenerateMessage | proto.CancelMessage | proto.ErrorMessage:
+        text = frame.get("text")
+        if text is None:
+            return proto.ErrorMessage(error_type="validation", message="messages must be JSON objects in text frames")
+        limit = self.state.settings.max_body_bytes
+        if len(text) > limit or len(text.encode()) > limit:
+            return proto.ErrorMessage(error_type="too_large", message=f"message is larger than {limit} bytes")
+        try:
+            return proto.client_message.validate_json(text)
+        except ValidationError as exc:
+            return proto.ErrorMessage(error_type="validation", message=describe(exc), request_id=_id_of(text))
+
+    # ---- the handler ----
+
+    async def serve(self) -> None:
+        reader = asyncio.create_task(self.read(), name="ws-reader")
+        try:
+            while True:
+                message = await self.inbox.get()
+                if self.gone:
+                    return
+                if self.flooded:
+                    await self.refuse("validation", f"more than {MAX_AHEAD} requests sent ahead", None,
+                                      CLOSE_POLICY)  # fmt: skip
+                    return
+                if message is None:
+                    return
+                if isinstance(message, proto.ErrorMessage):
+                    await self.send(message)
+                elif not await self.run(message):
+                    return
+        except _Gone:
+            pass
+        finally:
+            self.cancel(None)
+            reader.cancel()
+            await asyncio.wait({reader})
+
+    async def run(self, msg: proto.GenerateMessage) -> bool:
+        """One request, start to end. False when the connection was closed (refused)."""
+        rid = msg.id
+        state, p = self.state, msg.parameters
+        if state.draining:
+            await self.refuse("unavailable", "the server is shutting down", rid, CLOSE_RESTART)
+            return False
+        try:
+            entry, worker = ready_worker(state.registry, p.model)
+            req = build_request(worker, state.settings, inputs=msg.inputs, max_new_tokens=p.max_new_tokens,
+                                temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=p.stop,
+                                do_sample=p.do_sample, repetition_penalty=p.repetition_penalty,
+                                truncate=p.truncate)  # fmt: skip
+        except APIError as exc:
+            await self.send(proto.ErrorMessage(error_type=exc.error_type, message=exc.message, request_id=rid))
+            return True
+        try:
+            handle = worker.submit(req)
+        except Overloaded as exc:
+            state.metrics.rejected.labels(entry.name, "overloaded").inc()
+            await self.refuse("overloaded", str(exc), rid, CLOSE_OVERLOADED)
+            return False
+        except Unavailable as exc:
+            state.metrics.rejected.labels(entry.name, "unavailable").inc()
+            await self.send(proto.ErrorMessage(error_type="unavailable", message=cap(str(exc)), request_id=rid))
+            return True
+        self.current = (handle, rid)
+        outcome = "cancelled"
+        try:
+            async for event in handle.events():
+                if isinstance(event, Token):
+                    await self.send(proto.TokenMessage(index=event.index, id=event.id, text=event.text,
+                                                       logprob=event.logprob, special=event.special, request_id=rid))  # fmt: skip
+                elif isinstance(event, Done):
+                    outcome = "cancelled" if event.finish_reason == "cancelled" else "ok"
+                    text = msg.inputs + event.generated_text if p.return_full_text else event.generated_text
+                    # The worker reports seed 0 for a request cancelled before it started.
+                    seed = None if req.sampling.greedy else event.seed if event.token_ids else req.sampling.seed
+                    await self.send(proto.DoneMessage(
+                        finish_reason=event.finish_reason, generated_text=text, seed=seed, request_id=rid,
+                        usage=proto.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+                    ))  # fmt: skip
+                else:
+                    outcome = "error"
+                    await self.send(proto.ErrorMessage(error_type=event.error_type, message=cap(event.message),
+                                                       request_id=rid))  # fmt: skip
+        finally:
+            self.current = None
+            handle.cancel()  # a no-op once the request ended; frees the slot if we stopped early
+            state.metrics.requests.labels(ROUTE, entry.name, outcome).inc()
+        return True
+
+    async def send(self, message: proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage) -> None:
+        if self.gone:
+            raise _Gone
+        try:
+            await self.ws.send_text(message.model_dump_json())
+        except CONNECTION_ERRORS:
+            self.gone = True
+            raise _Gone from None
+
+    async def refuse(self, error_type: str, message: str, request_id: str | None, code: int) -> None:
+        await self.send(proto.ErrorMessage(error_type=error_type, message=cap(message), request_id=request_id))
+        await close(self.ws, code, error_type)
+        self.gone = True
+
+
+async def refuse_connection(websocket: WebSocket, error_type: str, message: str, code: int) -> None:
+    try:
+        await websocket.send_text(proto.ErrorMessage(error_type=error_type, message=message).model_dump_json())
+    except CONNECTION_ERRORS:
+        return
+    await close(websocket, code, error_type)
+
+
+async def close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await websocket.close(code=code, reason=reason)
+
+
+def describe(exc: ValidationError) -> str:
+    """First problem as ``"<field>: <what>"`` (pydantic's message, never the input value)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return "invalid JSON"
+    loc = [str(p) for p in first["loc"]]
+    if loc and loc[0] in ("generate", "cancel"):  # the union's tag, not a field
+        loc = loc[1:]
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return cap(f"{'.'.join(loc) or 'message'}: {first['msg']}{more}")
+
+
+def _id_of(text: str) -> str | None:
+    """The client's ``id`` of a message that failed validation, to echo with the error."""
+    try:
+        value = json.loads(text).get("id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) and len(value) <= 256 else None
+
+
+@router.websocket(ROUTE)
+async def stream(websocket: WebSocket, state: WsStateDep):
+    """Generate over a WebSocket: send ``generate`` messages, receive ``token`` messages and one
+    ``done`` (or ``error``) per request; ``cancel`` stops the streaming request."""
+    await websocket.accept()
+    limit = state.settings.max_websockets
+    if state.draining:
+        await refuse_connection(websocket, "unavailable", "the server is shutting down", CLOSE_RESTART)
+        return
+    if state.websockets >= limit:
+        log.warning("refusing a WebSocket: %d connections open (limit %d)", state.websockets, limit)
+        await refuse_connection(websocket, "overloaded", f"too many WebSocket connections (limit {limit})",
+                                CLOSE_OVERLOADED)  # fmt: skip
+        return
+    state.websockets += 1
+    try:
+        await _Connection(websocket, state).serve()
+    finally:
+        state.websockets -= 1
