@@ -13,10 +13,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.server import errors
 from app.server.metrics import Metrics
+from app.server.middleware import ApiKeys, BodyLimit, RequestId
 from app.server.registry import Registry
 from app.server.settings import Settings
 from app.server.state import ServerState
@@ -52,6 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gpt2-serve", version=__version__, lifespan=lifespan,
                   description="GPT-2 text generation: TGI- and OpenAI-compatible routes and a WebSocket stream.")  # fmt: skip
     errors.install(app)
+    # Outermost last: request id wraps everything, then auth, then the body limit.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_keys:
+        # Probes (health, readiness) stay open: they reveal only up/down and model states.
+        public = ("/health", "/ready") + (() if settings.protect_metrics else ("/metrics",))
+        app.add_middleware(ApiKeys, keys=[k.get_secret_value() for k in settings.api_keys], public=public)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           allow_credentials="*" not in settings.cors_origins)  # fmt: skip
+    app.add_middleware(RequestId)
     for name in ROUTERS:
         try:
             module = importlib.import_module(name)

@@ -90,6 +90,11 @@ def install(app: FastAPI) -> None:
         kind = {401: "unauthorized", 404: "not_found", 413: "too_large", 429: "overloaded",
                 503: "unavailable"}.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")  # fmt: skip
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI turns any body it cannot read into a generic 400; say what was wrong.
+            cause = exc.__cause__
+            problem = "not valid UTF-8" if isinstance(cause, UnicodeDecodeError) else "could not be read as JSON"
+            return error_response(request, APIError("validation", f"body: {problem}"))
         return error_response(request, APIError(kind, detail, status=exc.status_code), headers=exc.headers)
 
     @app.exception_handler(Exception)

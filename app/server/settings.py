@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    protect_metrics: bool = Field(default=False, description="require an API key for /metrics too")
 
     # Request limits.
     default_max_new_tokens: int = Field(default=100, ge=1)

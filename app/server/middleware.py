@@ -1,0 +1,147 @@
+"""Cross-cutting HTTP/WebSocket guards, as one pure-ASGI middleware each.
+
+* :class:`RequestId` gives every request an id (the client's ``x-request-id`` when it sends a sane
+  one), echoes it in the response header and puts it in the access log line.
+* :class:`ApiKeys` requires ``Authorization: Bearer <key>`` on every route except ``/health``
+  (and ``/metrics`` unless configured), WebSocket handshakes included (a refused handshake is
+  closed with 1008 before it is accepted). Keys are compared as SHA-256 digests with
+  ``hmac.compare_digest`` against every configured key, so timing says nothing about them; they
+  are never logged.
+* :class:`BodyLimit` answers 413 for bodies over the limit, by ``Content-Length`` or while reading.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses and WebSockets pass untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("gpt2serve.access")
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+async def _json(send: Send, status: int, body: dict, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _error_body(path: str, message: str, error_type: str, openai_type: str) -> dict:
+    if path.startswith("/v1/"):
+        return {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}
+    return {"error": message, "error_type": error_type}
+
+
+class RequestId:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        given = _header(scope, b"x-request-id")
+        rid = given if given and _SANE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.monotonic()
+        status = {"code": 0}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info("%s %s %s %s %.1fms", rid, scope.get("method", "WS"), scope["path"], status["code"] or "-",
+                     (time.monotonic() - started) * 1e3)  # fmt: skip
+
+
+class ApiKeys:
+    def __init__(self, app: ASGIApp, keys: Iterable[str], *, public: Iterable[str] = ("/health",)):
+        self.app = app
+        self._digests = [_digest(k) for k in keys]
+        self._public = frozenset(public)
+
+    def allowed(self, scope: Scope) -> bool:
+        auth = _header(scope, b"authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        d = _digest(token.strip())
+        # Compare with every key (no early exit), so timing does not tell which or how many matched.
+        return bool(sum(hmac.compare_digest(d, k) for k in self._digests))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self._public or self.allowed(scope):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})
+            return
+        body = _error_body(scope["path"], "missing or invalid API key", "unauthorized", "authentication_error")
+        await _json(send, 401, body, [(b"www-authenticate", b"Bearer")])
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"request body is larger than {self.max_bytes} bytes"
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _json(send, 413, _error_body(scope["path"], message, "too_large", "invalid_request_error"))
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body reading as is (other errors become
+                    # a 400), so the app's handler answers it in the route family's error shape.
+                    raise HTTPException(413, message)
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPException as exc:
+            if exc.status_code != 413 or started:
+                raise
+            await _json(send, 413, _error_body(scope["path"], message, "too_large", "invalid_request_error"))
