@@ -25,6 +25,15 @@ def ready_worker(registry: Registry, name: str | None) -> tuple[ModelEntry, Mode
     return entry, entry.worker
 
 
+def check_text(text: str, param: str) -> None:
+    """JSON may carry lone surrogates (``"\\ud800"``), which are no Unicode text: refuse them here
+    instead of failing in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError("validation", f"{param}: not valid Unicode text (a lone surrogate)", param=param) from None
+
+
 def build_request(
     worker: ModelWorker, settings: Settings, *, inputs: str, max_new_tokens: int | None,
     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -39,6 +48,7 @@ def build_request(
     ``inputs``; every id must be in the vocabulary."""
     if prompt_ids is None and not inputs:
         raise APIError("validation", "inputs: must not be empty", param="inputs")
+    check_text(inputs, "inputs")
     model = worker.model
     n_ctx = model.hparams.n_ctx
     limit = settings.max_new_tokens_limit
@@ -54,6 +64,7 @@ def build_request(
         if not s or len(s) > settings.max_stop_length:
             raise APIError("validation", f"stop: each stop sequence must have 1 to {settings.max_stop_length} characters",
                            param="stop")  # fmt: skip
+        check_text(s, "stop")
     if prompt_ids is None:
         ids = model.encoder.encode(inputs)
     else:

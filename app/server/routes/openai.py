@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from app.server.errors import KINDS, APIError, cap
 from app.server.registry import UnknownModel
-from app.server.requests import build_request, ready_worker
+from app.server.requests import build_request, check_text, ready_worker
 from app.server.schemas import openai as oa
 from app.server.state import ServerState, StateDep
 from app.server.streaming import ClientGone, collect
@@ -77,6 +77,7 @@ def _encode_text(worker: ModelWorker, text: str) -> list[int]:
 def _prompt(worker: ModelWorker, prompt: str | list[int]) -> tuple[str, list[int]]:
     """(text echo prepends, token ids) of one prompt."""
     if isinstance(prompt, str):
+        check_text(prompt, "prompt")
         return prompt, _encode_text(worker, prompt)
     if not prompt:
         raise APIError("validation", "prompt: a token-id prompt must not be empty", param="prompt")

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from app import __version__
 from app.server.errors import APIError
-from app.server.requests import build_request, ready_worker
+from app.server.requests import build_request, check_text, ready_worker
 from app.server.schemas import tgi
 from app.server.state import ServerState, StateDep
 from app.server.streaming import ClientGone, collect, guarded, sse
@@ -150,6 +150,7 @@ async def info(state: StateDep):
 async def tokenize(body: tgi.TokenizeRequest, state: StateDep):
     """Token ids of ``inputs`` with each token's text and character offsets."""
     _, worker = ready_worker(state.registry, body.parameters.model if body.parameters else None)
+    check_text(body.inputs, "inputs")
     enc = worker.model.encoder
     out, pos = [], 0
     for i in enc.encode(body.inputs):
