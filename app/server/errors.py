@@ -70,7 +70,7 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     where = ".".join(loc) or "body"
     msg = first.get("msg", "invalid value")
     if first.get("type") == "json_invalid":
-        where, msg = "body", "invalid JSON"
+        where, msg, loc = "body", "invalid JSON", []  # loc is ("body", <character offset>): no parameter
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return cap(f"{where}: {msg}{more}"), (loc[-1] if loc else None)
 
