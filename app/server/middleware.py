@@ -77,6 +77,16 @@ class RequestId:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if scope["type"] != "http" or status["code"]:
+                raise
+            # Answered here, inside this wrapper, so the 500 carries the request id too and the
+            # connection stays usable (Starlette's outermost handler re-raises to uvicorn, which
+            # then drops the keep-alive connection under the client).
+            logging.getLogger("gpt2serve.errors").exception("unhandled error on %s %s", scope.get("method"),
+                                                            scope["path"])  # fmt: skip
+            await _json(send_with_id, 500, _error_body(scope["path"], "internal server error", "internal",
+                                                       "server_error"))  # fmt: skip
         finally:
             log.info("%s %s %s %s %.1fms", rid, scope.get("method", "WS"), scope["path"], status["code"] or "-",
                      (time.monotonic() - started) * 1e3)  # fmt: skip
