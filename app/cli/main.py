@@ -23,6 +23,9 @@ SUBCOMMANDS = (
     "app.cli.download_cmd",
     "app.cli.init_model_cmd",
     "app.cli.serve_cmd",
+    "app.cli.encode_cmd",
+    "app.cli.train_cmd",
+    "app.cli.export_cmd",
 )
 
 

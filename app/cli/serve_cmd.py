@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from app.server.app import create_app
     from app.server.settings import Settings
+    from app.server.shutdown import GracefulServer
 
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in FLAGS.items()}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -54,11 +55,17 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ValueError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    # uvicorn handles SIGTERM (stop accepting, drain, lifespan shutdown), then restores the previous
-    # handler and raises the signal again. With this handler in place, a drained SIGTERM ends the
-    # process normally (exit 0) rather than by the signal.
+    # On SIGTERM the server drains first (new requests refused, accepted ones finish within
+    # drain_timeout: app.server.shutdown), then uvicorn shuts down and the lifespan stops the
+    # workers; uvicorn then restores the previous handler and raises the signal again. With this
+    # handler in place, a drained SIGTERM ends the process normally (exit 0) rather than by the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=settings.drain_timeout + 5)  # fmt: skip
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=settings.drain_timeout + 5)  # fmt: skip
+    server = GracefulServer(config, app)
+    server.run()
+    if not server.started:
+        return 3  # could not start (e.g. the port is taken); uvicorn logged why
     return 0

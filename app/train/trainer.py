@@ -48,6 +48,7 @@ class TrainConfig:
     top_k: int = 40
     val_every: int = 0  # 0 = never (when a validation set is given: every this many steps)
     val_batches: int = 8  # fixed validation windows averaged for the validation loss
+    jit_compile: bool = False  # XLA for the training step
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "accumulate_gradients", "save_every", "sample_length", "sample_num", "val_batches"):
@@ -95,8 +96,10 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir, max_to_keep=3)
         self.compute_dtype = {"float32": tf.float32, "mixed_float16": tf.float16,
                               "mixed_bfloat16": tf.bfloat16}[cfg.precision]  # fmt: skip
-        self._grad_fn = tf.function(self._loss_and_grads)
-        self._loss_fn = tf.function(self._loss)
+        # XLA (``--xla``) can fuse the 50257-way softmax and cross-entropy passes, at a compile cost
+        # per run; off by default (no gain measured here on 2 busy cores, and tests build many runs).
+        self._grad_fn = tf.function(self._loss_and_grads, jit_compile=cfg.jit_compile)
+        self._loss_fn = tf.function(self._loss, jit_compile=cfg.jit_compile)
 
     # ---- checkpoints ----
 

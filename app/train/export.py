@@ -1,0 +1,87 @@
+"""Turn a training run into a servable model folder (OpenAI's layout) with a model card."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from app.model.formats.openai_tf import write_openai_model
+from app.model.hparams import HParams, param_shapes
+from app.tokenizer.bundled import bundled_bpe_files
+from app.train.trainer import Weights
+
+
+def read_run(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training run at {run_dir} (expected {path.name})")
+    return json.loads(path.read_text())
+
+
+def last_losses(run_dir: Path) -> tuple[int, float | None, float | None]:
+    """(steps, last training loss, last validation loss) from the run's ``losses.csv``."""
+    steps, loss, val = 0, None, None
+    path = run_dir / "losses.csv"
+    if path.is_file():
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                steps, loss = int(row["step"]), float(row["loss"])
+                if row["val_loss"]:
+                    val = float(row["val_loss"])
+    return steps, loss, val
+
+
+def export_run(run_dir: Path | str, name: str, models_dir: Path | str = "model_store") -> Path:
+    """Write the run's latest weights to ``models_dir/name`` (OpenAI layout) with ``MODEL_CARD.md``."""
+    run_dir = Path(run_dir)
+    hp = HParams(**read_run(run_dir)["hparams"])
+    latest = tf.train.latest_checkpoint(str(run_dir))
+    if latest is None:
+        raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
+    weights = Weights({k: np.zeros(s, np.float32) for k, s in param_shapes(hp).items()})
+    tf.train.Checkpoint(weights=weights).restore(latest).expect_partial().assert_existing_objects_matched()
+    params = {k: v.numpy() for k, v in weights.v.items()}
+    dest = Path(models_dir) / name
+    if dest.exists() and any(dest.iterdir()):
+        raise ValueError(f"{dest} already exists; choose another --name or remove it")
+    encoder_json, vocab_bpe = bundled_bpe_files()
+    write_openai_model(dest, hp, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
+    write_model_card(dest, run_dir, name)
+    return dest
+
+
+def write_model_card(dest: Path, run_dir: Path, name: str, samples: list[str] | None = None) -> Path:
+    info = read_run(run_dir)
+    steps, loss, val = last_losses(run_dir)
+    path = dest / "MODEL_CARD.md"
+    path.write_text(model_card(name, info, HParams(**info["hparams"]), steps, loss, val, samples or []))
+    return path
+
+
+def model_card(name: str, info: dict, hp: HParams, steps: int, loss: float | None, val: float | None,
+               samples: list[str]) -> str:  # fmt: skip
+    cfg = info["config"]
+    lines = [
+        f"# {name}",
+        "",
+        f"GPT-2 fine-tuned with gpt2-serve's trainer ({datetime.now(timezone.utc).date().isoformat()}).",
+        "",
+        f"- Trained on: `{info['dataset']}`",
+        f"- Started from: `{info['source_model']}`",
+        f"- Size: {hp.n_layer} layers, width {hp.n_embd}, {hp.n_head} heads, context {hp.n_ctx}, "
+        f"vocabulary {hp.n_vocab} (GPT-2's BPE); {hp.n_params():,} parameters",
+        f"- Steps: {steps} (batch {cfg['batch_size']} x {cfg['accumulate_gradients']} accumulated, "
+        f"windows of {cfg['context'] or hp.n_ctx} tokens, {cfg['optimizer']} at learning rate {cfg['learning_rate']})",
+        f"- Final training loss: {loss:.4f}" if loss is not None else "- Final training loss: n/a",
+        f"- Validation loss: {val:.4f}" if val is not None else "- Validation loss: not measured",
+    ]
+    if samples:
+        lines += ["", "## Samples", ""]
+        for i, text in enumerate(samples, 1):
+            lines += [f"### Sample {i}", "", "```", text.strip(), "```", ""]
+    return "\n".join(lines) + "\n"
