@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
 
-WORDS = "the king queen rode out at dawn with his knights and people of town came to gate see them go".split()
+WORDS = ["the", "king", "queen", "rode", "out", "at", "dawn", "with", "his", "knights", "and", "people", "of", "town", "came", "to", "gate", "see", "them", "go"]
 
 
 def rss_bytes(pid: int) -> int:
