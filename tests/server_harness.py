@@ -45,11 +45,17 @@ def tiny_settings(model_dir: str | Path, **overrides) -> Settings:
 
 @contextmanager
 def running_server(settings: Settings, *, app: FastAPI | None = None, ready_timeout: float = 120.0,
-                   log_level: str = "warning") -> Iterator[str]:  # fmt: skip
-    """Serve ``app`` (default: ``create_app(settings)``) on a free port; yield its base URL once ready."""
+                   log_level: str = "warning", send_buffer: int | None = None) -> Iterator[str]:  # fmt: skip
+    """Serve ``app`` (default: ``create_app(settings)``) on a free port; yield its base URL once ready.
+
+    ``send_buffer`` sets SO_SNDBUF of the listening socket, which accepted connections inherit
+    (no kernel autotuning): a client that stops reading then backs up into the server in kilobytes
+    rather than megabytes."""
     app = app or create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10)

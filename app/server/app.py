@@ -2,7 +2,9 @@
 
 Models load in the lifespan (in a background thread, so ``/health`` answers while they load),
 never at import. On shutdown the server stops accepting, lets every accepted request finish
-within ``drain_timeout``, then stops the workers.
+within ``drain_timeout``, then stops the workers. ``gpt2-serve serve`` drains on SIGTERM before
+uvicorn's own shutdown closes the WebSockets (:mod:`app.server.shutdown`); the lifespan's
+:func:`drain` then finds nothing left to wait for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app.server.metrics import Metrics
 from app.server.middleware import ApiKeys, BodyLimit, RequestId
 from app.server.registry import Registry
 from app.server.settings import Settings
+from app.server.shutdown import RefuseWhileDraining, begin_drain, remaining
 from app.server.state import ServerState
 
 log = logging.getLogger("gpt2serve")
@@ -54,8 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gpt2-serve", version=__version__, lifespan=lifespan,
                   description="GPT-2 text generation: TGI- and OpenAI-compatible routes and a WebSocket stream.")  # fmt: skip
     errors.install(app)
-    # Outermost last: request id wraps everything, then auth, then the body limit.
+    # Outermost last: request id wraps everything, then auth, then the drain refusal, then the body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RefuseWhileDraining)  # 503 for new HTTP requests once draining
     if settings.api_keys:
         # Probes (health, readiness) stay open: they reveal only up/down and model states.
         public = ("/health", "/ready") + (() if settings.protect_metrics else ("/metrics",))
@@ -77,9 +81,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def drain(state: ServerState) -> None:
-    """Refuse new work, let accepted requests finish within the drain timeout, stop the workers."""
-    state.draining = True
-    state.registry.stop_accepting()
-    finished = await asyncio.to_thread(state.registry.join, state.settings.drain_timeout)
+    """Refuse new work, let accepted requests finish within the drain timeout, stop the workers.
+
+    Idempotent with :func:`app.server.shutdown.begin_drain`: when a drain began earlier (SIGTERM),
+    this waits only for what is left of the same drain timeout."""
+    begin_drain(state)
+    finished = await asyncio.to_thread(state.registry.join, remaining(state))
     if not finished:
         log.warning("drain timeout (%.0f s) passed with requests still running", state.settings.drain_timeout)

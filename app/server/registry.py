@@ -58,6 +58,7 @@ class Registry:
             device = devices.normalize(where) if where else devices.default_device(i)
             self.entries[name] = ModelEntry(name, source, device)
         self._loader: threading.Thread | None = None
+        self._stopping = False  # stop_accepting was called: a model that finishes loading later stops too
 
     @property
     def default(self) -> ModelEntry:
@@ -101,9 +102,12 @@ class Registry:
             log.error("model %s failed to load: %s", entry.name, entry.reason)
             return
         entry.worker, entry.state, entry.loaded_at = worker, "ready", time.time()
+        if self._stopping:  # the server began shutting down while this model loaded
+            worker.stop()
         log.info("model %s ready on %s (%d slots)", entry.name, entry.device, model.engine.slots)
 
     def stop_accepting(self) -> None:
+        self._stopping = True
         for entry in self.entries.values():
             if entry.worker:
                 entry.worker.stop()

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_stop_length: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=2 * 2**20, ge=1024)
     max_websockets: int = Field(default=256, ge=1)
+    ws_max_buffered_tokens: int = Field(default=256, ge=1, description=(
+        "token messages that may wait to be sent to one WebSocket client; more closes it with 1008"))
     drain_timeout: float = Field(default=30.0, ge=0)
 
     @field_validator("models", "cors_origins", "api_keys", mode="before")

@@ -21,6 +21,8 @@ class ServerState:
     draining: bool = False
     started: float = field(default_factory=time.time)
     websockets: int = 0  # open /stream connections (uvicorn does not count them)
+    ws_requests: int = 0  # /stream requests submitted and not yet answered with their last message
+    drain_deadline: float | None = None  # time.monotonic() by which the drain ends (app.server.shutdown)
 
 
 def get_state(request: Request) -> ServerState:

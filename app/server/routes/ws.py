@@ -8,7 +8,12 @@ One connection carries requests one after another. Each connection has two corou
   the next step boundary), and queues ``generate`` messages (parsed and validated) for
 * the handler, which runs one request at a time: submits it to the model's worker and forwards the
   request's events (read on the event loop from :meth:`RequestHandle.events`, never sent from the
-  worker thread) as ``token`` messages and one ``done`` or ``error``.
+  worker thread) as ``token`` messages and one ``done`` or ``error``. It puts them in an outbox
+  that a sender task writes to the socket, so a client that stops reading (``send`` then waits
+  for as long as the client does) blocks only its own sender: when more than
+  ``ws_max_buffered_tokens`` token messages wait in the outbox, the request is cancelled (its slot
+  freed) and the connection closed with 1008 (the close frame goes out when the client reads
+  again; after ``CLOSE_TIMEOUT`` the handler gives up waiting for that and leaves).
 
 Refusals: a validation problem answers ``error`` and keeps the connection; an overloaded model
 answers ``error`` "overloaded" and closes with 1013 (try again later); a draining server answers
@@ -41,7 +46,8 @@ ROUTE = "/stream"
 MAX_AHEAD = 16  # generate messages a client may send ahead while one request streams
 CLOSE_OVERLOADED = 1013  # "try again later"
 CLOSE_RESTART = 1012  # "service restart"
-CLOSE_POLICY = 1008  # policy violation: too many requests sent ahead
+CLOSE_POLICY = 1008  # policy violation: too many requests sent ahead, or a client too slow to read
+CLOSE_TIMEOUT = 10.0  # seconds to wait for the close frame of a too-slow client to go out
 # What sending or receiving raises once the connection is gone (Starlette: WebSocketDisconnect, or
 # RuntimeError after a close; the server's transport: OSError).
 CONNECTION_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
@@ -159,30 +165,59 @@ class _Connection:
             await self.send(proto.ErrorMessage(error_type="unavailable", message=cap(str(exc)), request_id=rid))
             return True
         self.current = (handle, rid)
+        state.ws_requests += 1  # until its last message is sent (the drain waits for it)
+        outbox: asyncio.Queue[proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage | None] = asyncio.Queue()
+        sender = asyncio.create_task(self.send_all(outbox), name="ws-sender")
+        limit = state.settings.ws_max_buffered_tokens
         outcome = "cancelled"
         try:
             async for event in handle.events():
+                if sender.done():  # the connection is gone; awaiting the sender below says so
+                    break
                 if isinstance(event, Token):
-                    await self.send(proto.TokenMessage(index=event.index, id=event.id, text=event.text,
-                                                       logprob=event.logprob, special=event.special, request_id=rid))  # fmt: skip
+                    outbox.put_nowait(proto.TokenMessage(index=event.index, id=event.id, text=event.text,
+                                                         logprob=event.logprob, special=event.special, request_id=rid))  # fmt: skip
+                    if outbox.qsize() > limit:
+                        outcome = "slow_client"
+                        break
                 elif isinstance(event, Done):
                     outcome = "cancelled" if event.finish_reason == "cancelled" else "ok"
                     text = msg.inputs + event.generated_text if p.return_full_text else event.generated_text
                     # The worker reports seed 0 for a request cancelled before it started.
                     seed = None if req.sampling.greedy else event.seed if event.token_ids else req.sampling.seed
-                    await self.send(proto.DoneMessage(
+                    outbox.put_nowait(proto.DoneMessage(
                         finish_reason=event.finish_reason, generated_text=text, seed=seed, request_id=rid,
                         usage=proto.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
                     ))  # fmt: skip
                 else:
                     outcome = "error"
-                    await self.send(proto.ErrorMessage(error_type=event.error_type, message=cap(event.message),
-                                                       request_id=rid))  # fmt: skip
+                    outbox.put_nowait(proto.ErrorMessage(error_type=event.error_type, message=cap(event.message),
+                                                         request_id=rid))  # fmt: skip
+            if outcome != "slow_client":
+                outbox.put_nowait(None)
+                await sender  # every message sent; _Gone if the client left
         finally:
             self.current = None
             handle.cancel()  # a no-op once the request ended; frees the slot if we stopped early
+            sender.cancel()  # a no-op once it finished; stops a send blocked on a client that does not read
+            await asyncio.wait({sender})
+            if not sender.cancelled():
+                sender.exception()  # retrieved: a _Gone there was acted on above (or the handler is ending)
+            state.ws_requests -= 1
             state.metrics.requests.labels(ROUTE, entry.name, outcome).inc()
+        if outcome == "slow_client":
+            log.warning("closing a WebSocket that does not read: more than %d token messages waiting", limit)
+            self.gone = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(close(self.ws, CLOSE_POLICY, f"client too slow: more than {limit} messages waiting"),
+                                       CLOSE_TIMEOUT)  # fmt: skip
+            return False
         return True
+
+    async def send_all(self, outbox: asyncio.Queue) -> None:
+        """The sender task of one request: its messages in order, until ``None``."""
+        while (message := await outbox.get()) is not None:
+            await self.send(message)
 
     async def send(self, message: proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage) -> None:
         if self.gone:
