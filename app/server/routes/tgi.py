@@ -146,7 +146,8 @@ async def info(state: StateDep):
                     version=__version__, models=list(state.registry.entries))  # fmt: skip
 
 
-@router.post("/tokenize", response_model=list[tgi.SimpleToken])
+@router.post("/tokenize", response_model=list[tgi.SimpleToken],
+             responses={422: {"model": tgi.ErrorResponse}, 503: {"model": tgi.ErrorResponse}})
 async def tokenize(body: tgi.TokenizeRequest, state: StateDep):
     """Token ids of ``inputs`` with each token's text and character offsets."""
     _, worker = ready_worker(state.registry, body.parameters.model if body.parameters else None)
