@@ -1,0 +1,115 @@
+"""Contract tests: Schemathesis against ``/openapi.json`` of a real running server (uvicorn, the tiny
+real GPT-2), with positive and negative data for every operation. Two checks on every response:
+no server error (``not_a_server_error``) and the response matches what the OpenAPI document
+declares for its status (``response_schema_conformance``).
+
+Schemathesis's pytest plugin (``schema.parametrize``) does not run under this pytest version, so
+the tests use its Python API: each operation's Hypothesis strategy (``as_strategy``) under our own
+``@given``. Kept fast and deterministic: ``max_new_tokens_limit`` is 16 (larger values get a quick
+422/400), 25 examples per operation and mode, Hypothesis derandomized, no example database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from app.server.app import create_app
+from tests.server_harness import running_server, tiny_settings
+
+CHECKS = [not_a_server_error, response_schema_conformance]
+EXAMPLES = 25
+
+
+def server_settings(model_dir):
+    return tiny_settings(model_dir, slots=4, queue_size=64, max_new_tokens_limit=16, default_max_new_tokens=4,
+                         max_body_bytes=64 * 1024)  # fmt: skip
+
+
+# The operations, known at collection time from the app's own document (no server needed for that;
+# the tests themselves load the document the running server serves).
+OPERATIONS = sorted(
+    (path, method.upper())
+    for path, item in create_app(server_settings("unused")).openapi()["paths"].items()
+    for method in item
+)
+
+
+@dataclass
+class Api:
+    url: str
+    schema: schemathesis.BaseSchema
+
+
+@pytest.fixture(scope="module")
+def api(tiny_dirs):
+    settings_ = server_settings(tiny_dirs["openai"])
+    with running_server(settings_) as url:
+        served = httpx.get(f"{url}/openapi.json", timeout=10, trust_env=False).json()
+        assert sorted((p, m.upper()) for p, item in served["paths"].items() for m in item) == OPERATIONS
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        yield Api(url, schema)
+
+
+def test_every_route_is_covered():
+    assert ("POST", "/generate") in {(m, p) for p, m in OPERATIONS}
+    assert {p for p, _ in OPERATIONS} >= {"/generate", "/generate_stream", "/", "/tokenize", "/info", "/health",
+                                          "/ready", "/models", "/metrics", "/v1/completions", "/v1/models",
+                                          "/v1/models/{model}"}  # fmt: skip
+
+
+def test_error_responses_are_declared_with_the_family_shape():
+    """What conformance checks an error body against: the route family's error model (FastAPI's
+    default ``HTTPValidationError`` for 422 has no required field, so any body would pass it)."""
+    doc = create_app(server_settings("unused")).openapi()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            family = "openai" if path.startswith("/v1/") else "tgi"
+            for status, response in op["responses"].items():
+                if not status.startswith(("4", "5")) or (family == "openai" and status == "422"):
+                    continue  # FastAPI adds a 422 to /v1 operations; they answer 400 instead
+                ref = response["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith(f"__{family}__ErrorResponse"), (method, path, status, ref)
+            if op.get("requestBody") and family == "tgi":
+                assert "422" in op["responses"], (method, path)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+@pytest.mark.parametrize(("path", "method"), OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
+def test_contract(api, path, method, mode):
+    operation = api.schema[path][method]
+    if mode is GenerationMode.NEGATIVE and not _has_inputs(operation):
+        pytest.skip(f"{method} {path} takes no parameters or body: there is no invalid input to generate")
+    seen: list[int] = []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def run(case):
+        response = case.call_and_validate(base_url=api.url, checks=CHECKS, timeout=60)
+        seen.append(response.status_code)
+
+    try:
+        run()
+    except Unsatisfiable:
+        if mode is GenerationMode.NEGATIVE and not operation.body:
+            # e.g. GET /v1/models/{model}: every string is a valid model name in the document.
+            pytest.skip(f"{method} {path}: its parameters accept every value, so there is no invalid input")
+        raise
+    assert seen, "no example ran"
+    if mode is GenerationMode.NEGATIVE and operation.body:
+        assert all(400 <= s < 500 for s in seen), f"invalid bodies must be refused: {sorted(set(seen))}"
+    if mode is GenerationMode.POSITIVE and method == "POST":
+        assert 200 in seen, f"no valid request succeeded, so no success body was checked: {sorted(set(seen))}"
+
+
+def _has_inputs(operation) -> bool:
+    return bool(operation.body) or any(True for _ in operation.iter_parameters())
