@@ -3,6 +3,9 @@
 * SIGTERM to a real ``gpt2-serve serve`` process with two WebSocket streams and one SSE stream
   running and one ``/generate`` queued: readiness and new requests answer 503 / ``unavailable``
   at once, every accepted request finishes whole, and the process exits 0 within the drain timeout.
+* :class:`GracefulServer` in this process (the test calls ``handle_exit`` as the signal would): a
+  request still running at the drain timeout is cut (WebSocket close 1012) and the server stops
+  soon after; a second signal stops it at once.
 * A WebSocket client that stops reading is closed with 1008 once more than
   ``ws_max_buffered_tokens`` token messages wait for it; its slot is freed and another client's
   stream completes meanwhile.
@@ -18,17 +21,22 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 import websockets
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from app.model.random_init import write_random_model
 from app.server.app import create_app
+from app.server.shutdown import GracefulServer
 from tests.conftest import TINY
 from tests.server_harness import metric, running_server, tiny_settings, wait_for_metric
 
@@ -170,6 +178,81 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---- the drain timeout and a second signal (GracefulServer in this process) ----
+
+
+@contextmanager
+def graceful_server(settings) -> Iterator[tuple[str, GracefulServer, threading.Thread]]:
+    """GracefulServer on a free port in a thread (no signal handlers there: the test calls
+    ``handle_exit`` as the signal would); yields once ready."""
+    app = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = GracefulServer(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=settings.drain_timeout + 5), app)  # fmt: skip
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not become ready"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/ready", timeout=2, trust_env=False).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield url, server, thread
+    finally:
+        server.should_exit = server.force_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def long_stream(url: str, tokens: int = 2000):
+    """A WebSocket request still running when the test acts, after its first token arrived."""
+    conn = connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10, max_queue=None)
+    conn.send(json.dumps({"inputs": "A long story", "parameters": {"max_new_tokens": tokens}}))
+    assert json.loads(conn.recv(timeout=60))["type"] == "token"
+    return conn
+
+
+def closed_code(conn) -> int:
+    """Read until the server closes; its close code."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            conn.recv(timeout=30)
+    return info.value.rcvd.code
+
+
+def test_drain_timeout_ends_what_is_still_running(tiny_dirs):
+    settings = tiny_settings(tiny_dirs["openai"], slots=2, drain_timeout=2.0)
+    with graceful_server(settings) as (url, server, thread):
+        conn = long_stream(url)
+        signalled = time.monotonic()
+        server.handle_exit(signal.SIGTERM, None)
+        assert httpx.get(f"{url}/ready", timeout=5, trust_env=False).status_code == 503
+        assert not server.should_exit  # draining, not exiting yet
+        assert closed_code(conn) == 1012  # cut at the drain timeout: uvicorn closes the WebSocket
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        elapsed = time.monotonic() - signalled
+        assert settings.drain_timeout <= elapsed < settings.drain_timeout + 10, elapsed
+
+
+def test_second_signal_exits_at_once(tiny_dirs):
+    settings = tiny_settings(tiny_dirs["openai"], slots=2, drain_timeout=60.0)
+    with graceful_server(settings) as (url, server, thread):
+        conn = long_stream(url)
+        server.handle_exit(signal.SIGTERM, None)
+        assert httpx.get(f"{url}/ready", timeout=5, trust_env=False).status_code == 503
+        signalled = time.monotonic()
+        server.handle_exit(signal.SIGTERM, None)
+        assert server.should_exit and server.force_exit
+        assert closed_code(conn) == 1012
+        thread.join(timeout=30)
+        assert not thread.is_alive() and time.monotonic() - signalled < 15
 
 
 # ---- slow readers ----
