@@ -61,9 +61,10 @@ class Engine:
         self.window_keep = keep
         self.ctx_buckets = power_buckets(64, hp.n_ctx)
         self.chunk_buckets = power_buckets(16, min(config.prefill_chunk, hp.n_ctx))
-        # Never fewer than 2 rows: XLA runs a single row through a matrix-vector kernel whose
-        # rounding differs from the matrix-matrix one (measured: 2e-7), while 2..S rows give
-        # bit-identical rows. So a request's tokens do not depend on how many others share a step.
+        # Decode runs rows 0..b-1 (row = slot). Never fewer than 2 rows: XLA runs a single row
+        # through a matrix-vector kernel whose rounding differs from the matrix-matrix one
+        # (measured: 2e-7), while 2..16 rows give bit-identical rows, so a request's tokens do not
+        # depend on how many others share a step. With one slot, row 1 is an idle scratch row.
         self.batch_buckets = power_buckets(2, max(2, config.slots))
         self._windows: list[list[int] | None] = [None] * config.slots
         with self._placement():
@@ -73,7 +74,8 @@ class Engine:
                 for name in param_shapes(hp)
             }  # fmt: skip
             # Row n_ctx of each slot is scratch: prompt padding writes land there, never read.
-            shape = [config.slots, hp.n_ctx + 1, hp.n_embd]
+            # One slot row per batch row (with one slot, a second, scratch row: see batch_buckets).
+            shape = [self.batch_buckets[-1], hp.n_ctx + 1, hp.n_embd]
             self._cache = [
                 (tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_k"),
                  tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_v"))
@@ -88,8 +90,8 @@ class Engine:
         return gpt2.prefill(self._w, self._cache, tokens, hp=self.hp, slot=slot, start=start,
                             n_valid=n_valid, ctx_len=ctx_len)  # fmt: skip
 
-    def _decode_graph(self, tokens, slots, pos, ctx_len: int):
-        return gpt2.decode(self._w, self._cache, tokens, hp=self.hp, slots=slots, pos=pos, ctx_len=ctx_len)
+    def _decode_graph(self, tokens, pos, ctx_len: int):
+        return gpt2.decode(self._w, self._cache, tokens, hp=self.hp, pos=pos, ctx_len=ctx_len)
 
     def _placement(self):
         return tf.device(self.config.device) if self.config.device else contextlib.nullcontext()
@@ -132,9 +134,10 @@ class Engine:
             if n <= self.ctx_buckets[0]:
                 self.prefill(0, [0] * n)
         for b in self.batch_buckets:
-            for slot in range(b):
+            stepping = range(min(b, self.slots))
+            for slot in stepping:
                 self.prefill(slot, [0])
-            self.step({slot: 0 for slot in range(b)})
+            self.step({slot: 0 for slot in stepping})
         for slot in range(self.slots):
             self._windows[slot] = None
 
@@ -204,18 +207,17 @@ class Engine:
         return out
 
     def _decode(self, slots: list[int], tokens: list[int], pos: list[int]) -> np.ndarray:
-        n = len(slots)
-        b_bucket = round_up(n, self.batch_buckets)
-        ctx_len = round_up(max(pos) + 1, self.ctx_buckets)
-        # Padding rows repeat row 0 exactly (same slot, token, position): they write the same
-        # key/value to the same place, so they change nothing.
-        pad = b_bucket - n
-        with self._placement():
-            logits = self._decode_fn(
-                tf.constant(tokens + tokens[:1] * pad, tf.int32),
-                tf.constant(slots + slots[:1] * pad, tf.int32),
-                tf.constant(pos + pos[:1] * pad, tf.int32),
-                ctx_len,
-            )
-        return logits.numpy()[:n]
+        """Run slots ``0..b-1`` (b: the bucket above the highest slot stepping) in one call.
 
+        Slots are handed out lowest first, so the rows in use are mostly contiguous; rows with
+        nothing to do write to the scratch row (``pos = n_ctx``) and are dropped.
+        """
+        b_bucket = round_up(max(slots) + 1, self.batch_buckets)
+        ctx_len = round_up(max(pos) + 1, self.ctx_buckets)
+        tok = np.zeros([b_bucket], np.int32)
+        where = np.full([b_bucket], self.hp.n_ctx, np.int32)
+        tok[slots] = tokens
+        where[slots] = pos
+        with self._placement():
+            logits = self._decode_fn(tf.constant(tok), tf.constant(where), ctx_len)
+        return logits.numpy()[slots]

@@ -98,23 +98,25 @@ def attn_prefill(
 
 
 def attn_decode(
-    x: tf.Tensor, w: Weights, prefix: str, cache: LayerCache, *, hp: HParams,
-    slots: tf.Tensor, pos: tf.Tensor, ctx_len: int,
+    x: tf.Tensor, w: Weights, prefix: str, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int,
 ) -> tf.Tensor:  # fmt: skip
-    """Self-attention for one new token per row: ``x [B, C]``, row b in slot ``slots[b]`` at ``pos[b]``.
+    """Self-attention for one new token per slot: row b of ``x [B, C]`` is slot b, at ``pos[b]``.
 
-    Each row attends over its own cache positions ``[0, pos[b]]``; positions up to ``ctx_len`` are
-    read and the rest masked, so a row's result does not depend on the other rows' values.
+    Rows are slots ``0..B-1`` so the cache is read as one contiguous slice ``[:B, :ctx_len]`` (a
+    gather of scattered slots would copy it). Slots with nothing to do this step get
+    ``pos == n_ctx``: they write to the scratch row and their output is ignored. Each row attends
+    over its own positions ``[0, pos[b]]``; the rest is masked, so a row's result does not depend
+    on the other rows' values.
     """
     bsz, c = x.shape[0], hp.n_embd
     h, d = hp.n_head, hp.head_dim
     qkv = conv1d(x, w[f"{prefix}/attn/c_attn/w"], w[f"{prefix}/attn/c_attn/b"])  # [B, 3C]
     q, k, v = tf.split(qkv, 3, axis=-1)  # each [B, C]
-    rows = tf.stack([slots, pos], axis=1)  # [B, 2]
+    rows = tf.stack([tf.range(bsz), pos], axis=1)  # [B, 2]
     cache[0].scatter_nd_update(rows, k)
     cache[1].scatter_nd_update(rows, v)
-    keys = tf.reshape(tf.gather(cache[0][:, :ctx_len], slots), [bsz, ctx_len, h, d])  # [B, L, H, D]
-    vals = tf.reshape(tf.gather(cache[1][:, :ctx_len], slots), [bsz, ctx_len, h, d])
+    keys = tf.reshape(cache[0][:bsz, :ctx_len], [bsz, ctx_len, h, d])  # [B, L, H, D]
+    vals = tf.reshape(cache[1][:bsz, :ctx_len], [bsz, ctx_len, h, d])
     # Multiply-and-reduce instead of einsum: XLA fuses it into one pass over the cache, where its
     # batched dot for these shapes is ~4x slower on CPU (measured at B=32, L=256).
     q = tf.reshape(q, [bsz, 1, h, d])
@@ -155,15 +157,17 @@ def prefill(
 
 
 def decode(
-    w: Weights, cache: Sequence[LayerCache], tokens: tf.Tensor, *, hp: HParams,
-    slots: tf.Tensor, pos: tf.Tensor, ctx_len: int,
+    w: Weights, cache: Sequence[LayerCache], tokens: tf.Tensor, *, hp: HParams, pos: tf.Tensor, ctx_len: int,
 ) -> tf.Tensor:  # fmt: skip
-    """One decode step: ``tokens [B]`` at positions ``pos [B]`` in ``slots [B]`` -> logits ``[B, V]``."""
-    x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], pos)  # [B, C]
+    """One decode step for slots ``0..B-1``: ``tokens [B]`` at positions ``pos [B]`` -> logits ``[B, V]``.
+
+    ``pos[b] == n_ctx`` marks a slot with nothing to do (its row is computed and ignored).
+    """
+    x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], tf.minimum(pos, hp.n_ctx - 1))  # [B, C]
     for i in range(hp.n_layer):
         p = f"h{i}"
         a = attn_decode(norm(x, w[f"{p}/ln_1/g"], w[f"{p}/ln_1/b"]), w, p, cache[i], hp=hp,
-                        slots=slots, pos=pos, ctx_len=ctx_len)  # fmt: skip
+                        pos=pos, ctx_len=ctx_len)  # fmt: skip
         x = x + a
         x = x + mlp(norm(x, w[f"{p}/ln_2/g"], w[f"{p}/ln_2/b"]), w, p)
     return logits_of(x, w)
