@@ -20,13 +20,20 @@ class ClientGone(Exception):
 async def collect(request: Request, handle: RequestHandle) -> tuple[list[Token], Done | Failed]:
     """All of a request's events; cancels it (freeing its slot) if the client disconnects first."""
     tokens: list[Token] = []
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
     try:
         while True:
             try:
                 event = await asyncio.wait_for(handle.queue.get(), DISCONNECT_POLL)
             except TimeoutError:
+                event = None
+            # Also while tokens keep coming: a fast model never leaves DISCONNECT_POLL idle.
+            if event is None or loop.time() - checked >= DISCONNECT_POLL:
+                checked = loop.time()
                 if await request.is_disconnected():
                     raise ClientGone from None
+            if event is None:
                 continue
             if isinstance(event, Token):
                 tokens.append(event)
