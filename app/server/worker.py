@@ -207,6 +207,8 @@ class ModelWorker:
             for handle in admit:
                 self._admit(handle)
             self._drop_cancelled()
+            if admit:
+                self._gauge()  # before the step: a long step must not hide the admissions from the gauges
             if self._live:
                 self._step()
             self._gauge()
