@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     ws_max_buffered_tokens: int = Field(default=256, ge=1, description=(
         "token messages that may wait to be sent to one WebSocket client; more closes it with 1008"))
     drain_timeout: float = Field(default=30.0, ge=0)
+    health_stuck_seconds: float = Field(default=120.0, gt=0, description=(
+        "one compute call (prefill or decode step) longer than this makes /health answer 503 'stuck'"))
 
     @field_validator("models", "cors_origins", "api_keys", mode="before")
     @classmethod

@@ -13,8 +13,6 @@ from app.server.state import StateDep
 
 router = APIRouter(tags=["operations"])
 
-STUCK_AFTER = 120.0  # seconds one compute call may take before health calls the worker stuck
-
 
 @router.get("/health")
 async def health(state: StateDep):
@@ -26,7 +24,7 @@ async def health(state: StateDep):
             continue
         if not w.alive and not state.draining:
             return JSONResponse({"status": "error", "error": f"worker of model {entry.name} is dead"}, 503)
-        if w.busy_since is not None and now - w.busy_since > STUCK_AFTER:
+        if w.busy_since is not None and now - w.busy_since > state.settings.health_stuck_seconds:
             return JSONResponse({"status": "error", "error": f"worker of model {entry.name} is stuck"}, 503)
     return {"status": "ok"}
 
