@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CPU features, XLA service) is not for CLI users.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # One compiled function per shape bucket is the design; TensorFlow's "retracing" warning is noise.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
