@@ -19,9 +19,11 @@ def ready_worker(registry: Registry, name: str | None) -> tuple[ModelEntry, Mode
         entry = registry.get(name)
     except UnknownModel as exc:
         raise APIError("validation", str(exc), param="model") from None
+    if entry.state == "failed":
+        # Not the reason itself: it names files on the server (GET /models shows it to operators).
+        raise APIError("unavailable", f"model {entry.name} failed to load; GET /models gives the reason")
     if entry.state != "ready" or entry.worker is None:
-        detail = f": {entry.reason}" if entry.reason else ""
-        raise APIError("unavailable", f"model {entry.name} is {entry.state}{detail}")
+        raise APIError("unavailable", f"model {entry.name} is {entry.state}")
     return entry, entry.worker
 
 
