@@ -70,8 +70,8 @@ class RequestId:
         status = {"code": 0}
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                status["code"] = message.get("status", 101)
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(message)
 
