@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.server import errors
 from app.server.metrics import Metrics
-from app.server.middleware import ApiKeys, BodyLimit, RequestId
+from app.server.middleware import ApiKeys, BodyLimit, RequestId, redact_credentials_in_logs
 from app.server.registry import Registry
 from app.server.settings import Settings
 from app.server.shutdown import RefuseWhileDraining, begin_drain, remaining
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: request id wraps everything, then auth, then the drain refusal, then the body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseWhileDraining)  # 503 for new HTTP requests once draining
+    redact_credentials_in_logs()  # the websockets library logs handshake headers at DEBUG
     if settings.api_keys:
         # Probes (health, readiness) stay open: they reveal only up/down and model states.
         public = ("/health", "/ready") + (() if settings.protect_metrics else ("/metrics",))

@@ -92,6 +92,27 @@ class RequestId:
                      (time.monotonic() - started) * 1e3)  # fmt: skip
 
 
+class RedactAuthorization(logging.Filter):
+    """Drops credentials from third-party debug logs: the websockets library logs every handshake
+    header at DEBUG (through uvicorn's ``uvicorn.error`` logger), ``Authorization`` included."""
+
+    SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in self.SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+def redact_credentials_in_logs(names: Iterable[str] = ("uvicorn.error", "uvicorn", "websockets.server")) -> None:
+    """Install :class:`RedactAuthorization` on the loggers that log request headers (idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactAuthorization) for f in logger.filters):
+            logger.addFilter(RedactAuthorization())
+
+
 class ApiKeys:
     def __init__(self, app: ASGIApp, keys: Iterable[str], *, public: Iterable[str] = ("/health",)):
         self.app = app
