@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# OpenAI's sizes named in MODELS are downloaded first when missing (e.g. `make run MODELS=124M`).
 run: install
+	@for m in $$(echo "$(MODELS)" | tr ',' ' '); do case $$m in 124M|355M|774M|1558M|117M|345M) \
+	  test -d "$(MODELS_DIR)/$$m" || $(VENV)/bin/gpt2-serve download $$m --models-dir $(MODELS_DIR) || exit 1;; esac; done
 	$(VENV)/bin/gpt2-serve serve --models $(MODELS) --models-dir $(MODELS_DIR) --port $(PORT)
 
 generate: install
