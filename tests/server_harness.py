@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,33 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.server.app import create_app
 from app.server.settings import Settings
+from app.server.state import ServerState
+from app.server.worker import ModelWorker
+
+
+@dataclass
+class LiveServer:
+    """A running test server and its app object: URLs, server state, the served model's worker, metrics."""
+
+    url: str
+    app: FastAPI
+    model: str = "tiny-openai"  # the folder name of tests/conftest.py's tiny_dirs["openai"]
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + "/stream"
+
+    @property
+    def state(self) -> ServerState:
+        return self.app.state.server
+
+    @property
+    def worker(self) -> ModelWorker:
+        return self.state.registry.entries[self.model].worker
+
+    def count(self, name: str, **labels: str) -> float:
+        """A metric sample of this model (0 when absent)."""
+        return metric(self.url, name, model=self.model, **labels) or 0.0
 
 
 def tiny_settings(model_dir: str | Path, **overrides) -> Settings:

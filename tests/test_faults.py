@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -33,25 +32,12 @@ from websockets.sync.client import connect
 from app.server.app import create_app
 from app.server.settings import Settings
 from app.server.worker import ModelWorker
-from tests.server_harness import metric, running_server, tiny_settings
+from tests.server_harness import LiveServer, running_server, tiny_settings
 
 MODEL = "tiny-openai"
 STUCK = 0.5  # health_stuck_seconds of the test server
 LEAKS = re.compile(r'Traceback|File "|/work|/tmp|\.py|0x[0-9a-f]{6,}')
 INJECTED = 'injected: File "/work/main/app/engine/secret.py", line 1, object at 0xdeadbeef00'
-
-
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-
-    @property
-    def worker(self) -> ModelWorker:
-        return self.app.state.server.registry.entries[MODEL].worker
-
-    def count(self, name: str, **labels: str) -> float:
-        return metric(self.url, name, model=MODEL, **labels) or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +46,7 @@ def server(tiny_dirs):
     app = create_app(settings)
     with running_server(settings, app=app) as url:
         generate(url, "Warm up", 4)  # compile before anything is timed
-        yield Server(url, app)
+        yield LiveServer(url, app)
 
 
 @pytest.fixture(autouse=True)

@@ -23,40 +23,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from app.server.app import create_app
 from app.server.worker import ModelWorker
-from tests.server_harness import metric, running_server, tiny_settings, wait_for_metric
+from tests.server_harness import LiveServer, running_server, tiny_settings, wait_for_metric
 
 MODEL = "tiny-openai"
 SLOTS, QUEUE = 2, 2
 CAPACITY = SLOTS + QUEUE
 LONG = 2000  # tokens: still generating when the test acts on it
 FREED_WITHIN = 1.0  # seconds for a left request's slot to be free again (one 50 ms poll and a step, plus slack)
-
-
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http", "ws", 1) + "/stream"
-
-    @property
-    def worker(self) -> ModelWorker:
-        return self.app.state.server.registry.entries[MODEL].worker
-
-    def count(self, name: str, **labels: str) -> float:
-        return metric(self.url, name, model=MODEL, **labels) or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +48,7 @@ def server(tiny_dirs):
         # Compile every shape a long request meets (both context buckets, the sliding window),
         # so no XLA compilation pauses the worker while a test times a disconnect.
         via_generate(url, "Warm up", max_new_tokens=2 * 128)
-        yield Server(url, app)
+        yield LiveServer(url, app)
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +77,7 @@ class Gate:
 
 
 @contextmanager
-def held(server: Server):
+def held(server: LiveServer):
     gate = Gate(server.worker)
     server.worker.step_hook = gate
     try:
@@ -286,20 +267,20 @@ def test_sse_closed_midway_frees_the_slot(server, path, extra):
 # ---- abandoned while queued ----
 
 
-def abandon_generate(server: Server) -> None:
+def abandon_generate(server: LiveServer) -> None:
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/generate", json={"inputs": "Never mind", "parameters": {"max_new_tokens": 8}},
                    timeout=httpx.Timeout(10, read=0.5), trust_env=False)  # fmt: skip
 
 
-def abandon_sse(server: Server) -> None:
+def abandon_sse(server: LiveServer) -> None:
     body = {"inputs": "Never mind", "parameters": {"max_new_tokens": 8}}
     with httpx.stream("POST", f"{server.url}/generate_stream", json=body, timeout=30, trust_env=False) as r:
         assert r.status_code == 200  # headers are sent before the first token
         wait_for_metric(server.url, "gpt2_queue_length", 1.0, model=MODEL)
 
 
-def abandon_ws(server: Server) -> None:
+def abandon_ws(server: LiveServer) -> None:
     with connect(server.ws_url, proxy=None, open_timeout=10) as ws:
         ws.send(json.dumps({"inputs": "Never mind", "parameters": {"max_new_tokens": 8}}))
         wait_for_metric(server.url, "gpt2_queue_length", 1.0, model=MODEL)

@@ -29,7 +29,10 @@ def sampler(tmp_path_factory) -> Sampler:
     return Sampler(load_chunks(str(path), Encoder.from_files(*bundled_bpe_files()), progress=False), seed=3)
 
 
-def make(run_dir, cfg=TrainConfig(batch_size=2, learning_rate=3e-3, save_every=1000)) -> Trainer:
+DEFAULT = TrainConfig(batch_size=2, learning_rate=3e-3, save_every=1000)
+
+
+def make(run_dir, cfg: TrainConfig = DEFAULT) -> Trainer:
     return Trainer(HP, random_params(HP, seed=0), cfg, run_dir)
 
 

@@ -6,20 +6,17 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from app.server.app import create_app
 from app.server.schemas import ws as proto
-from app.server.state import ServerState
-from tests.server_harness import metric, running_server, tiny_settings, wait_for_metric
+from tests.server_harness import LiveServer, metric, running_server, tiny_settings, wait_for_metric
 
 MODEL = "tiny-openai"  # the folder name of tiny_dirs["openai"]
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "ws-protocol.schema.json"
@@ -27,26 +24,12 @@ LONG = 2000  # tokens: a request that is still running when the test acts on it
 server_message = TypeAdapter(proto.ServerMessage)
 
 
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http", "ws", 1) + "/stream"
-
-    @property
-    def state(self) -> ServerState:
-        return self.app.state.server
-
-
 @pytest.fixture(scope="module")
 def server(tiny_dirs):
     settings = tiny_settings(tiny_dirs["openai"], slots=4, queue_size=2, max_websockets=8, max_body_bytes=4096)
     app = create_app(settings)
     with running_server(settings, app=app) as url:
-        yield Server(url, app)
+        yield LiveServer(url, app)
 
 
 @pytest.fixture
@@ -55,7 +38,7 @@ def ws(server):
         yield conn
 
 
-def open_ws(server: Server, **options) -> ClientConnection:
+def open_ws(server: LiveServer, **options) -> ClientConnection:
     """A client connection; ``max_queue=None`` for one the test does not read from (otherwise the
     client stops reading the socket once 16 messages wait, and its close handshake stalls)."""
     return connect(server.ws_url, proxy=None, open_timeout=10, close_timeout=5, **options)
@@ -106,7 +89,7 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> Non
         time.sleep(0.02)
 
 
-def counter(server: Server, name: str, **labels: str) -> float:
+def counter(server: LiveServer, name: str, **labels: str) -> float:
     return metric(server.url, name, **labels) or 0.0
 
 
