@@ -71,13 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_credentials="*" not in settings.cors_origins)  # fmt: skip
     app.add_middleware(RequestId)
     for name in ROUTERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet
-                continue
-            raise
-        app.include_router(module.router)
+        app.include_router(importlib.import_module(name).router)
     return app
 
 
