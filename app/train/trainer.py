@@ -202,6 +202,7 @@ class Trainer:
                     if val is not None and cfg.val_every and done % cfg.val_every == 0:
                         row["val_loss"] = self.evaluate(val)
                     writer.writerow(row)
+                    fh.flush()  # the log can be watched (and survives a kill) while training runs
                     rows.append(row)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}",
