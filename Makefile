@@ -60,7 +60,7 @@ demo-model: install
 	  --run-name demo --checkpoint-dir $(DEMO)/checkpoint --steps $(DEMO_STEPS) --batch-size 8 --learning-rate 2e-3 \
 	  --val-fraction 0.02 --val-every 100 --save-every 100
 	rm -rf $(MODELS_DIR)/demo
-	$(VENV)/bin/gpt2-serve export $(DEMO)/checkpoint/demo --name demo --models-dir $(MODELS_DIR) --samples 3 --prompt "ROMEO."
+	$(VENV)/bin/gpt2-serve export $(DEMO)/checkpoint/demo --name demo --models-dir $(MODELS_DIR) --samples 3 --prompt "Romeo."
 
 clean:
 	rm -rf $(VENV) .pytest_cache
