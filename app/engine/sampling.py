@@ -85,7 +85,7 @@ def support(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.
     parameters give the single argmax token. Ties are broken by the lower token id.
     """
     v = logits.shape[-1]
-    if params.greedy:
+    if params.greedy or _overflows(logits, params.temperature):
         return np.array([int(np.argmax(logits))]), np.ones(1)
     if 0 < params.top_k < v:
         # argpartition alone picks arbitrary members of a tie at the k-th logit; take every token
@@ -107,6 +107,14 @@ def support(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.
     return ids, probs
 
 
+def _overflows(logits: np.ndarray, temperature: float) -> bool:
+    """A temperature so small (e.g. 1e-310) that ``logits / temperature`` is no longer finite."""
+    if temperature == 0:
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        return not np.isfinite(float(np.abs(logits).max()) / temperature)
+
+
 def draw(ids: np.ndarray, probs: np.ndarray, u: float) -> int:
     """Inverse-CDF draw: the token whose cumulative-probability interval contains ``u`` in [0, 1)."""
     cum = np.cumsum(probs)
@@ -119,6 +127,8 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     u = float(rng.random())
     if params.greedy:
         return int(np.argmax(logits))
+    if _overflows(logits, params.temperature):
+        return int(np.argmax(logits))  # the limit of a vanishing temperature
     if params.top_k == 0 and params.top_p >= 1.0:
         # Plain sampling over the whole vocabulary: no sort needed.
         scaled = logits.astype(np.float64) / params.temperature

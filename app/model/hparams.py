@@ -41,15 +41,7 @@ class HParams:
 
     @classmethod
     def from_file(cls, path: Path) -> HParams:
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelFileError(path, "file is missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFileError(path, f"not valid JSON ({exc.__class__.__name__})") from None
-        if not isinstance(raw, dict):
-            raise ModelFileError(path, "expected a JSON object")
-        return cls.from_mapping(raw, source=path)
+        return cls.from_mapping(read_json_object(path), source=path)
 
     @classmethod
     def from_mapping(cls, raw: dict, *, source: Path | str = "hparams") -> HParams:
@@ -59,6 +51,19 @@ class HParams:
             raise ModelFileError(source, f"missing key {exc.args[0]!r}") from None
         except ValueError as exc:
             raise ModelFileError(source, str(exc)) from None
+
+
+def read_json_object(path: Path | str) -> dict:
+    """A model folder's JSON object file (``hparams.json``, ``config.json``), or ModelFileError."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(path, "file is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(path, f"not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ModelFileError(path, "expected a JSON object")
+    return raw
 
 
 def int_prod(shape: tuple[int, ...]) -> int:

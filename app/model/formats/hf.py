@@ -29,7 +29,7 @@ from safetensors.numpy import save_file
 
 from app.model.errors import ModelFileError
 from app.model.formats import Inventory, StoredTensor, is_canonical, require_params
-from app.model.hparams import HParams, param_shapes
+from app.model.hparams import HParams, param_shapes, read_json_object
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -95,14 +95,7 @@ def stored_tensor(name: str, shape: tuple[int, ...]) -> StoredTensor:
 
 def hparams_from_config(path: Path) -> HParams:
     """GPT-2 hyperparameters from a ``GPT2Config`` ``config.json``; refuses other architectures."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFileError(path, "file is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(path, f"not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(raw, dict):
-        raise ModelFileError(path, "expected a JSON object")
+    raw = read_json_object(path)
     for key, allowed in _GPT2_SETTINGS.items():
         if key in raw and raw[key] not in allowed:
             raise ModelFileError(
