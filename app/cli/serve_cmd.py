@@ -1,7 +1,8 @@
 """`gpt2-serve serve`: run the HTTP/WebSocket server with uvicorn.
 
-Every flag mirrors a ``GPT2_*`` setting (see :mod:`app.server.settings`); flags win over the
-environment.
+Every setting of :mod:`app.server.settings` is a flag here, generated from the settings object
+(:mod:`app.cli.settings_flags`) so that flags and ``GPT2_*`` variables cannot drift; flags win
+over the environment.
 """
 
 from __future__ import annotations
@@ -9,30 +10,13 @@ from __future__ import annotations
 import argparse
 import signal
 
-FLAGS = {  # flag -> (settings field, help)
-    "--models": ("models", "comma-separated model names or folders (GPT2_MODELS)"),
-    "--models-dir": ("models_dir", "folder of model folders (GPT2_MODELS_DIR)"),
-    "--placement": ("placement", "model=DEVICE pairs, e.g. 124M=GPU:0,355M=GPU:1 (GPT2_PLACEMENT)"),
-    "--dtype": ("dtype", "float32 | float16 | bfloat16 (GPT2_DTYPE)"),
-    "--cpu-devices": ("cpu_devices", "split the CPU into N logical devices (GPT2_CPU_DEVICES)"),
-    "--slots": ("slots", "concurrent sequences per model (GPT2_SLOTS; default: sized from memory)"),
-    "--queue-size": ("queue_size", "requests waiting per model (GPT2_QUEUE_SIZE)"),
-    "--host": ("host", "GPT2_HOST"),
-    "--port": ("port", "GPT2_PORT"),
-    "--cors-origins": ("cors_origins", "comma-separated allowed origins (GPT2_CORS_ORIGINS)"),
-    "--api-keys": ("api_keys", "comma-separated bearer keys (GPT2_API_KEYS)"),
-    "--default-max-new-tokens": ("default_max_new_tokens", "GPT2_DEFAULT_MAX_NEW_TOKENS"),
-    "--max-new-tokens-limit": ("max_new_tokens_limit", "GPT2_MAX_NEW_TOKENS_LIMIT"),
-    "--drain-timeout": ("drain_timeout", "seconds to finish in-flight requests on SIGTERM (GPT2_DRAIN_TIMEOUT)"),
-}
+from app.cli.settings_flags import add_settings_flags, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the API server", description=__doc__)
-    for flag, (_, help_text) in FLAGS.items():
-        p.add_argument(flag, default=None, help=help_text)
-    p.add_argument("--no-warmup", action="store_true", help="do not compile common shapes before ready")
-    p.add_argument("--log-level", default="info")
+    p = sub.add_parser("serve", help="run the API server", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="info", help="uvicorn and gpt2serve log level")
+    add_settings_flags(p)
     p.set_defaults(func=run)
 
 
@@ -40,21 +24,11 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
-    from pydantic import ValidationError
 
     from app.server.app import create_app
-    from app.server.settings import Settings
     from app.server.shutdown import GracefulServer
 
-    overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in FLAGS.items()}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.no_warmup:
-        overrides["warmup"] = False
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    settings = settings_from_args(args)
     # On SIGTERM the server drains first (new requests refused, accepted ones finish within
     # drain_timeout: app.server.shutdown), then uvicorn shuts down and the lifespan stops the
     # workers; uvicorn then restores the previous handler and raises the signal again. With this
