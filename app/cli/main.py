@@ -24,6 +24,8 @@ SUBCOMMANDS = (
     "app.cli.download_cmd",
     "app.cli.init_model_cmd",
     "app.cli.serve_cmd",
+    "app.cli.devices_cmd",
+    "app.cli.plan_cmd",
     "app.cli.encode_cmd",
     "app.cli.train_cmd",
     "app.cli.export_cmd",

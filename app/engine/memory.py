@@ -84,3 +84,28 @@ def default_slots(hp: HParams, *, dtype: str, available: int, cap: int = 32) -> 
     p = plan(hp, slots=0, dtype=dtype)
     spare = max(0, available - p.total_bytes) // 2
     return max(1, min(cap, spare // p.cache_bytes_per_slot))
+
+
+def startup_slots(hp: HParams, *, dtype: str, configured: int | None, available: int | None) -> int:
+    """Slots a worker starts with: the configured count, else sized from free memory
+    (:func:`default_slots`), else 8 when the free memory cannot be told. The rule of
+    :func:`app.engine.load.load_model`, here so ``gpt2-serve plan`` and ``devices`` show the same."""
+    if configured is not None:
+        return configured
+    return default_slots(hp, dtype=dtype, available=available) if available else 8
+
+
+def parse_size(text: str) -> int:
+    """``6GiB``, ``6G`` (binary), ``6GB`` (decimal), ``512MiB``, ``1.5TiB`` or plain bytes -> bytes."""
+    units = {"": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+             "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}  # fmt: skip
+    raw = text.strip().replace(" ", "")
+    number = raw.rstrip("kKmMgGtTiIbB")
+    unit = raw[len(number):].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or value <= 0:
+        raise ValueError(f"memory size {text!r} is not a size such as 6GiB, 8GB or 512MiB")
+    return int(value * units[unit])
