@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "app.cli.serve_cmd",
     "app.cli.devices_cmd",
     "app.cli.plan_cmd",
+    "app.cli.healthcheck_cmd",
     "app.cli.encode_cmd",
     "app.cli.train_cmd",
     "app.cli.export_cmd",
