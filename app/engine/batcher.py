@@ -1,29 +1,37 @@
-"""Continuous batching over one :class:`~app.engine.engine.Engine`.
+"""Continuous batching over one :class:`~app.engine.engine.Engine`, with batched, chunked prefill.
 
-A :class:`Sequence` is one request's generation state. :meth:`Batcher.admit` puts it in a free
-slot (prefill + its first token); :meth:`Batcher.step` advances every admitted sequence by one
-token in a single batched decode. A sequence leaves its slot the moment it finishes (EOS, length,
-or :meth:`Batcher.finish` from the caller: stop sequence, cancellation), so a new one can join at
-the next step. Single-threaded: the server runs it in the model's worker thread; offline use calls
-:func:`generate`.
+A :class:`Sequence` is one request's generation state. :meth:`Batcher.admit` gives it a free slot
+(no compute); :meth:`Batcher.step` then does one round of work: one batched decode call that
+advances every sequence that already has tokens, and one prefill call. The prefill call packs the
+first pieces of several waiting prompts (up to the engine's ``prefill_chunk`` padded tokens), or
+the next chunk of one long prompt, so a burst of arrivals is prefilled together and a 1,000-token
+prompt is written a chunk per round while the others keep streaming (vLLM's chunked prefill). A
+sequence emits its first token in the round its prompt is complete.
+
+A sequence leaves its slot the moment it finishes (EOS, length, or :meth:`Batcher.finish` from the
+caller: stop sequence, cancellation), so a new one can join at the next round. Sampling runs for
+the whole batch at once (:func:`~app.engine.sampling.sample_batch`), each row with its own
+parameters and seeded generator. Single-threaded: the server runs it in the model's worker
+thread; offline use calls :func:`generate`.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine.engine import Engine
+from app.engine.engine import Engine, Piece, Scores
 from app.engine.sampling import (
     SamplingParams,
     make_rng,
     penalize_repetition,
     resolve_seed,
     sample,
-    token_logprob,
+    sample_batch,
 )
 
 
@@ -40,6 +48,7 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list, init=False)
     finish_reason: str | None = field(default=None, init=False)  # "length" | "eos_token" | caller's
     slot: int | None = field(default=None, init=False)
+    prefilled: int = field(default=0, init=False)  # prompt tokens written into the slot so far
     _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,41 +72,62 @@ class TokenEvent:
     finish_reason: str | None  # set on the sequence's last token
 
 
+@dataclass(frozen=True)
+class StepFailure:
+    """A compute call failed: these sequences were ended with ``finish_reason == "error"``."""
+
+    seqs: list[Sequence]
+    error: Exception
+
+
+@dataclass
+class StepTimes:
+    decode_s: float = 0.0  # the last round's decode call (0 when there was none)
+    prefill_s: float = 0.0  # the last round's prefill call (0 when there was none)
+
+
 class Batcher:
     def __init__(self, engine: Engine, *, eos_id: int | None):
         self.engine = engine
         self.eos_id = eos_id
-        self._active: dict[int, Sequence] = {}  # slot -> sequence
+        self._slots: dict[int, Sequence] = {}  # slot -> admitted sequence (prefilling or decoding)
+        self._waiting: deque[Sequence] = deque()  # admitted, prompt not fully written, oldest first
+        self.times = StepTimes()
 
     @property
     def active(self) -> list[Sequence]:
-        return list(self._active.values())
+        return list(self._slots.values())
 
     def free_slots(self) -> int:
-        return self.engine.slots - len(self._active)
+        return self.engine.slots - len(self._slots)
 
-    def admit(self, seq: Sequence) -> TokenEvent:
-        """Prefill ``seq`` into a free slot and sample its first token."""
+    def admit(self, seq: Sequence) -> None:
+        """Give ``seq`` the lowest free slot; its prompt is written by the next :meth:`step` calls."""
         if seq.finished or seq.slot is not None:
             raise ValueError("sequence was already admitted")
-        free = [s for s in range(self.engine.slots) if s not in self._active]
+        free = [s for s in range(self.engine.slots) if s not in self._slots]
         if not free:
             raise RuntimeError("no free slot")
-        slot = free[0]
-        # Sliding window from the start: a prompt longer than the context keeps its last tokens.
-        ids = seq.prompt_ids[-self.engine.hp.n_ctx :]
-        logits = self.engine.prefill(slot, ids)
-        seq.slot = slot
-        self._active[slot] = seq
-        return self._emit(seq, logits)
+        seq.slot = free[0]
+        seq.prefilled = 0
+        self._slots[seq.slot] = seq
+        self._waiting.append(seq)
 
-    def step(self) -> list[TokenEvent]:
-        """Advance every active sequence by one token."""
-        if not self._active:
-            return []
-        seqs = list(self._active.values())
-        logits = self.engine.step({s.slot: s.generated[-1] for s in seqs})
-        return [self._emit(seq, row) for seq, row in zip(seqs, logits)]
+    def step(self) -> list[TokenEvent | StepFailure]:
+        """One round: decode every sequence that has tokens, then one prefill call."""
+        events: list[TokenEvent | StepFailure] = []
+        decoding = [s for s in self._slots.values() if s.generated]
+        self.times = StepTimes()
+        if decoding:
+            t0 = time.perf_counter()
+            events += self._run(decoding, lambda: self.engine.step_scores({s.slot: s.generated[-1] for s in decoding}))
+            self.times.decode_s = time.perf_counter() - t0
+        pieces = self._prefill_plan()
+        if pieces:
+            t0 = time.perf_counter()
+            events += self._prefill(pieces)
+            self.times.prefill_s = time.perf_counter() - t0
+        return events
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """End ``seq`` now (stop sequence, cancellation, error) and free its slot."""
@@ -105,28 +135,93 @@ class Batcher:
             seq.finish_reason = reason
         self._release(seq)
 
-    def _emit(self, seq: Sequence, logits: np.ndarray) -> TokenEvent:
-        penalty = seq.params.repetition_penalty
-        if penalty != 1.0:
-            scores = penalize_repetition(logits, seq.prompt_ids + seq.generated, penalty)
-        else:
-            scores = logits
-        token = sample(scores, seq.params, seq._rng)
-        logprob = token_logprob(logits, token)
-        seq.generated.append(token)
-        seq.logprobs.append(logprob)
-        if seq.stop_at_eos and token == self.eos_id:
-            seq.finish_reason = "eos_token"
-        elif len(seq.generated) >= seq.max_new_tokens:
-            seq.finish_reason = "length"
-        if seq.finished:
-            self._release(seq)
-        return TokenEvent(seq, token, logprob, seq.finish_reason)
+    # ---- prefill ----
+
+    def _window(self, seq: Sequence) -> list[int]:
+        # Sliding window from the start: a prompt longer than the context keeps its last tokens.
+        return seq.prompt_ids[-self.engine.hp.n_ctx :]
+
+    def _prefill_plan(self) -> list[Piece]:
+        """The oldest waiting prompt's next chunk alone, or the first pieces of the oldest waiting
+        prompts that fit one prefill call together."""
+        if not self._waiting:
+            return []
+        chunk = self.engine.chunk_buckets[-1]
+        head = self._waiting[0]
+        if head.prefilled:
+            ids = self._window(head)
+            return [Piece(head.slot, ids[head.prefilled : head.prefilled + chunk], head.prefilled)]
+        plan: list[Piece] = []
+        for seq in self._waiting:
+            ids = self._window(seq)[:chunk]
+            if seq.prefilled or not self.engine.piece_fits([len(p.ids) for p in plan] + [len(ids)]):
+                break
+            plan.append(Piece(seq.slot, ids, 0))
+        return plan
+
+    def _prefill(self, pieces: list[Piece]) -> list[TokenEvent | StepFailure]:
+        seqs = [self._slots[p.slot] for p in pieces]
+        for seq, piece in zip(seqs, pieces):
+            seq.prefilled = piece.start + len(piece.ids)
+        done = [i for i, s in enumerate(seqs) if s.prefilled == len(self._window(s))]
+        for i in done:
+            self._waiting.remove(seqs[i])
+        return self._run(seqs, lambda: self.engine.prefill_batch(pieces), rows=done)
+
+    # ---- sampling ----
+
+    def _run(self, seqs: list[Sequence], call, rows: list[int] | None = None) -> list[TokenEvent | StepFailure]:
+        """Run one compute ``call`` for ``seqs`` and emit a token for ``rows`` of it (all by default);
+        a failure ends all of ``seqs``."""
+        try:
+            scores = call()
+        except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means for its requests
+            for seq in seqs:
+                self.finish(seq, "error")
+            return [StepFailure(seqs, exc)]
+        rows = list(range(len(seqs))) if rows is None else rows
+        if not rows:
+            return []
+        return self._emit([seqs[i] for i in rows], Scores(*(a[rows] for a in scores)))
+
+    def _emit(self, seqs: list[Sequence], scores: Scores) -> list[TokenEvent]:
+        tokens = self._sample(seqs, scores)
+        events = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+            token = int(token)
+            logprob = float(scores.logits[i, token] - scores.lse[i])
+            seq.generated.append(token)
+            seq.logprobs.append(logprob)
+            if seq.stop_at_eos and token == self.eos_id:
+                seq.finish_reason = "eos_token"
+            elif len(seq.generated) >= seq.max_new_tokens:
+                seq.finish_reason = "length"
+            if seq.finished:
+                self._release(seq)
+            events.append(TokenEvent(seq, token, logprob, seq.finish_reason))
+        return events
+
+    def _sample(self, seqs: list[Sequence], scores: Scores) -> np.ndarray:
+        """Every row's token; rows with a repetition penalty sample from their penalised logits."""
+        plain = [i for i, s in enumerate(seqs) if s.params.repetition_penalty == 1.0]
+        out = np.empty(len(seqs), np.int64)
+        if plain:
+            out[plain] = sample_batch(scores.logits[plain], [seqs[i].params for i in plain],
+                                      [seqs[i]._rng for i in plain], top_ids=scores.top_ids[plain],
+                                      top_logits=scores.top_logits[plain])  # fmt: skip
+        for i, seq in enumerate(seqs):
+            if seq.params.repetition_penalty != 1.0:
+                row = penalize_repetition(scores.logits[i], seq.prompt_ids + seq.generated, seq.params.repetition_penalty)
+                out[i] = sample(row, seq.params, seq._rng)
+        return out
 
     def _release(self, seq: Sequence) -> None:
-        if seq.slot is not None and self._active.get(seq.slot) is seq:
-            del self._active[seq.slot]
-            self.engine.release(seq.slot)
+        if seq.slot is not None and self._slots.get(seq.slot) is seq:
+            del self._slots[seq.slot]
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+            if self.engine.occupied(seq.slot):
+                self.engine.release(seq.slot)
         seq.slot = None
 
 
@@ -138,5 +233,7 @@ def generate(engine: Engine, seqs: Iterable[Sequence], *, eos_id: int | None) ->
     while pending or batcher.active:
         while pending and batcher.free_slots():
             batcher.admit(pending.popleft())
-        batcher.step()
+        for event in batcher.step():
+            if isinstance(event, StepFailure):
+                raise event.error
     return seqs

@@ -1,10 +1,25 @@
 """A GPT-2 worker: weights and a fixed-shape KV cache with ``S`` slots on one device.
 
-A request occupies one slot. :meth:`Engine.prefill` writes its prompt into the slot;
-:meth:`Engine.step` advances any set of occupied slots by one token and returns their logits.
-Slots join and leave between steps. Compiled functions (XLA) are built once per shape bucket and
-reused: a decode step for ``B`` rows whose longest context is ``n`` runs the function for
-``(round_up(B), round_up(n))``, so its cost follows the context in use, not ``n_ctx``.
+A request occupies one slot. :meth:`Engine.prefill_batch` writes prompt pieces of several slots in
+one call; :meth:`Engine.step` advances any set of occupied slots by one token and returns their
+scores. Slots join and leave between calls.
+
+Compilation. Each call is a TensorFlow graph that runs the embedding, then the *same* XLA-compiled
+block program once per layer (the layer's weights and cache are arguments), then an XLA-compiled
+head. A program is compiled once per shape bucket: decode ``(rows, context)``, prefill ``(pieces,
+piece length, context)``. Because one block program serves all layers, compiling costs about one
+layer's worth per bucket instead of ``n_layer`` (12x less for 124M), which is what lets
+:meth:`Engine.warmup` compile every bucket a request can reach before the server says ready.
+
+Buckets. A decode step for ``B`` rows whose longest context is ``n`` runs the ``(round_up(B),
+round_up(n))`` program, so its cost follows the context in use, not ``n_ctx``. One row is its own
+bucket: padding a lone request to two rows doubled the cost of the LM head. Prefill packs up to
+``prefill_chunk`` (padded) tokens per call: one piece of up to ``prefill_chunk`` tokens, or several
+first pieces of prompts (each starting at position 0) of a shorter bucket.
+
+Scores. Each call returns, per row, the float32 logits, their log-sum-exp and the
+``candidates`` most likely token ids with their logits (TensorFlow's ``top_k``: most likely first,
+ties by the lower id), so the host samples top-k requests without sorting 50,257 logits.
 
 Sliding window: GPT-2's positions are learned and absolute, so a full slot cannot simply drop its
 oldest entry. When a slot holds ``n_ctx`` tokens and one more arrives, the engine keeps the last
@@ -17,8 +32,10 @@ never exceed ``n_ctx - 1``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +45,7 @@ from app.engine.buckets import power_buckets, round_up
 from app.model.hparams import HParams, param_shapes
 
 DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
+_SMALLEST_PIECE = 16  # shortest prefill bucket
 
 
 @dataclass(frozen=True)
@@ -35,8 +53,9 @@ class EngineConfig:
     slots: int = 8  # concurrent sequences the cache holds
     dtype: str = "float32"  # weights, activations and cache: float32 | float16 | bfloat16
     device: str | None = None  # e.g. "/GPU:0", "/CPU:0"; None lets TensorFlow choose
-    prefill_chunk: int = 256  # longest prompt piece run in one call (longer prompts are chunked)
+    prefill_chunk: int = 256  # prompt tokens (padded) run in one prefill call; longer prompts are chunked
     window_keep: int | None = None  # tokens kept when the window slides; None = 3/4 of n_ctx
+    candidates: int = 64  # most likely tokens returned per row with the logits (top-k sampling)
     jit_compile: bool = True  # XLA: required on CPU for in-place cache updates
 
     def __post_init__(self) -> None:
@@ -44,8 +63,27 @@ class EngineConfig:
             raise ValueError(f"slots must be >= 1, got {self.slots}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
+        if self.prefill_chunk < _SMALLEST_PIECE:
+            raise ValueError(f"prefill_chunk must be >= {_SMALLEST_PIECE}, got {self.prefill_chunk}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+
+
+class Scores(NamedTuple):
+    """What one engine call returns for each of its ``N`` rows (numpy arrays)."""
+
+    logits: np.ndarray  # [N, V] float32
+    lse: np.ndarray  # [N] float32: log-sum-exp of each row (log-probabilities: logits - lse)
+    top_ids: np.ndarray  # [N, K] int32: the K most likely ids, most likely first, ties by lower id
+    top_logits: np.ndarray  # [N, K] float32: their logits
+
+
+class Piece(NamedTuple):
+    """Prompt tokens for one slot, written from position ``start`` (0, or what the slot holds)."""
+
+    slot: int
+    ids: Sequence[int]
+    start: int = 0
 
 
 class Engine:
@@ -60,38 +98,76 @@ class Engine:
             raise ValueError(f"window_keep must be in [1, n_ctx={hp.n_ctx}), got {keep}")
         self.window_keep = keep
         self.ctx_buckets = power_buckets(64, hp.n_ctx)
-        self.chunk_buckets = power_buckets(16, min(config.prefill_chunk, hp.n_ctx))
-        # Decode runs rows 0..b-1 (row = slot). Never fewer than 2 rows: XLA runs a single row
-        # through a matrix-vector kernel whose rounding differs from the matrix-matrix one
-        # (measured: 2e-7), while 2..16 rows give bit-identical rows, so a request's tokens do not
-        # depend on how many others share a step. With one slot, row 1 is an idle scratch row.
-        self.batch_buckets = power_buckets(2, max(2, config.slots))
+        self.chunk_buckets = power_buckets(_SMALLEST_PIECE, min(config.prefill_chunk, hp.n_ctx))
+        self.batch_buckets = power_buckets(1, config.slots)
+        self.piece_buckets = power_buckets(1, min(config.slots, config.prefill_chunk // _SMALLEST_PIECE))
+        self._candidates = min(config.candidates, hp.n_vocab)
         self._windows: list[list[int] | None] = [None] * config.slots
         with self._placement():
-            self._w = {
-                name: tf.Variable(np.asarray(params[name]), dtype=self.dtype, trainable=False,
-                                  name=name.replace("/", "_"))
-                for name in param_shapes(hp)
-            }  # fmt: skip
-            # Row n_ctx of each slot is scratch: prompt padding writes land there, never read.
-            # One slot row per batch row (with one slot, a second, scratch row: see batch_buckets).
-            shape = [self.batch_buckets[-1], hp.n_ctx + 1, hp.n_embd]
-            self._cache = [
-                (tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_k"),
-                 tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_v"))
-                for i in range(hp.n_layer)
-            ]  # fmt: skip
-        self._prefill_fn = tf.function(self._prefill_graph, jit_compile=config.jit_compile)
-        self._decode_fn = tf.function(self._decode_graph, jit_compile=config.jit_compile)
+            self._build_variables(params)
+        jit = config.jit_compile
+        self._decode_layer_fn = tf.function(self._decode_layer, jit_compile=jit)
+        self._prefill_layer_fn = tf.function(self._prefill_layer, jit_compile=jit)
+        self._head_fn = tf.function(self._head, jit_compile=jit)
+        self._decode_fn = tf.function(self._decode_graph)
+        self._prefill_fn = tf.function(self._prefill_graph)
+
+    def _build_variables(self, params: Mapping[str, np.ndarray]) -> None:
+        hp = self.hp
+        missing = [n for n in param_shapes(hp) if n not in params]
+        if missing:
+            raise ValueError(f"missing weights: {', '.join(missing[:3])}")
+
+        def var(array: np.ndarray, name: str) -> tf.Variable:
+            return tf.Variable(np.ascontiguousarray(array), dtype=self.dtype, trainable=False, name=name)
+
+        self._wte = var(params["wte"], "wte")
+        self._wpe = var(params["wpe"], "wpe")
+        self._ln_f = (var(params["ln_f/g"], "ln_f_g"), var(params["ln_f/b"], "ln_f_b"))
+        self._layers = []
+        for i in range(hp.n_layer):
+            lw = gpt2.layer_weights(params, i, transpose=np.transpose)  # serving layout, on the host
+            self._layers.append(gpt2.Layer(*(var(a, f"h{i}_{f}") for f, a in zip(gpt2.Layer._fields, lw))))
+        # One cache row per decode row; row n_ctx of each slot is scratch (padding, idle rows).
+        shape = [self.batch_buckets[-1], hp.n_ctx + 1, hp.n_embd]
+        self._cache = [
+            (tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_k"),
+             tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_v"))
+            for i in range(hp.n_layer)
+        ]  # fmt: skip
 
     # ---- compiled bodies (traced once per static shape / bucket) ----
 
-    def _prefill_graph(self, tokens, slot, start, n_valid, ctx_len: int):
-        return gpt2.prefill(self._w, self._cache, tokens, hp=self.hp, slot=slot, start=start,
-                            n_valid=n_valid, ctx_len=ctx_len)  # fmt: skip
+    def _decode_layer(self, x, lw, cache, pos, ctx_len: int):
+        return gpt2.decode_layer(x, lw, cache, hp=self.hp, pos=pos, ctx_len=ctx_len)
+
+    def _prefill_layer(self, x, lw, cache, slots, start, n_valid, ctx_len: int):
+        return gpt2.prefill_layer(x, lw, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid,
+                                  ctx_len=ctx_len)  # fmt: skip
+
+    def _head(self, x):
+        logits = gpt2.logits_of(x, *self._ln_f, self._wte)  # [N, V] float32
+        return logits, tf.reduce_logsumexp(logits, axis=-1)
+
+    def _scores(self, x) -> tuple[tf.Tensor, ...]:
+        logits, lse = self._head_fn(x)
+        top_logits, top_ids = tf.math.top_k(logits, k=self._candidates, sorted=True)
+        return logits, lse, top_ids, top_logits
 
     def _decode_graph(self, tokens, pos, ctx_len: int):
-        return gpt2.decode(self._w, self._cache, tokens, hp=self.hp, pos=pos, ctx_len=ctx_len)
+        x = gpt2.embed(self._wte, self._wpe, tokens, tf.minimum(pos, self.hp.n_ctx - 1))  # [B, C]
+        for lw, cache in zip(self._layers, self._cache):
+            x = self._decode_layer_fn(x, lw, cache, pos, ctx_len)
+        return self._scores(x)
+
+    def _prefill_graph(self, tokens, slots, start, n_valid, ctx_len: int):
+        n, t_len = tokens.shape
+        positions = tf.minimum(start[:, None] + tf.range(t_len)[None, :], self.hp.n_ctx - 1)  # [N, T]
+        x = tf.reshape(gpt2.embed(self._wte, self._wpe, tokens, positions), [n * t_len, self.hp.n_embd])
+        for lw, cache in zip(self._layers, self._cache):
+            x = self._prefill_layer_fn(x, lw, cache, slots, start, n_valid, ctx_len)
+        last = tf.range(n) * t_len + tf.maximum(n_valid - 1, 0)  # each piece's last real token
+        return self._scores(tf.gather(x, last))
 
     def _placement(self):
         return tf.device(self.config.device) if self.config.device else contextlib.nullcontext()
@@ -123,23 +199,65 @@ class Engine:
         if not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} is outside 0..{self.slots - 1}")
 
-    def trace_count(self) -> int:
-        """How many times the compiled functions have been traced (one per new shape bucket)."""
-        return sum(f.experimental_get_tracing_count() for f in (self._prefill_fn, self._decode_fn))
+    # ---- shapes and compilation ----
 
-    def warmup(self) -> None:
-        """Compile the shapes of short requests (every prompt-chunk and batch bucket at the smallest
-        context) so the first clients do not wait for XLA. Leaves every slot free."""
-        for n in self.chunk_buckets:
-            if n <= self.ctx_buckets[0]:
-                self.prefill(0, [0] * n)
-        for b in self.batch_buckets:
-            stepping = range(min(b, self.slots))
-            for slot in stepping:
-                self.prefill(slot, [0])
-            self.step({slot: 0 for slot in stepping})
-        for slot in range(self.slots):
-            self._windows[slot] = None
+    def trace_count(self) -> int:
+        """How many times the graphs have been traced (each new shape bucket traces once)."""
+        fns = (self._prefill_fn, self._decode_fn, self._prefill_layer_fn, self._decode_layer_fn, self._head_fn)
+        return sum(f.experimental_get_tracing_count() for f in fns)
+
+    def piece_fits(self, lengths: Sequence[int]) -> bool:
+        """Whether first pieces (start 0) of these lengths can run in one prefill call."""
+        if not lengths or len(lengths) > self.piece_buckets[-1] or max(lengths) > self.chunk_buckets[-1]:
+            return False
+        if len(lengths) == 1:
+            return True
+        return round_up(len(lengths), self.piece_buckets) * round_up(max(lengths), self.chunk_buckets) \
+            <= self.chunk_buckets[-1]
+
+    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every program a request can reach: ``("decode", (rows, ctx))`` and ``("prefill", (pieces,
+        length, ctx))``. Pieces that start at 0 run alone or together, with their length's context
+        bucket; a continuation (a long prompt's later chunk, or a slid window's) runs alone from a
+        multiple of the chunk size, so only the contexts it can reach are listed."""
+        out: set[tuple[str, tuple[int, ...]]] = set()
+        for n in self.piece_buckets:
+            for t in self.chunk_buckets:
+                if n == 1 or self.piece_fits([t] * n):
+                    out.add(("prefill", (n, t, round_up(t, self.ctx_buckets))))
+        chunk = self.chunk_buckets[-1]
+        for start in range(chunk, self.hp.n_ctx, chunk):
+            for length in range(1, min(chunk, self.hp.n_ctx - start) + 1):
+                shape = (1, round_up(length, self.chunk_buckets), round_up(start + length, self.ctx_buckets))
+                out.add(("prefill", shape))
+        out.update(("decode", (b, c)) for c in self.ctx_buckets for b in self.batch_buckets)
+        return sorted(out)
+
+    def warmup(self, progress: Callable[[str], None] | None = None, *, threads: int = 2) -> None:
+        """Compile every program of :meth:`shapes`, so no request waits for XLA.
+
+        ``threads`` calls at once (XLA compiles one program per thread; measured on 2 cores: 1.05 s
+        per 124M program with 2 threads, 1.45 s with 1). The dummy calls write only scratch rows
+        (``n_valid = 0``, ``pos = n_ctx``), so slots keep what they hold.
+        """
+        shapes = self.shapes()
+        done = iter(range(1, len(shapes) + 1))
+
+        def compile_one(item: tuple[str, tuple[int, ...]]) -> None:
+            kind, shape = item
+            with self._placement():
+                if kind == "decode":
+                    b, ctx = shape
+                    self._decode_fn(tf.zeros([b], tf.int32), tf.fill([b], self.hp.n_ctx), ctx)
+                else:
+                    n, t, ctx = shape
+                    zeros = tf.zeros([n], tf.int32)
+                    self._prefill_fn(tf.zeros([n, t], tf.int32), zeros, zeros, zeros, ctx)
+            if progress is not None:
+                progress(f"compiled {kind} {'x'.join(map(str, shape))} ({next(done)}/{len(shapes)})")
+
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="warmup") as pool:
+            list(pool.map(compile_one, shapes))
 
     # ---- compute ----
 
@@ -149,41 +267,75 @@ class Engine:
         Returns float32 logits ``[n_vocab]`` for the token after ``ids``. Prompts longer than
         ``prefill_chunk`` run in several calls, each attending over what the previous ones wrote.
         """
-        self._check_slot(slot)
+        return self.prefill_scores(slot, ids).logits[0]
+
+    def prefill_scores(self, slot: int, ids: Sequence[int]) -> Scores:
+        """:meth:`prefill` returning the :class:`Scores` of the last token (one row)."""
+        ids = self._check_ids(ids)
+        chunk = self.chunk_buckets[-1]
+        scores = None
+        for start in range(0, len(ids), chunk):
+            scores = self.prefill_batch([Piece(slot, ids[start : start + chunk], start)])
+        return scores
+
+    def prefill_batch(self, pieces: Sequence[Piece]) -> Scores:
+        """Write several slots' prompt pieces in one call; row i of the result scores piece i's last
+        token. A piece with ``start == 0`` replaces what its slot held; otherwise ``start`` must be
+        the slot's length (a continuation: one piece per call). Several pieces must satisfy
+        :meth:`piece_fits`."""
+        pieces = [Piece(p.slot, self._check_ids(p.ids), p.start) for p in pieces]
+        self._check_pieces(pieces)
+        n_bucket = round_up(len(pieces), self.piece_buckets)
+        t_bucket = round_up(max(len(p.ids) for p in pieces), self.chunk_buckets)
+        ctx_len = round_up(max(p.start + len(p.ids) for p in pieces), self.ctx_buckets)
+        tokens = np.zeros([n_bucket, t_bucket], np.int32)
+        slots, start, n_valid = (np.zeros([n_bucket], np.int32) for _ in range(3))
+        for i, p in enumerate(pieces):
+            tokens[i, : len(p.ids)] = p.ids
+            slots[i], start[i], n_valid[i] = p.slot, p.start, len(p.ids)
+            if p.start == 0:
+                self._windows[p.slot] = None  # a failed call leaves no half-written slot "occupied"
+        with self._placement():
+            out = self._prefill_fn(tf.constant(tokens), tf.constant(slots), tf.constant(start),
+                                   tf.constant(n_valid), ctx_len)  # fmt: skip
+        for p in pieces:
+            self._windows[p.slot] = (self._windows[p.slot] or [])[: p.start] + list(p.ids)
+        return _numpy_scores(out, len(pieces))
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = [int(t) for t in ids]
         if not 1 <= len(ids) <= self.hp.n_ctx:
             raise ValueError(f"prefill takes 1..{self.hp.n_ctx} tokens, got {len(ids)}")
         bad = [t for t in ids if not 0 <= t < self.hp.n_vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.hp.n_vocab - 1})")
-        self._windows[slot] = None  # if a chunk fails, the slot is not left half-written and "occupied"
-        logits = None
-        chunk = self.chunk_buckets[-1]
-        for start in range(0, len(ids), chunk):
-            logits = self._prefill_chunk(slot, ids[start : start + chunk], start)
-        self._windows[slot] = ids
-        return logits
+        return ids
 
-    def _prefill_chunk(self, slot: int, piece: list[int], start: int) -> np.ndarray:
-        t_bucket = round_up(len(piece), self.chunk_buckets)
-        ctx_len = round_up(start + len(piece), self.ctx_buckets)
-        padded = np.zeros([t_bucket], np.int32)
-        padded[: len(piece)] = piece
-        with self._placement():
-            out = self._prefill_fn(
-                tf.constant(padded), tf.constant(slot, tf.int32), tf.constant(start, tf.int32),
-                tf.constant(len(piece), tf.int32), ctx_len,
-            )  # fmt: skip
-        return out.numpy()
+    def _check_pieces(self, pieces: list[Piece]) -> None:
+        for p in pieces:
+            self._check_slot(p.slot)
+            held = len(self._windows[p.slot] or [])
+            if p.start not in (0, held) or p.start + len(p.ids) > self.hp.n_ctx:
+                raise ValueError(f"slot {p.slot} holds {held} tokens: a piece cannot start at {p.start}")
+        if len({p.slot for p in pieces}) != len(pieces):
+            raise ValueError("two pieces for one slot in one call")
+        if len(pieces) > 1 and (any(p.start for p in pieces) or not self.piece_fits([len(p.ids) for p in pieces])):
+            raise ValueError("several pieces in one call must all start at 0 and fit one prefill bucket")
+        if len(pieces) == 1 and len(pieces[0].ids) > self.chunk_buckets[-1]:
+            raise ValueError(f"a piece is at most {self.chunk_buckets[-1]} tokens")
 
     def step(self, tokens: Mapping[int, int]) -> np.ndarray:
-        """Append ``tokens[slot]`` to each given slot and return logits ``[len(tokens), V]``.
+        """Append ``tokens[slot]`` to each given slot and return logits ``[len(tokens), V]``."""
+        return self.step_scores(tokens).logits
 
-        Rows come in the order of ``tokens``' keys. Slots that are full slide their window
-        (re-prefill); the others run together in one batched decode call.
+    def step_scores(self, tokens: Mapping[int, int]) -> Scores:
+        """Append ``tokens[slot]`` to each given slot; rows of the result follow ``tokens``' keys.
+
+        Slots that are full slide their window (re-prefill); the others run together in one
+        batched decode call.
         """
         slots = list(tokens)
-        out = np.empty([len(slots), self.hp.n_vocab], np.float32)
+        rows: list[Scores | None] = [None] * len(slots)
         batch_rows, batch_slots, batch_tokens, batch_pos = [], [], [], []
         for row, slot in enumerate(slots):
             self._check_slot(slot)
@@ -194,19 +346,25 @@ class Engine:
             if not 0 <= tok < self.hp.n_vocab:
                 raise ValueError(f"token id {tok} is outside the vocabulary (0..{self.hp.n_vocab - 1})")
             if len(window) >= self.hp.n_ctx:
-                out[row] = self.prefill(slot, (window + [tok])[-self.window_keep :])
+                rows[row] = self.prefill_scores(slot, (window + [tok])[-self.window_keep :])
                 continue
             batch_rows.append(row)
             batch_slots.append(slot)
             batch_tokens.append(tok)
             batch_pos.append(len(window))
         if batch_rows:
-            out[batch_rows] = self._decode(batch_slots, batch_tokens, batch_pos)
+            decoded = self._decode(batch_slots, batch_tokens, batch_pos)
+            for i, row in enumerate(batch_rows):
+                rows[row] = Scores(*(a[i : i + 1] for a in decoded))
             for slot, tok in zip(batch_slots, batch_tokens):
                 self._windows[slot].append(tok)
-        return out
+        if not rows:
+            v, k = self.hp.n_vocab, self._candidates
+            return Scores(np.empty([0, v], np.float32), np.empty([0], np.float32),
+                          np.empty([0, k], np.int32), np.empty([0, k], np.float32))  # fmt: skip
+        return Scores(*(np.concatenate(parts) for parts in zip(*rows)))
 
-    def _decode(self, slots: list[int], tokens: list[int], pos: list[int]) -> np.ndarray:
+    def _decode(self, slots: list[int], tokens: list[int], pos: list[int]) -> Scores:
         """Run slots ``0..b-1`` (b: the bucket above the highest slot stepping) in one call.
 
         Slots are handed out lowest first, so the rows in use are mostly contiguous; rows with
@@ -219,5 +377,10 @@ class Engine:
         tok[slots] = tokens
         where[slots] = pos
         with self._placement():
-            logits = self._decode_fn(tf.constant(tok), tf.constant(where), ctx_len)
-        return logits.numpy()[slots]
+            out = self._decode_fn(tf.constant(tok), tf.constant(where), ctx_len)
+        return Scores(*(a[slots] for a in _numpy_scores(out, b_bucket)))
+
+
+def _numpy_scores(out: tuple[tf.Tensor, ...], rows: int) -> Scores:
+    """The first ``rows`` rows of a compiled call's outputs, on the host."""
+    return Scores(*(t[:rows].numpy() for t in out))

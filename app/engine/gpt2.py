@@ -1,18 +1,28 @@
 """GPT-2 forward pass as plain functions over explicit state (TF2, no compat.v1).
 
-Follows openai/gpt-2 ``src/model.py`` (``norm``, ``attn``, ``mlp``, ``block``, ``model``): the
-weights are a mapping of canonical names (``wte``, ``h0/attn/c_attn/w``, ...) to tensors or
-variables, and the key/value cache is passed in explicitly. Two entry points share the blocks:
+Follows openai/gpt-2 ``src/model.py`` (``norm``, ``attn``, ``mlp``, ``block``, ``model``): one
+:func:`block` serves every path, and only the attention differs between them (a callable passed in):
 
-* :func:`prefill` runs ``T`` prompt tokens of one slot, writing their keys/values into the cache
-  at positions ``start .. start+T`` and attending over the first ``L`` cache positions.
-* :func:`decode` runs one token for each of ``B`` slots, each at its own position.
+* :func:`prefill_layer` runs ``N`` prompt pieces of ``T`` tokens, each in its own slot, writing
+  their keys/values into the cache and attending causally over the cache;
+* :func:`decode_layer` runs one new token for each of slots ``0..B-1``, each at its own position;
+* :func:`forward_full` is the cache-free reference path (tests, training).
 
-Cache layout, per layer: one variable for keys and one for values, each ``[S, n_ctx, n_embd]``
-(slots, positions, heads*head_dim). ``n_embd`` is the minor axis so a token's keys are one
-contiguous row (a scatter writes ``B`` rows per step), and slicing ``[:, :L]`` costs nothing under
-XLA, so attention cost follows the context in use (``L``), not ``n_ctx``. Variables are updated in
-place by XLA (measured: writing one row into a 1 GB cache costs the same as into a 100 MB one).
+The serving engine compiles :func:`prefill_layer` / :func:`decode_layer` once per shape and calls
+the same compiled program for every layer (weights are arguments), so compile time does not grow
+with the depth of the model; see :mod:`app.engine.engine`.
+
+Weight layout. Serving weights (:class:`Layer`) keep every linear map transposed, ``w_t [out,
+in]``, and multiply with ``x @ w_t^T``: XLA's CPU kernels run that 20-40 % faster than ``x @ w``
+for the row counts of decoding (``make bench-roofline`` measures both). The checkpoint layout
+``[in, out]`` (GPT-2's Conv1D) is what :func:`layer_weights` transposes from.
+
+Cache layout, per layer: one tensor for keys and one for values, ``[S, n_ctx + 1, n_embd]``
+(slot rows, positions, heads*head_dim). Position ``n_ctx`` is a scratch row: padding and idle rows
+write there and it is never read. ``S`` is the engine's largest decode batch bucket (at least the
+slot count). ``n_embd`` is the minor axis so a token's keys are one contiguous row, and slicing
+``[:, :L]`` costs nothing under XLA, so attention cost follows the context in use (``L``), not
+``n_ctx``. XLA updates the cache variables in place.
 
 Numerics follow Hugging Face's GPT2 (layer-norm epsilon 1e-5, tanh GELU); layer norm, softmax and
 logits are computed in float32 whatever the weight dtype.
@@ -20,17 +30,56 @@ logits are computed in float32 whatever the weight dtype.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import tensorflow as tf
 
 from app.model.hparams import HParams
 
 Weights = Mapping[str, tf.Variable | tf.Tensor]
-LayerCache = tuple[tf.Variable, tf.Variable]  # (keys, values), each [S, n_ctx, n_embd]
+LayerCache = tuple[tf.Variable, tf.Variable]  # (keys, values), each [S, n_ctx + 1, n_embd]
+Attend = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]  # q, k, v [N, C] -> [N, C]
 
 _NEG = -1e30  # added to masked attention scores; exp() of it is exactly 0 in float32
+
+
+class Layer(NamedTuple):
+    """One block's weights, linear maps transposed to ``[out, in]`` (see the module docstring)."""
+
+    ln_1_g: tf.Tensor  # [C]
+    ln_1_b: tf.Tensor  # [C]
+    attn_w: tf.Tensor  # [3C, C]  (attn/c_attn/w transposed)
+    attn_b: tf.Tensor  # [3C]
+    attn_proj_w: tf.Tensor  # [C, C]  (attn/c_proj/w transposed)
+    attn_proj_b: tf.Tensor  # [C]
+    ln_2_g: tf.Tensor  # [C]
+    ln_2_b: tf.Tensor  # [C]
+    fc_w: tf.Tensor  # [4C, C]  (mlp/c_fc/w transposed)
+    fc_b: tf.Tensor  # [4C]
+    mlp_proj_w: tf.Tensor  # [C, 4C]  (mlp/c_proj/w transposed)
+    mlp_proj_b: tf.Tensor  # [C]
+
+
+# Layer field -> canonical checkpoint name under h{i}/ (and whether it is stored transposed).
+LAYER_NAMES: dict[str, tuple[str, bool]] = {
+    "ln_1_g": ("ln_1/g", False), "ln_1_b": ("ln_1/b", False),
+    "attn_w": ("attn/c_attn/w", True), "attn_b": ("attn/c_attn/b", False),
+    "attn_proj_w": ("attn/c_proj/w", True), "attn_proj_b": ("attn/c_proj/b", False),
+    "ln_2_g": ("ln_2/g", False), "ln_2_b": ("ln_2/b", False),
+    "fc_w": ("mlp/c_fc/w", True), "fc_b": ("mlp/c_fc/b", False),
+    "mlp_proj_w": ("mlp/c_proj/w", True), "mlp_proj_b": ("mlp/c_proj/b", False),
+}  # fmt: skip
+
+
+def layer_weights(w: Weights, i: int, *, transpose: Callable = tf.transpose) -> Layer:
+    """Layer ``i`` of checkpoint-layout weights ``w``, linear maps passed through ``transpose``."""
+    return Layer(**{
+        field: transpose(w[f"h{i}/{name}"]) if transposed else w[f"h{i}/{name}"]
+        for field, (name, transposed) in LAYER_NAMES.items()
+    })  # fmt: skip
 
 
 def norm(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, *, eps: float = 1e-5) -> tf.Tensor:
@@ -47,16 +96,17 @@ def gelu(x: tf.Tensor) -> tf.Tensor:
     return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
 
-def conv1d(x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Affine map of the last axis: ``x [..., nx] @ w [nx, nf] + b [nf]``."""
-    shape = tf.shape(x)
-    y = tf.matmul(tf.reshape(x, [-1, w.shape[0]]), w) + b
-    return tf.reshape(y, tf.concat([shape[:-1], [w.shape[1]]], axis=0))
+def dense(x: tf.Tensor, w_t: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Affine map of rows: ``x [N, in] @ w_t [out, in]^T + b [out]`` -> ``[N, out]``."""
+    return tf.matmul(x, w_t, transpose_b=True) + b
 
 
-def mlp(x: tf.Tensor, w: Weights, prefix: str) -> tf.Tensor:
-    h = gelu(conv1d(x, w[f"{prefix}/mlp/c_fc/w"], w[f"{prefix}/mlp/c_fc/b"]))
-    return conv1d(h, w[f"{prefix}/mlp/c_proj/w"], w[f"{prefix}/mlp/c_proj/b"])
+def block(x: tf.Tensor, lw: Layer, attend: Attend) -> tf.Tensor:
+    """One transformer block over rows ``x [N, C]``; ``attend(q, k, v)`` mixes the rows' tokens."""
+    q, k, v = tf.split(dense(norm(x, lw.ln_1_g, lw.ln_1_b), lw.attn_w, lw.attn_b), 3, axis=-1)
+    x = x + dense(attend(q, k, v), lw.attn_proj_w, lw.attn_proj_b)
+    h = gelu(dense(norm(x, lw.ln_2_g, lw.ln_2_b), lw.fc_w, lw.fc_b))
+    return x + dense(h, lw.mlp_proj_w, lw.mlp_proj_b)
 
 
 def _softmax_f32(scores: tf.Tensor, visible: tf.Tensor, *, axis: int = -1) -> tf.Tensor:
@@ -65,42 +115,39 @@ def _softmax_f32(scores: tf.Tensor, visible: tf.Tensor, *, axis: int = -1) -> tf
     return tf.nn.softmax(scores, axis=axis)
 
 
-def attn_prefill(
-    x: tf.Tensor, w: Weights, prefix: str, cache: LayerCache, *, hp: HParams,
-    slot: tf.Tensor, start: tf.Tensor, n_valid: tf.Tensor, ctx_len: int,
+def prefill_attention(
+    q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, cache: LayerCache, *, hp: HParams,
+    slots: tf.Tensor, start: tf.Tensor, n_valid: tf.Tensor, ctx_len: int,
 ) -> tf.Tensor:  # fmt: skip
-    """Self-attention for ``x [T, C]`` of one slot whose first token sits at position ``start``.
+    """Attention for ``N`` pieces of ``T`` tokens (rows ``n*T + t`` of ``q, k, v [N*T, C]``).
 
-    Writes the first ``n_valid`` keys/values into the cache (padding rows go to the scratch row
-    ``n_ctx``, which is never read), then attends over cache positions ``[0, ctx_len)`` with a
-    causal mask (query t sees positions <= start + t).
+    Piece ``n`` belongs to slot ``slots[n]``, its first token sits at position ``start[n]`` and its
+    first ``n_valid[n]`` tokens are real. Their keys/values are written into the cache (padding goes
+    to the scratch row ``n_ctx``), then every query attends over its slot's positions
+    ``[0, ctx_len)`` with a causal mask (token t sees positions <= start + t).
     """
-    t_len, c = x.shape[0], hp.n_embd
+    n, t_len = slots.shape[0], q.shape[0] // slots.shape[0]
     h, d = hp.n_head, hp.head_dim
-    qkv = conv1d(x, w[f"{prefix}/attn/c_attn/w"], w[f"{prefix}/attn/c_attn/b"])  # [T, 3C]
-    q, k, v = tf.split(qkv, 3, axis=-1)  # each [T, C]
-    t_idx = tf.range(t_len)
-    write_pos = tf.where(t_idx < n_valid, start + t_idx, hp.n_ctx)
-    rows = tf.stack([tf.fill([t_len], slot), write_pos], axis=1)  # [T, 2]
+    t_idx = tf.range(t_len)[None, :]  # [1, T]
+    write_pos = tf.where(t_idx < n_valid[:, None], start[:, None] + t_idx, hp.n_ctx)  # [N, T]
+    rows = tf.stack([tf.broadcast_to(slots[:, None], [n, t_len]), write_pos], axis=-1)  # [N, T, 2]
+    rows = tf.reshape(rows, [n * t_len, 2])
     cache[0].scatter_nd_update(rows, k)
     cache[1].scatter_nd_update(rows, v)
-    # gather, not cache[slot]: XLA would take a sliced index as a compile-time constant and
-    # compile one program per slot.
-    keys = tf.reshape(tf.gather(cache[0][:, :ctx_len], slot), [ctx_len, h, d])  # [L, H, D]
-    vals = tf.reshape(tf.gather(cache[1][:, :ctx_len], slot), [ctx_len, h, d])
-    q = tf.reshape(q, [t_len, h, d])  # [T, H, D]
-    scores = tf.einsum("thd,lhd->htl", q, keys) * (1.0 / math.sqrt(d))  # [H, T, L]
-    qpos = start + tf.range(t_len)  # [T]
-    visible = tf.range(ctx_len)[None, :] <= qpos[:, None]  # [T, L]
-    probs = tf.cast(_softmax_f32(scores, visible[None]), x.dtype)
-    out = tf.reshape(tf.einsum("htl,lhd->thd", probs, vals), [t_len, c])
-    return conv1d(out, w[f"{prefix}/attn/c_proj/w"], w[f"{prefix}/attn/c_proj/b"])
+    keys = tf.reshape(tf.gather(cache[0][:, :ctx_len], slots), [n, ctx_len, h, d])  # [N, L, H, D]
+    vals = tf.reshape(tf.gather(cache[1][:, :ctx_len], slots), [n, ctx_len, h, d])
+    q = tf.reshape(q, [n, t_len, h, d])
+    scores = tf.einsum("nthd,nlhd->nhtl", q, keys) * (1.0 / math.sqrt(d))  # [N, H, T, L]
+    qpos = start[:, None] + t_idx  # [N, T]
+    visible = tf.range(ctx_len)[None, None, :] <= qpos[:, :, None]  # [N, T, L]
+    probs = tf.cast(_softmax_f32(scores, visible[:, None]), q.dtype)
+    return tf.reshape(tf.einsum("nhtl,nlhd->nthd", probs, vals), [n * t_len, hp.n_embd])
 
 
-def attn_decode(
-    x: tf.Tensor, w: Weights, prefix: str, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int,
+def decode_attention(
+    q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int,
 ) -> tf.Tensor:  # fmt: skip
-    """Self-attention for one new token per slot: row b of ``x [B, C]`` is slot b, at ``pos[b]``.
+    """Attention for one new token per slot: row b of ``q, k, v [B, C]`` is slot b, at ``pos[b]``.
 
     Rows are slots ``0..B-1`` so the cache is read as one contiguous slice ``[:B, :ctx_len]`` (a
     gather of scattered slots would copy it). Slots with nothing to do this step get
@@ -108,10 +155,8 @@ def attn_decode(
     over its own positions ``[0, pos[b]]``; the rest is masked, so a row's result does not depend
     on the other rows' values.
     """
-    bsz, c = x.shape[0], hp.n_embd
+    bsz = q.shape[0]
     h, d = hp.n_head, hp.head_dim
-    qkv = conv1d(x, w[f"{prefix}/attn/c_attn/w"], w[f"{prefix}/attn/c_attn/b"])  # [B, 3C]
-    q, k, v = tf.split(qkv, 3, axis=-1)  # each [B, C]
     rows = tf.stack([tf.range(bsz), pos], axis=1)  # [B, 2]
     cache[0].scatter_nd_update(rows, k)
     cache[1].scatter_nd_update(rows, v)
@@ -122,75 +167,57 @@ def attn_decode(
     q = tf.reshape(q, [bsz, 1, h, d])
     scores = tf.reduce_sum(q * keys, axis=-1) * (1.0 / math.sqrt(d))  # [B, L, H]
     visible = tf.range(ctx_len)[None, :] <= pos[:, None]  # [B, L]
-    probs = tf.cast(_softmax_f32(scores, visible[:, :, None], axis=1), x.dtype)  # [B, L, H]
-    out = tf.reshape(tf.reduce_sum(probs[..., None] * vals, axis=1), [bsz, c])  # [B, H, D] -> [B, C]
-    return conv1d(out, w[f"{prefix}/attn/c_proj/w"], w[f"{prefix}/attn/c_proj/b"])
+    probs = tf.cast(_softmax_f32(scores, visible[:, :, None], axis=1), q.dtype)  # [B, L, H]
+    return tf.reshape(tf.reduce_sum(probs[..., None] * vals, axis=1), [bsz, hp.n_embd])  # [B, C]
 
 
-def logits_of(x: tf.Tensor, w: Weights) -> tf.Tensor:
-    """Final layer norm and the tied output projection: ``[N, C] -> [N, n_vocab]`` float32."""
-    h = norm(x, w["ln_f/g"], w["ln_f/b"])
-    return tf.cast(tf.matmul(h, w["wte"], transpose_b=True), tf.float32)
+def causal_attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, *, hp: HParams, n: int, t_len: int) -> tf.Tensor:
+    """Cache-free causal attention of ``n`` sequences of ``t_len`` tokens (rows ``[n*T, C]``)."""
+    h, d = hp.n_head, hp.head_dim
+    q, k, v = (tf.reshape(z, [n, t_len, h, d]) for z in (q, k, v))
+    scores = tf.einsum("nthd,nshd->nhts", q, k) * (1.0 / math.sqrt(d))
+    causal = tf.range(t_len)[None, :] <= tf.range(t_len)[:, None]  # [T, T]
+    probs = tf.cast(_softmax_f32(scores, causal[None, None]), q.dtype)
+    return tf.reshape(tf.einsum("nhts,nshd->nthd", probs, v), [n * t_len, hp.n_embd])
 
 
-def prefill(
-    w: Weights, cache: Sequence[LayerCache], tokens: tf.Tensor, *, hp: HParams,
-    slot: tf.Tensor, start: tf.Tensor, n_valid: tf.Tensor, ctx_len: int,
+def prefill_layer(
+    x: tf.Tensor, lw: Layer, cache: LayerCache, *, hp: HParams,
+    slots: tf.Tensor, start: tf.Tensor, n_valid: tf.Tensor, ctx_len: int,
 ) -> tf.Tensor:  # fmt: skip
-    """Run ``tokens [T]`` (the first ``n_valid`` real, the rest padding) of one slot from ``start``.
+    """One block over ``N`` prompt pieces, rows ``x [N*T, C]``; see :func:`prefill_attention`."""
+    return block(x, lw, functools.partial(prefill_attention, cache=cache, hp=hp, slots=slots, start=start,
+                                          n_valid=n_valid, ctx_len=ctx_len))  # fmt: skip
 
-    Returns float32 logits ``[n_vocab]`` at the last real token. Padding positions write garbage
-    keys/values past the real ones; they are never visible, because attention only sees positions
-    up to each query, and decode overwrites them in order.
+
+def decode_layer(x: tf.Tensor, lw: Layer, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int) -> tf.Tensor:
+    """One block over one new token per slot, rows ``x [B, C]``; see :func:`decode_attention`."""
+    return block(x, lw, functools.partial(decode_attention, cache=cache, hp=hp, pos=pos, ctx_len=ctx_len))
+
+
+def embed(wte: tf.Tensor, wpe: tf.Tensor, tokens: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """Token plus position embeddings: ``tokens, positions [...]`` -> ``[..., C]``."""
+    return tf.gather(wte, tokens) + tf.gather(wpe, positions)
+
+
+def logits_of(x: tf.Tensor, ln_f_g: tf.Tensor, ln_f_b: tf.Tensor, wte: tf.Tensor) -> tf.Tensor:
+    """Final layer norm and the tied output projection: ``[N, C] -> [N, n_vocab]`` float32.
+
+    ``wte [V, C]`` is already the ``[out, in]`` layout, so this is :func:`dense` without a bias.
     """
-    t_len = tokens.shape[0]
-    positions = tf.minimum(start + tf.range(t_len), hp.n_ctx - 1)
-    x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], positions)  # [T, C]
-    for i in range(hp.n_layer):
-        p = f"h{i}"
-        a = attn_prefill(norm(x, w[f"{p}/ln_1/g"], w[f"{p}/ln_1/b"]), w, p, cache[i], hp=hp,
-                         slot=slot, start=start, n_valid=n_valid, ctx_len=ctx_len)  # fmt: skip
-        x = x + a
-        x = x + mlp(norm(x, w[f"{p}/ln_2/g"], w[f"{p}/ln_2/b"]), w, p)
-    last = tf.gather(x, n_valid - 1)[None]  # [1, C]
-    return logits_of(last, w)[0]
-
-
-def decode(
-    w: Weights, cache: Sequence[LayerCache], tokens: tf.Tensor, *, hp: HParams, pos: tf.Tensor, ctx_len: int,
-) -> tf.Tensor:  # fmt: skip
-    """One decode step for slots ``0..B-1``: ``tokens [B]`` at positions ``pos [B]`` -> logits ``[B, V]``.
-
-    ``pos[b] == n_ctx`` marks a slot with nothing to do (its row is computed and ignored).
-    """
-    x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], tf.minimum(pos, hp.n_ctx - 1))  # [B, C]
-    for i in range(hp.n_layer):
-        p = f"h{i}"
-        a = attn_decode(norm(x, w[f"{p}/ln_1/g"], w[f"{p}/ln_1/b"]), w, p, cache[i], hp=hp,
-                        pos=pos, ctx_len=ctx_len)  # fmt: skip
-        x = x + a
-        x = x + mlp(norm(x, w[f"{p}/ln_2/g"], w[f"{p}/ln_2/b"]), w, p)
-    return logits_of(x, w)
+    return tf.cast(tf.matmul(norm(x, ln_f_g, ln_f_b), wte, transpose_b=True), tf.float32)
 
 
 def forward_full(w: Weights, tokens: tf.Tensor, *, hp: HParams) -> tf.Tensor:
     """Cache-free forward of ``tokens [N, T]`` -> logits ``[N, T, V]``: the reference path.
 
-    Used by tests and by the sliding-window reference; it shares ``norm``/``mlp``/``logits_of``
-    with the serving path but computes attention directly.
+    Takes checkpoint-layout weights (the trainer's variables) and runs the same :func:`block` as
+    serving, with the linear maps transposed on the fly.
     """
     n, t_len = tokens.shape
-    h, d = hp.n_head, hp.head_dim
-    x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], tf.range(t_len))[None]  # [N, T, C]
-    causal = tf.range(t_len)[None, :] <= tf.range(t_len)[:, None]  # [T, T]
+    x = embed(w["wte"], w["wpe"], tokens, tf.range(t_len)[None])  # [N, T, C]
+    x = tf.reshape(x, [n * t_len, hp.n_embd])
+    attend = functools.partial(causal_attention, hp=hp, n=n, t_len=t_len)
     for i in range(hp.n_layer):
-        p = f"h{i}"
-        a_in = norm(x, w[f"{p}/ln_1/g"], w[f"{p}/ln_1/b"])
-        qkv = conv1d(a_in, w[f"{p}/attn/c_attn/w"], w[f"{p}/attn/c_attn/b"])
-        q, k, v = (tf.reshape(z, [n, t_len, h, d]) for z in tf.split(qkv, 3, axis=-1))
-        scores = tf.einsum("nthd,nshd->nhts", q, k) * (1.0 / math.sqrt(d))
-        probs = tf.cast(_softmax_f32(scores, causal[None, None]), x.dtype)
-        out = tf.reshape(tf.einsum("nhts,nshd->nthd", probs, v), [n, t_len, hp.n_embd])
-        x = x + conv1d(out, w[f"{p}/attn/c_proj/w"], w[f"{p}/attn/c_proj/b"])
-        x = x + mlp(norm(x, w[f"{p}/ln_2/g"], w[f"{p}/ln_2/b"]), w, p)
-    return tf.reshape(logits_of(tf.reshape(x, [n * t_len, hp.n_embd]), w), [n, t_len, hp.n_vocab])
+        x = block(x, layer_weights(w, i), attend)
+    return tf.reshape(logits_of(x, w["ln_f/g"], w["ln_f/b"], w["wte"]), [n, t_len, hp.n_vocab])

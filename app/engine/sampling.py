@@ -13,6 +13,7 @@ number per token, so a seeded request gives the same tokens whatever else shares
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +98,13 @@ def support(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.
         ids = np.arange(v)
     # Sort candidates by logit descending, then id ascending (deterministic ties).
     ids = ids[np.lexsort((ids, -logits[ids]))]
-    scaled = logits[ids].astype(np.float64) / params.temperature
+    return _tempered(ids, logits[ids], params)
+
+
+def _tempered(ids: np.ndarray, ranked: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of candidates ``ids`` whose logits ``ranked`` are sorted most likely first:
+    temperature, softmax over the candidates, then the top-p cut (renormalised)."""
+    scaled = ranked.astype(np.float64) / params.temperature
     probs = np.exp(scaled - scaled[0])
     probs /= probs.sum()
     if params.top_p < 1.0:
@@ -124,11 +131,13 @@ def draw(ids: np.ndarray, probs: np.ndarray, u: float) -> int:
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """One token from ``logits [V]``. Consumes exactly one uniform number of ``rng`` per call,
     greedy included, so a request's random stream does not depend on its parameters' path."""
-    u = float(rng.random())
-    if params.greedy:
-        return int(np.argmax(logits))
-    if _overflows(logits, params.temperature):
-        return int(np.argmax(logits))  # the limit of a vanishing temperature
+    return _choose(logits, params, float(rng.random()))
+
+
+def _choose(logits: np.ndarray, params: SamplingParams, u: float) -> int:
+    """The token ``sample`` returns for the uniform number ``u``: the reference for every path."""
+    if params.greedy or _overflows(logits, params.temperature):
+        return int(np.argmax(logits))  # an overflowing temperature: the limit of a vanishing one
     if params.top_k == 0 and params.top_p >= 1.0:
         # Plain sampling over the whole vocabulary: no sort needed.
         scaled = logits.astype(np.float64) / params.temperature
@@ -136,3 +145,48 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         return draw(np.arange(logits.shape[-1]), probs, u)
     ids, probs = support(logits, params)
     return draw(ids, probs, u)
+
+
+_TINY_TEMPERATURE = 1e-200  # below this |logit| / T may overflow float64 (float32 logits < 3.5e38)
+
+
+def sample_batch(
+    logits: np.ndarray, params: Sequence[SamplingParams], rngs: Sequence[np.random.Generator], *,
+    top_ids: np.ndarray | None = None, top_logits: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """One token per row of ``logits [N, V]``: row i gets exactly ``sample(logits[i], params[i],
+    rngs[i])`` (each row draws one uniform number from its own generator), computed for the batch.
+
+    Greedy rows are one argmax; plain-sampling rows (no top-k, no top-p) one vectorised
+    inverse-CDF draw; top-k rows whose k fits the device's candidates (``top_ids``/``top_logits``
+    ``[N, K]``, most likely first, ties by lower id: exactly the tokens ``support`` keeps) use them
+    instead of sorting the vocabulary. Other rows (top-p without top-k, k > K) take ``sample``'s path.
+    """
+    n = logits.shape[0]
+    u = np.array([rng.random() for rng in rngs], np.float64)
+    out = np.empty(n, np.int64)
+    greedy, plain, rest = [], [], []
+    for i, p in enumerate(params):
+        if p.greedy or (p.temperature < _TINY_TEMPERATURE and _overflows(logits[i], p.temperature)):
+            greedy.append(i)
+        elif p.top_k == 0 and p.top_p >= 1.0:
+            plain.append(i)
+        else:
+            rest.append(i)
+    if greedy:
+        out[greedy] = np.argmax(logits[greedy], axis=1)
+    if plain:
+        temps = np.array([params[i].temperature for i in plain], np.float64)[:, None]
+        scaled = logits[plain].astype(np.float64) / temps
+        cum = np.cumsum(np.exp(scaled - scaled.max(axis=1, keepdims=True)), axis=1)
+        target = u[plain] * cum[:, -1]
+        out[plain] = np.minimum((cum <= target[:, None]).sum(axis=1), logits.shape[1] - 1)
+    k_max = 0 if top_ids is None else top_ids.shape[1]
+    for i in rest:
+        p = params[i]
+        if 0 < p.top_k <= k_max:
+            ids, probs = _tempered(top_ids[i, : p.top_k].astype(np.int64), top_logits[i, : p.top_k], p)
+            out[i] = draw(ids, probs, u[i])
+        else:
+            out[i] = _choose(logits[i], p, u[i])
+    return out

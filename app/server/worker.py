@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from app.engine.batcher import Batcher, Sequence, TokenEvent
+from app.engine.batcher import Batcher, Sequence, StepFailure, TokenEvent
 from app.engine.load import LoadedModel
 from app.engine.sampling import SamplingParams
 from app.server.metrics import Metrics
@@ -214,6 +214,7 @@ class ModelWorker:
             self._gauge()
 
     def _admit(self, handle: RequestHandle) -> None:
+        """Give a queued request a slot; its prompt is prefilled by the next steps."""
         if handle.cancelled:  # left while queued: never prefilled
             self._count_cancel()
             self._answer(handle, Done("cancelled", "", [], len(handle.request.prompt_ids), 0))
@@ -225,56 +226,58 @@ class ModelWorker:
         except ValueError as exc:
             self._answer(handle, Failed("validation", str(exc)))
             return
+        self._batcher.admit(seq)
         if self.metrics:
             self.metrics.queue_wait.labels(self.name).observe(time.monotonic() - handle.enqueued_at)
-        started = time.monotonic()
-        try:
-            self.busy_since = started
-            event = self._batcher.admit(seq)
-        except Exception as exc:  # noqa: BLE001 - a failed prefill fails this request only
-            log.exception("prefill failed on model %s", self.name)
-            self.last_error = f"prefill: {exc.__class__.__name__}"
-            self._batcher.finish(seq, "error")
-            self._answer(handle, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
-            return
-        finally:
-            self.busy_since = None
-        now = time.monotonic()
-        if self.metrics:
-            self.metrics.prefill_seconds.labels(self.name).observe(now - started)
-            self.metrics.ttft.labels(self.name).observe(now - handle.enqueued_at)
             self.metrics.prompt_tokens.labels(self.name).inc(len(req.prompt_ids))
         self._live[seq] = live
         self.peak_active = max(self.peak_active, len(self._live))
-        live.last_token_at = now
-        self._on_token(live, event)
 
     def _step(self) -> None:
-        started = time.monotonic()
+        """One batcher round (a decode call and a prefill call); a failed call fails its requests."""
         try:
-            self.busy_since = started
+            self.busy_since = time.monotonic()
             if self.step_hook is not None:
                 self.step_hook()
             events = self._batcher.step()
         except Exception as exc:  # noqa: BLE001 - fail this step's requests, keep serving
-            log.exception("decode step failed on model %s", self.name)
-            self.last_error = f"decode: {exc.__class__.__name__}"
-            for live in list(self._live.values()):
-                self._batcher.finish(live.seq, "error")
-                self._finish(live, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
-            return
+            events = [StepFailure([live.seq for live in self._live.values()], exc)]
+            for seq in events[0].seqs:
+                self._batcher.finish(seq, "error")
         finally:
             self.busy_since = None
         now = time.monotonic()
-        if self.metrics:
-            self.metrics.decode_seconds.labels(self.name).observe(now - started)
-            self.metrics.batch_occupancy.labels(self.name).observe(len(events))
+        self._observe_step(events)
         for event in events:
+            if isinstance(event, StepFailure):
+                self._fail(event)
+                continue
             live = self._live[event.seq]
             if self.metrics:
-                self.metrics.itl.labels(self.name).observe(now - live.last_token_at)
+                first = len(event.seq.generated) == 1
+                hist = self.metrics.ttft if first else self.metrics.itl
+                hist.labels(self.name).observe(now - (live.handle.enqueued_at if first else live.last_token_at))
             live.last_token_at = now
             self._on_token(live, event)
+
+    def _observe_step(self, events: list) -> None:
+        if not self.metrics:
+            return
+        times = self._batcher.times
+        if times.decode_s:
+            self.metrics.decode_seconds.labels(self.name).observe(times.decode_s)
+        if times.prefill_s:
+            self.metrics.prefill_seconds.labels(self.name).observe(times.prefill_s)
+        self.metrics.batch_occupancy.labels(self.name).observe(sum(isinstance(e, TokenEvent) for e in events))
+
+    def _fail(self, failure: StepFailure) -> None:
+        exc = failure.error
+        log.error("a step failed on model %s", self.name, exc_info=(type(exc), exc, exc.__traceback__))
+        self.last_error = f"step: {exc.__class__.__name__}"
+        for seq in failure.seqs:
+            live = self._live.get(seq)
+            if live is not None:
+                self._finish(live, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
 
     def _on_token(self, live: _Live, event: TokenEvent) -> None:
         seq = live.seq
