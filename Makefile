@@ -33,8 +33,15 @@ generate: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Python, both Dockerfiles, all YAML, the Kubernetes manifests (1.32 schemas; the CRDs are checked
+# by tests/test_deploy_k8s.py) and the Prometheus config and rules (promtool: Debian's prometheus).
 lint: install
 	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/hadolint Dockerfile.cuda deploy/Dockerfile.cpu
+	$(VENV)/bin/yamllint -s .
+	$(VENV)/bin/kubernetes-validate -k 1.32.0 --strict --quiet --no-warn $$(find deploy/k8s -name '*.yaml' | sort)
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 bench-engine: install
 	$(PY) bench/engine.py
