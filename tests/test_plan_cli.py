@@ -17,6 +17,8 @@ Hand computation (parameters: wte 50257 x e + wpe 1024 x e + per layer 12e^2 + 1
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,12 @@ def test_bad_arguments_are_one_line(capsys, argv, message):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_docs_memory_plan_table_is_the_commands_output(capsys):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "memory-plan.md").read_text()
+    command = re.search(r"\.venv/bin/gpt2-serve (plan .*)\n", doc)[1].split()
+    assert main(command) == 0
+    table = capsys.readouterr().out.strip()
+    assert table.count("\n") == 2 + 4 * 6 * 2 - 1  # header, rule, 4 sizes x 6 cards x 2 dtypes
+    assert table in doc
