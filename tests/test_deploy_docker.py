@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from app.cli.settings_flags import env_name
+from app.server.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = [ROOT / "Dockerfile.cuda", ROOT / "deploy" / "Dockerfile.cpu"]
 
@@ -164,3 +167,39 @@ def test_image_configuration_serves_the_baked_model_and_passes_its_healthcheck(t
     assert server.returncode == 0
     proc = healthcheck(env)
     assert proc.returncode == 1 and "no answer" in proc.stdout
+
+
+def readme_docker_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines()]
+    return [line.split() for line in lines if line.startswith(("docker build", "docker run"))]
+
+
+def test_readme_docker_commands_match_the_dockerfiles():
+    """The README's commands as a user pastes them: each build names a Dockerfile that exists and
+    the context the .dockerignore is written for; each run uses a tag built above, the image's
+    port and volume, and a subcommand the image's `gpt2-serve` has."""
+    from app.cli.main import build_parser
+
+    commands = readme_docker_commands()
+    builds = {c[c.index("-t") + 1]: c[c.index("-f") + 1] for c in commands if c[1] == "build"}
+    assert builds == {"gpt2-serve:gpu": "Dockerfile.cuda", "gpt2-serve:cpu": "deploy/Dockerfile.cpu"}
+    assert all(c[-1] == "." for c in commands if c[1] == "build")
+    issue = "docker run --gpus all -p 8000:8000 -v $PWD/model_store:/app/model_store -e GPT2_MODELS=124M,355M gpt2-serve:gpu"
+    assert issue.split() in commands
+    subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    runs = [c for c in commands if c[1] == "run"]
+    assert len(runs) >= 5
+    for c in runs:
+        image = next(word for word in c if word.startswith("gpt2-serve:"))
+        dockerfile = ROOT / builds[image]
+        words = dict(runtime_stage(dockerfile))
+        for i, word in enumerate(c):
+            if word == "-p":
+                assert c[i + 1].split(":")[1] == words["EXPOSE"]
+            if word == "-v":
+                assert f'["{c[i + 1].split(":")[1]}"]' == words["VOLUME"]
+            if word == "-e":
+                assert c[i + 1].split("=")[0] in {env_name(f) for f in Settings.model_fields}
+        rest = c[c.index(image) + 1:]
+        assert not rest or rest[0] in subcommands, rest
