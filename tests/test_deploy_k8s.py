@@ -30,6 +30,7 @@ KUBERNETES = "1.32.0"
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): K8S / "schemas" / "scaledobject-keda-v1alpha1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): K8S / "schemas" / "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): K8S / "schemas" / "prometheusrule-monitoring-v1.json",
 }
 SIZES = ("124M", "355M", "774M", "1558M")
 GIB = 2**30
@@ -154,3 +155,9 @@ def test_service_monitor_scrapes_every_service_as_the_job_the_alerts_use():
         assert labels[monitor["jobLabel"]] == "gpt2-serve"
         assert monitor["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert 'job="gpt2-serve"' in (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+
+
+def test_prometheus_rule_is_the_alerts_file():
+    (rule,) = resources("PrometheusRule")
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
