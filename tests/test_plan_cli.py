@@ -107,3 +107,16 @@ def test_docs_memory_plan_table_is_the_commands_output(capsys):
     table = capsys.readouterr().out.strip()
     assert table.count("\n") == 2 + 4 * 6 * 2 - 1  # header, rule, 4 sizes x 6 cards x 2 dtypes
     assert table in doc
+
+
+@pytest.mark.parametrize(("available", "slots"), [(272 * 2**20, 8), (275 * 2**20, 20), (2 * 2**30, 32)])
+def test_plan_slots_are_what_the_server_starts_with(tiny_dirs, tiny_hp, available, slots):
+    """The plan's "slots at start" is the count ``load_model`` (what ``serve`` calls) picks for the
+    same free memory: the two must not drift apart."""
+    from app.engine import memory
+    from app.engine.load import load_model
+
+    model = load_model(tiny_dirs["openai"], memory_limit=available)
+    planned = memory.startup_slots(tiny_hp, dtype="float32", configured=None, available=available)
+    assert model.engine.slots == planned == slots  # 270 MiB of weights + overhead, 129 KiB per slot
+    assert model.plan == memory.plan(tiny_hp, slots=planned, dtype="float32")
