@@ -56,6 +56,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
+    import tensorflow as tf
     from app.engine import devices
     devices.split_cpu(2)
     from app.engine.load import load_model
@@ -66,7 +67,8 @@ SCRIPT = textwrap.dedent(
     for dev in ("CPU:0", "CPU:1"):
         model = load_model(path, device=dev, slots=1)
         eng = model.engine
-        variables = list(eng._w.values()) + [v for kv in eng._cache for v in kv]
+        # Every variable the engine holds (weights, KV cache), whatever its attributes are called.
+        variables = [v for v in tf.nest.flatten(list(vars(eng).values())) if isinstance(v, tf.Variable)]
         out["models"][dev] = {"device": model.device,
                               "variable_devices": sorted({v.device for v in variables})}
         ids = model.encoder.encode("Hello there, two devices")
