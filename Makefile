@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install run generate test lint bench-engine bench-serve soak demo-model clean
+.PHONY: install run generate test lint bench-engine bench-serve bench-roofline soak demo-model clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-engine: install
 
 bench-serve: install
 	$(PY) bench/serve.py
+
+bench-roofline: install
+	$(PY) bench/roofline.py
 
 # Hundreds of clients for a set time (not a CI test): SOAK_ARGS="--clients 300 --seconds 900 --model 124M"
 soak: install
