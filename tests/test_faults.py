@@ -90,9 +90,10 @@ def check_message(message: str) -> None:
 
 
 class FailOnce:
-    """Raises once, inside the decode step in which ``batch`` requests are live. Until then a step
-    returns at once while a request waits (so the worker's loop admits it) and otherwise waits.
-    With ``hold``, the full step waits for ``go`` before raising (``full`` tells the test)."""
+    """Raises once, inside the second step in which ``batch`` requests are live (the first writes
+    their prompts and gives each its first token). Until then a step returns at once while a
+    request waits (so the worker's loop admits it) and otherwise waits. With ``hold``, the full
+    step waits for ``go`` before raising (``full`` tells the test)."""
 
     def __init__(self, worker: ModelWorker, batch: int, *, hold: bool = False):
         self.worker = worker
@@ -100,6 +101,7 @@ class FailOnce:
         self.fired = threading.Event()
         self.full = threading.Event()
         self.go = threading.Event()
+        self.full_steps = 0
         if not hold:
             self.go.set()
 
@@ -111,6 +113,9 @@ class FailOnce:
             if self.worker.queued:
                 return
             time.sleep(0.005)
+        self.full_steps += 1
+        if self.full_steps == 1:
+            return
         self.full.set()
         self.go.wait(30)
         self.fired.set()

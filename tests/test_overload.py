@@ -63,7 +63,8 @@ def idle(server):
 
 class Gate:
     """A step hook holding every decode step until released; a step returns early only when a
-    request waits and a slot is free, so the worker's loop goes round and admits it."""
+    request waits and a slot is free, so the worker's loop goes round and admits it, or when an
+    admitted request's prompt is still to be written (prefill happens inside steps)."""
 
     def __init__(self, worker: ModelWorker):
         self.worker = worker
@@ -72,7 +73,7 @@ class Gate:
     def __call__(self) -> None:
         w = self.worker
         while not self.released.wait(0.005):
-            if w.queued and w.active < w.model.engine.slots:
+            if (w.queued and w.active < w.model.engine.slots) or w.prefilling:
                 return
 
 
@@ -292,6 +293,7 @@ def test_request_abandoned_in_the_queue_is_never_prefilled(server, abandon, rout
     with held(server) as gate, ThreadPoolExecutor(SLOTS) as pool:
         holders = [pool.submit(via_generate, server.url, f"Holder {i}", max_new_tokens=8) for i in range(SLOTS)]
         wait_for_metric(server.url, "gpt2_active_slots", float(SLOTS), model=MODEL, timeout=30)
+        wait_until(lambda: server.worker.prefilling == 0)
         # Both holders are prefilled; from here on, nothing else may be.
         before = {name: server.count(name) for name in ("gpt2_prompt_tokens_total", "gpt2_prefill_seconds_count",
                                                          "gpt2_queue_wait_seconds_count", "gpt2_cancelled_requests_total")}  # fmt: skip

@@ -263,7 +263,7 @@ def test_error_echoes_the_request_id(ws):
 
 def test_generation_failure_is_an_error_message(server, ws):
     worker = server.state.registry.get(MODEL).worker
-    failures = iter([RuntimeError("injected")])
+    failures = iter([None, RuntimeError("injected")])  # the first step writes the prompt
 
     def fail_once():
         exc = next(failures, None)

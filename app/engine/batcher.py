@@ -27,12 +27,14 @@ import numpy as np
 from app.engine.engine import Engine, Piece, Scores
 from app.engine.sampling import (
     SamplingParams,
+    distribution,
     make_rng,
     penalize_repetition,
     resolve_seed,
     sample,
     sample_batch,
 )
+from app.engine.speculative import accept, propose
 
 
 @dataclass(eq=False)
@@ -43,6 +45,7 @@ class Sequence:
     max_new_tokens: int
     params: SamplingParams = SamplingParams()
     stop_at_eos: bool = True
+    speculate: bool = True  # may use speculative decoding when the engine offers it (same tokens)
     seed: int = field(init=False)
     generated: list[int] = field(default_factory=list, init=False)
     logprobs: list[float] = field(default_factory=list, init=False)
@@ -78,6 +81,7 @@ class StepFailure:
 
     seqs: list[Sequence]
     error: Exception
+    phase: str  # "decode" | "prefill"
 
 
 @dataclass
@@ -120,7 +124,12 @@ class Batcher:
         self.times = StepTimes()
         if decoding:
             t0 = time.perf_counter()
-            events += self._run(decoding, lambda: self.engine.step_scores({s.slot: s.generated[-1] for s in decoding}))
+            draft = self._draft(decoding[0]) if len(decoding) == 1 else []
+            if draft:
+                events += self._speculate(decoding[0], draft)
+            else:
+                tokens = {s.slot: s.generated[-1] for s in decoding}
+                events += self._run(decoding, lambda: self.engine.step_scores(tokens), phase="decode")
             self.times.decode_s = time.perf_counter() - t0
         pieces = self._prefill_plan()
         if pieces:
@@ -166,11 +175,44 @@ class Batcher:
         done = [i for i, s in enumerate(seqs) if s.prefilled == len(self._window(s))]
         for i in done:
             self._waiting.remove(seqs[i])
-        return self._run(seqs, lambda: self.engine.prefill_batch(pieces), rows=done)
+        return self._run(seqs, lambda: self.engine.prefill_batch(pieces), phase="prefill", rows=done)
+
+    # ---- speculative decoding (a lone stream) ----
+
+    def _draft(self, seq: Sequence) -> list[int]:
+        """A prompt-lookup draft for the only decoding sequence, or [] when speculation is off, not
+        allowed for it (repetition penalty: its distributions depend on the draft), or out of room."""
+        k = self.engine.config.speculative_tokens
+        if not k or not seq.speculate or seq.params.repetition_penalty != 1.0:
+            return []
+        context = self.engine.window(seq.slot) + [seq.generated[-1]]
+        if len(context) + k > self.engine.hp.n_ctx:
+            return []  # the window slides first (a plain step)
+        return propose(context, k=k)
+
+    def _speculate(self, seq: Sequence, draft: list[int]) -> list[TokenEvent | StepFailure]:
+        """Verify ``draft`` in one call and emit the tokens plain decoding would draw from the same
+        random stream (:func:`~app.engine.speculative.accept`), cut at EOS or the token limit."""
+        held = len(self.engine.window(seq.slot))
+        try:
+            scores = self.engine.verify(seq.slot, [seq.generated[-1], *draft])
+        except Exception as exc:  # noqa: BLE001 - as a failed decode call
+            self.finish(seq, "error")
+            return [StepFailure([seq], exc, "decode")]
+        dists = [distribution(row, seq.params) for row in scores.logits]
+        emitted = accept(draft, dists, seq._rng)
+        if seq.slot is not None:
+            self.engine.truncate(seq.slot, held + len(emitted))  # the input token + accepted drafts
+        events = []
+        for i, token in enumerate(emitted):
+            events.append(self._append(seq, token, float(scores.logits[i, token] - scores.lse[i])))
+            if seq.finished:
+                break
+        return events
 
     # ---- sampling ----
 
-    def _run(self, seqs: list[Sequence], call, rows: list[int] | None = None) -> list[TokenEvent | StepFailure]:
+    def _run(self, seqs: list[Sequence], call, *, phase: str, rows: list[int] | None = None) -> list[TokenEvent | StepFailure]:
         """Run one compute ``call`` for ``seqs`` and emit a token for ``rows`` of it (all by default);
         a failure ends all of ``seqs``."""
         try:
@@ -178,7 +220,7 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - the caller decides what a failure means for its requests
             for seq in seqs:
                 self.finish(seq, "error")
-            return [StepFailure(seqs, exc)]
+            return [StepFailure(seqs, exc, phase)]
         rows = list(range(len(seqs))) if rows is None else rows
         if not rows:
             return []
@@ -186,20 +228,19 @@ class Batcher:
 
     def _emit(self, seqs: list[Sequence], scores: Scores) -> list[TokenEvent]:
         tokens = self._sample(seqs, scores)
-        events = []
-        for i, (seq, token) in enumerate(zip(seqs, tokens)):
-            token = int(token)
-            logprob = float(scores.logits[i, token] - scores.lse[i])
-            seq.generated.append(token)
-            seq.logprobs.append(logprob)
-            if seq.stop_at_eos and token == self.eos_id:
-                seq.finish_reason = "eos_token"
-            elif len(seq.generated) >= seq.max_new_tokens:
-                seq.finish_reason = "length"
-            if seq.finished:
-                self._release(seq)
-            events.append(TokenEvent(seq, token, logprob, seq.finish_reason))
-        return events
+        return [self._append(seq, int(token), float(scores.logits[i, token] - scores.lse[i]))
+                for i, (seq, token) in enumerate(zip(seqs, tokens))]  # fmt: skip
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> TokenEvent:
+        seq.generated.append(token)
+        seq.logprobs.append(logprob)
+        if seq.stop_at_eos and token == self.eos_id:
+            seq.finish_reason = "eos_token"
+        elif len(seq.generated) >= seq.max_new_tokens:
+            seq.finish_reason = "length"
+        if seq.finished:
+            self._release(seq)
+        return TokenEvent(seq, token, logprob, seq.finish_reason)
 
     def _sample(self, seqs: list[Sequence], scores: Scores) -> np.ndarray:
         """Every row's token; rows with a repetition penalty sample from their penalised logits."""

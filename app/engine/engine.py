@@ -56,6 +56,7 @@ class EngineConfig:
     prefill_chunk: int = 256  # prompt tokens (padded) run in one prefill call; longer prompts are chunked
     window_keep: int | None = None  # tokens kept when the window slides; None = 3/4 of n_ctx
     candidates: int = 64  # most likely tokens returned per row with the logits (top-k sampling)
+    speculative_tokens: int = 0  # draft length verified per call for a lone stream (0 = no speculation)
     jit_compile: bool = True  # XLA: required on CPU for in-place cache updates
 
     def __post_init__(self) -> None:
@@ -160,12 +161,14 @@ class Engine:
             x = self._decode_layer_fn(x, lw, cache, pos, ctx_len)
         return self._scores(x)
 
-    def _prefill_graph(self, tokens, slots, start, n_valid, ctx_len: int):
+    def _prefill_graph(self, tokens, slots, start, n_valid, ctx_len: int, every_row: bool = False):
         n, t_len = tokens.shape
         positions = tf.minimum(start[:, None] + tf.range(t_len)[None, :], self.hp.n_ctx - 1)  # [N, T]
         x = tf.reshape(gpt2.embed(self._wte, self._wpe, tokens, positions), [n * t_len, self.hp.n_embd])
         for lw, cache in zip(self._layers, self._cache):
             x = self._prefill_layer_fn(x, lw, cache, slots, start, n_valid, ctx_len)
+        if every_row:  # scores after every token (speculative verification)
+            return self._scores(x)
         last = tf.range(n) * t_len + tf.maximum(n_valid - 1, 0)  # each piece's last real token
         return self._scores(tf.gather(x, last))
 
@@ -231,6 +234,9 @@ class Engine:
                 shape = (1, round_up(length, self.chunk_buckets), round_up(start + length, self.ctx_buckets))
                 out.add(("prefill", shape))
         out.update(("decode", (b, c)) for c in self.ctx_buckets for b in self.batch_buckets)
+        if self.config.speculative_tokens:
+            t = round_up(self.config.speculative_tokens + 1, self.chunk_buckets)
+            out.update(("verify", (1, t, c)) for c in self.ctx_buckets)
         return sorted(out)
 
     def warmup(self, progress: Callable[[str], None] | None = None, *, threads: int = 2) -> None:
@@ -252,7 +258,7 @@ class Engine:
                 else:
                     n, t, ctx = shape
                     zeros = tf.zeros([n], tf.int32)
-                    self._prefill_fn(tf.zeros([n, t], tf.int32), zeros, zeros, zeros, ctx)
+                    self._prefill_fn(tf.zeros([n, t], tf.int32), zeros, zeros, zeros, ctx, kind == "verify")
             if progress is not None:
                 progress(f"compiled {kind} {'x'.join(map(str, shape))} ({next(done)}/{len(shapes)})")
 
@@ -297,7 +303,7 @@ class Engine:
                 self._windows[p.slot] = None  # a failed call leaves no half-written slot "occupied"
         with self._placement():
             out = self._prefill_fn(tf.constant(tokens), tf.constant(slots), tf.constant(start),
-                                   tf.constant(n_valid), ctx_len)  # fmt: skip
+                                   tf.constant(n_valid), ctx_len, False)  # fmt: skip
         for p in pieces:
             self._windows[p.slot] = (self._windows[p.slot] or [])[: p.start] + list(p.ids)
         return _numpy_scores(out, len(pieces))
@@ -323,6 +329,32 @@ class Engine:
             raise ValueError("several pieces in one call must all start at 0 and fit one prefill bucket")
         if len(pieces) == 1 and len(pieces[0].ids) > self.chunk_buckets[-1]:
             raise ValueError(f"a piece is at most {self.chunk_buckets[-1]} tokens")
+
+    def verify(self, slot: int, tokens: Sequence[int]) -> Scores:
+        """Append ``tokens`` to ``slot`` in one call and score every position: row i scores the token
+        after ``tokens[: i + 1]``. Speculative decoding verifies a draft this way, then keeps what it
+        accepted with :meth:`truncate`. The slot must have room for all of them."""
+        tokens = self._check_ids(tokens)
+        held = len(self.window(slot))
+        if held + len(tokens) > self.hp.n_ctx or len(tokens) > self.chunk_buckets[-1]:
+            raise ValueError(f"slot {slot} has no room to verify {len(tokens)} tokens")
+        t_bucket = round_up(len(tokens), self.chunk_buckets)
+        ctx_len = round_up(held + len(tokens), self.ctx_buckets)
+        padded = np.zeros([1, t_bucket], np.int32)
+        padded[0, : len(tokens)] = tokens
+        with self._placement():
+            out = self._prefill_fn(tf.constant(padded), tf.constant([slot]), tf.constant([held]),
+                                   tf.constant([len(tokens)]), ctx_len, True)  # fmt: skip
+        self._windows[slot] += tokens
+        return _numpy_scores(out, len(tokens))
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Forget what ``slot`` holds past ``length`` tokens (rejected draft tokens); the cache rows
+        stay but are never read, and the next tokens overwrite them."""
+        window = self.window(slot)
+        if not 1 <= length <= len(window):
+            raise ValueError(f"slot {slot} holds {len(window)} tokens: cannot keep {length}")
+        self._windows[slot] = window[:length]
 
     def step(self, tokens: Mapping[int, int]) -> np.ndarray:
         """Append ``tokens[slot]`` to each given slot and return logits ``[len(tokens), V]``."""

@@ -39,6 +39,7 @@ def load_model(
     slots: int | None = None,
     memory_limit: int | None = None,
     prefill_chunk: int = 256,
+    speculative_tokens: int = 0,
 ) -> LoadedModel:
     """``memory_limit`` (bytes) overrides what the device reports as free."""
     path = resolve_model_dir(name_or_path, models_dir)
@@ -54,6 +55,7 @@ def load_model(
     if encoder.n_vocab != hp.n_vocab:
         raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
     _, params = load_weights(path)
-    config = EngineConfig(slots=slots, dtype=dtype, device=device, prefill_chunk=prefill_chunk)
+    config = EngineConfig(slots=slots, dtype=dtype, device=device, prefill_chunk=prefill_chunk,
+                          speculative_tokens=speculative_tokens)
     engine = Engine(hp, params, config)
     return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan)

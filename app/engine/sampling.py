@@ -136,15 +136,19 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
 
 def _choose(logits: np.ndarray, params: SamplingParams, u: float) -> int:
     """The token ``sample`` returns for the uniform number ``u``: the reference for every path."""
+    return draw(*distribution(logits, params), u)
+
+
+def distribution(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, weights)`` that ``sample`` draws from by inverse CDF (weights need not sum to 1):
+    the argmax for greedy parameters (or a temperature so small that logits/T overflows: its
+    limit), every token in id order for plain sampling (no sort needed), else :func:`support`."""
     if params.greedy or _overflows(logits, params.temperature):
-        return int(np.argmax(logits))  # an overflowing temperature: the limit of a vanishing one
+        return np.array([int(np.argmax(logits))]), np.ones(1)
     if params.top_k == 0 and params.top_p >= 1.0:
-        # Plain sampling over the whole vocabulary: no sort needed.
         scaled = logits.astype(np.float64) / params.temperature
-        probs = np.exp(scaled - scaled.max())
-        return draw(np.arange(logits.shape[-1]), probs, u)
-    ids, probs = support(logits, params)
-    return draw(ids, probs, u)
+        return np.arange(logits.shape[-1]), np.exp(scaled - scaled.max())
+    return support(logits, params)
 
 
 _TINY_TEMPERATURE = 1e-200  # below this |logit| / T may overflow float64 (float32 logits < 3.5e38)

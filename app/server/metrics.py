@@ -30,7 +30,7 @@ class Metrics:
                                          buckets=LATENCY, registry=r)  # fmt: skip
         self.queue_wait = Histogram("gpt2_queue_wait_seconds", "Arrival to admission into a slot", m,
                                     buckets=LATENCY, registry=r)  # fmt: skip
-        self.prefill_seconds = Histogram("gpt2_prefill_seconds", "One request's prefill", m,
+        self.prefill_seconds = Histogram("gpt2_prefill_seconds", "One prefill call (several prompts' pieces, or a long prompt's chunk)", m,
                                          buckets=LATENCY, registry=r)  # fmt: skip
         self.decode_seconds = Histogram("gpt2_decode_step_seconds", "One batched decode step", m,
                                         buckets=LATENCY, registry=r)  # fmt: skip

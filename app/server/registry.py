@@ -91,10 +91,13 @@ class Registry:
         s = self.settings
         try:
             source = resolve_default(s.models_dir) if entry.source == DEFAULT_NAME else entry.source
+            spec = s.speculative_tokens if s.speculative == "ngram" else 0
             model = load_model(source, s.models_dir, device=entry.device, dtype=s.dtype, slots=s.slots,
-                               prefill_chunk=s.prefill_chunk)  # fmt: skip
+                               prefill_chunk=s.prefill_chunk, speculative_tokens=spec)  # fmt: skip
             if s.warmup:
-                model.engine.warmup()
+                started = time.monotonic()
+                model.engine.warmup(lambda line, name=entry.name: log.info("model %s: %s", name, line))
+                log.info("model %s: every shape compiled in %.1f s", entry.name, time.monotonic() - started)
             worker = ModelWorker(entry.name, model, queue_size=s.queue_size, metrics=self.metrics)
             worker.start()
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, others go on

@@ -41,7 +41,7 @@ def build_request(
     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
     seed: int | None = None, stop: list[str] | None = None, do_sample: bool = False,
     repetition_penalty: float | None = None, truncate: int | None = None, stop_at_eos: bool = True,
-    prompt_ids: list[int] | None = None,
+    prompt_ids: list[int] | None = None, speculative: bool = True,
 ) -> GenerationRequest:  # fmt: skip
     """Sampling happens when ``do_sample`` is set or any sampling knob is given (TGI's rule);
     otherwise decoding is greedy. ``temperature == 0`` is greedy whatever else is set.
@@ -98,4 +98,4 @@ def build_request(
     except ValueError as exc:
         param = str(exc).split(" ", 1)[0]
         raise APIError("validation", str(exc), param=param) from None
-    return GenerationRequest(ids, n_new, params, tuple(stop), stop_at_eos)
+    return GenerationRequest(ids, n_new, params, tuple(stop), stop_at_eos, speculative)

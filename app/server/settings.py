@@ -37,7 +37,11 @@ class Settings(BaseSettings):
         "concurrent sequences per model; default: sized from free memory, at most 32"))
     queue_size: int = Field(default=64, ge=0, description="requests waiting for a slot, per model")
     prefill_chunk: int = Field(default=256, ge=16, le=4096, description="longest prompt piece per call")
-    warmup: bool = Field(default=True, description="compile common shapes before reporting ready")
+    warmup: bool = Field(default=True, description=(
+        "compile every shape a request can reach before reporting ready (a progress line per shape)"))
+    speculative: Literal["off", "ngram"] = Field(default="off", description=(
+        "ngram: a lone stream drafts tokens by prompt lookup and verifies them in one call (same tokens)"))
+    speculative_tokens: int = Field(default=4, ge=1, le=15, description="draft length with --speculative ngram")
     cpu_devices: int = Field(default=1, ge=1, le=64, description=(
         "split the CPU into this many logical devices (CPU:0..N-1) to place models apart without GPUs"))
 

@@ -45,6 +45,7 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
+    speculative: bool = True  # may use speculative decoding (same tokens; off for timing-sensitive clients)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,11 @@ class ModelWorker:
     def active(self) -> int:
         return len(self._live)
 
+    @property
+    def prefilling(self) -> int:
+        """Admitted requests whose prompt is not fully written yet (no token so far)."""
+        return sum(1 for live in list(self._live.values()) if not live.seq.generated)
+
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
         handle = RequestHandle(request, loop or asyncio.get_running_loop())
         with self._cond:
@@ -221,7 +227,8 @@ class ModelWorker:
             return
         req = handle.request
         try:
-            seq = Sequence(req.prompt_ids, req.max_new_tokens, req.sampling, stop_at_eos=req.stop_at_eos)
+            seq = Sequence(req.prompt_ids, req.max_new_tokens, req.sampling, stop_at_eos=req.stop_at_eos,
+                           speculate=req.speculative)
             live = _Live(handle, seq, TextStream(self.model.encoder, req.stop))
         except ValueError as exc:
             self._answer(handle, Failed("validation", str(exc)))
@@ -241,7 +248,7 @@ class ModelWorker:
                 self.step_hook()
             events = self._batcher.step()
         except Exception as exc:  # noqa: BLE001 - fail this step's requests, keep serving
-            events = [StepFailure([live.seq for live in self._live.values()], exc)]
+            events = [StepFailure([live.seq for live in self._live.values()], exc, "decode")]
             for seq in events[0].seqs:
                 self._batcher.finish(seq, "error")
         finally:
@@ -273,7 +280,7 @@ class ModelWorker:
     def _fail(self, failure: StepFailure) -> None:
         exc = failure.error
         log.error("a step failed on model %s", self.name, exc_info=(type(exc), exc, exc.__traceback__))
-        self.last_error = f"step: {exc.__class__.__name__}"
+        self.last_error = f"{failure.phase}: {exc.__class__.__name__}"
         for seq in failure.seqs:
             live = self._live.get(seq)
             if live is not None:

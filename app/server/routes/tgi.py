@@ -27,7 +27,8 @@ def submit(state: ServerState, body: tgi.GenerateRequest, route: str) -> tuple[M
     entry, worker = ready_worker(state.registry, p.model)
     req = build_request(worker, state.settings, inputs=body.inputs, max_new_tokens=p.max_new_tokens,
                         temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=p.stop,
-                        do_sample=p.do_sample, repetition_penalty=p.repetition_penalty, truncate=p.truncate)  # fmt: skip
+                        do_sample=p.do_sample, repetition_penalty=p.repetition_penalty, truncate=p.truncate,
+                        speculative=p.speculative)  # fmt: skip
     try:
         return worker, worker.submit(req)
     except Overloaded as exc:

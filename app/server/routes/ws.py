@@ -150,7 +150,7 @@ class _Connection:
             req = build_request(worker, state.settings, inputs=msg.inputs, max_new_tokens=p.max_new_tokens,
                                 temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=p.stop,
                                 do_sample=p.do_sample, repetition_penalty=p.repetition_penalty,
-                                truncate=p.truncate)  # fmt: skip
+                                truncate=p.truncate, speculative=p.speculative)  # fmt: skip
         except APIError as exc:
             await self.send(proto.ErrorMessage(error_type=exc.error_type, message=exc.message, request_id=rid))
             return True

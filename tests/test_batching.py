@@ -1,0 +1,170 @@
+"""Batched and chunked prefill, whole-batch sampling and compile-once-before-ready (issue 8).
+
+Every fast path is checked against the plain one it replaces: several prompts prefilled in one call
+against one at a time, ``sample_batch`` against per-row ``sample``, the device's top-k candidates
+against the host's sort. The tiny model keeps the warm-up of every shape short.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from app.engine.batcher import Batcher, Sequence, generate
+from app.engine.engine import Engine, EngineConfig, Piece
+from app.engine.sampling import SamplingParams, make_rng, sample, sample_batch
+from app.model.hparams import HParams
+from app.model.random_init import random_params
+
+HP = HParams(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return random_params(HP, seed=21, ln_noise=True)
+
+
+def prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, HP.n_vocab - 1, size=k).tolist() for k in lengths]
+
+
+def test_several_prompts_in_one_call_equal_one_at_a_time(params):
+    batched = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+    alone = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+    ids = prompts([5, 16, 9, 13], seed=1)
+    assert batched.piece_fits([len(p) for p in ids])
+    together = batched.prefill_batch([Piece(slot, p) for slot, p in enumerate(ids)])
+    for slot, p in enumerate(ids):
+        np.testing.assert_allclose(together.logits[slot], alone.prefill(slot, p), atol=1e-5, rtol=0)
+    step = {slot: 7 + slot for slot in range(4)}
+    np.testing.assert_allclose(batched.step(step), alone.step(step), atol=1e-5, rtol=0)
+
+
+def test_pieces_that_do_not_fit_one_bucket_are_refused(params):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+    a, b = prompts([40, 40], seed=2)
+    assert not engine.piece_fits([40, 40])  # 2 x 64 padded tokens > 64
+    with pytest.raises(ValueError, match="fit one prefill bucket"):
+        engine.prefill_batch([Piece(0, a), Piece(1, b)])
+    engine.prefill(0, a[:10])
+    with pytest.raises(ValueError, match="cannot start at 3"):
+        engine.prefill_batch([Piece(0, a[10:20], 3)])
+
+
+def test_device_candidates_are_the_hosts_top_k_with_ties_by_lower_id(params):
+    engine = Engine(HP, params, EngineConfig(slots=2, candidates=16))
+    (ids,) = prompts([12], seed=3)
+    scores = engine.prefill_scores(0, ids)
+    logits = scores.logits[0]
+    order = np.lexsort((np.arange(HP.n_vocab), -logits))[:16]
+    assert scores.top_ids[0].tolist() == order.tolist()
+    assert scores.lse[0] == pytest.approx(np.log(np.exp(logits.astype(np.float64)).sum()), abs=1e-4)
+    tied = tf.math.top_k(tf.constant([[1.0, 3.0, 3.0, 2.0, 3.0]]), k=2).indices.numpy()
+    assert tied.tolist() == [[1, 2]]  # the rule sample_batch relies on for top-k ties
+
+
+def test_sample_batch_gives_every_row_what_sample_gives_it():
+    rng = np.random.default_rng(4)
+    v = 500
+    logits = rng.normal(0, 3, size=(9, v)).astype(np.float32)
+    logits[3] = np.round(logits[3])  # many ties, at the top-k boundary too
+    logits[4, :] = 1.0  # all equal
+    params = [
+        SamplingParams(temperature=0), SamplingParams(top_k=1), SamplingParams(temperature=0.7),
+        SamplingParams(top_k=5, temperature=1.3), SamplingParams(top_k=7), SamplingParams(top_p=0.8),
+        SamplingParams(top_k=40, top_p=0.5, temperature=0.9), SamplingParams(top_k=300),
+        SamplingParams(temperature=1e-310),
+    ]  # fmt: skip
+    k = 64
+    top_vals, top_ids = tf.math.top_k(tf.constant(logits), k=k)
+    for seed in range(20):
+        expected = [sample(row, p, make_rng(seed + i)) for i, (row, p) in enumerate(zip(logits, params))]
+        got = sample_batch(logits, params, [make_rng(seed + i) for i in range(len(params))],
+                           top_ids=top_ids.numpy(), top_logits=top_vals.numpy())  # fmt: skip
+        assert got.tolist() == expected, seed
+
+
+def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+    batcher = Batcher(engine, eos_id=None)
+    seqs = [Sequence(p, 3, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts([6, 9, 11, 4], seed=5)]
+    for seq in seqs:
+        batcher.admit(seq)
+    with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as spy:
+        events = batcher.step()
+    assert spy.call_count == 1 and len(spy.call_args.args[0]) == 4
+    assert sorted(e.seq.slot for e in events) == [0, 1, 2, 3] and all(len(s.generated) == 1 for s in seqs)
+
+
+def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
+    """A 100-token prompt (chunks of 32) takes four rounds; a running stream gets a token in each."""
+    engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32))
+    batcher = Batcher(engine, eos_id=None)
+    short_ids, long_ids = prompts([5, 100], seed=6)
+    running = Sequence(short_ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
+    batcher.admit(running)
+    batcher.step()
+    long = Sequence(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)
+    batcher.admit(long)
+    rounds = 0
+    while not long.generated:
+        before = len(running.generated)
+        batcher.step()
+        rounds += 1
+        assert len(running.generated) == before + 1
+    assert rounds == 4 and long.prefilled == 100
+    solo = generate(Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
+                    [Sequence(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)  # fmt: skip
+    while not long.finished:
+        batcher.step()
+    assert long.generated == solo[0].generated
+
+
+def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32))
+    lines: list[str] = []
+    engine.warmup(lines.append)
+    assert len(lines) == len(engine.shapes()) and lines[-1].endswith(f"({len(lines)}/{len(lines)})")
+    traced = engine.trace_count()
+    rng = np.random.default_rng(7)
+    lengths = [1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 100, 127, 128, 129, 300]
+    for batch in (1, 2, 3, 4):
+        ids = [rng.integers(0, 5000, size=n).tolist() for n in rng.choice(lengths, size=batch)]
+        seqs = [Sequence(p, 40, SamplingParams(top_k=5, seed=i), stop_at_eos=False) for i, p in enumerate(ids)]
+        generate(engine, seqs, eos_id=None)
+    assert engine.trace_count() == traced
+
+
+@pytest.mark.parametrize("sp", [SamplingParams(temperature=0), SamplingParams(top_k=20, seed=3),
+                                SamplingParams(top_k=3, temperature=0.7, seed=4), SamplingParams(top_k=5, top_p=0.8, seed=5)])  # fmt: skip
+def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
+    """Prompt-lookup drafts verified k+1 at a time: the same tokens as one at a time, for greedy and
+    seeded sampling (accept() draws each position from the same random stream)."""
+    rng = np.random.default_rng(8)
+    phrase = rng.integers(0, 5000, size=6).tolist()
+    ids = phrase * 5 + phrase[:2]  # repetitive: drafts are found and often accepted
+    plain = Engine(HP, params, EngineConfig(slots=1))
+    spec = Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
+    want = generate(plain, [Sequence(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    with mock.patch.object(spec, "verify", wraps=spec.verify) as verify:
+        got = generate(spec, [Sequence(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    assert verify.call_count > 0
+    assert got.generated == want.generated
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+
+
+def test_verify_scores_every_position_like_single_steps(params):
+    engine = Engine(HP, params, EngineConfig(slots=2, speculative_tokens=4))
+    other = Engine(HP, params, EngineConfig(slots=2))
+    (ids,) = prompts([20], seed=9)
+    engine.prefill(1, ids[:15])
+    other.prefill(1, ids[:15])
+    scores = engine.verify(1, ids[15:20])
+    for i, tok in enumerate(ids[15:20]):
+        np.testing.assert_allclose(scores.logits[i], other.step({1: tok})[0], atol=1e-5, rtol=0)
+    engine.truncate(1, 17)
+    np.testing.assert_allclose(engine.step({1: ids[17]})[0], scores.logits[2], atol=1e-5, rtol=0)
