@@ -168,3 +168,13 @@ def test_verify_scores_every_position_like_single_steps(params):
         np.testing.assert_allclose(scores.logits[i], other.step({1: tok})[0], atol=1e-5, rtol=0)
     engine.truncate(1, 17)
     np.testing.assert_allclose(engine.step({1: ids[17]})[0], scores.logits[2], atol=1e-5, rtol=0)
+
+
+def test_blocks_per_compiled_program_do_not_change_the_numbers(params):
+    one = Engine(HP, params, EngineConfig(slots=2, layers_per_call=1))
+    both = Engine(HP, params, EngineConfig(slots=2, layers_per_call=2))
+    (ids,) = prompts([30], seed=10)
+    np.testing.assert_allclose(both.prefill(0, ids), one.prefill(0, ids), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(both.step({0: 3}), one.step({0: 3}), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must divide n_layer=2"):
+        Engine(HP, params, EngineConfig(slots=1, layers_per_call=3))

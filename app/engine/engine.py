@@ -8,8 +8,11 @@ Compilation. Each call is a TensorFlow graph that runs the embedding, then the *
 block program once per layer (the layer's weights and cache are arguments), then an XLA-compiled
 head. A program is compiled once per shape bucket: decode ``(rows, context)``, prefill ``(pieces,
 piece length, context)``. Because one block program serves all layers, compiling costs about one
-layer's worth per bucket instead of ``n_layer`` (12x less for 124M), which is what lets
-:meth:`Engine.warmup` compile every bucket a request can reach before the server says ready.
+layer's worth per bucket instead of ``n_layer`` (124M: ~1 s instead of ~4.5 s a shape), which is
+what lets :meth:`Engine.warmup` compile every bucket a request can reach before the server says
+ready in under a minute. The price, measured at 124M (interleaved runs, context 256): a step at
+32 rows is ~12 % slower than with all 12 blocks in one program, at one row within noise;
+``layers_per_call`` (e.g. 12) buys that back for a longer start-up.
 
 Buckets. A decode step for ``B`` rows whose longest context is ``n`` runs the ``(round_up(B),
 round_up(n))`` program, so its cost follows the context in use, not ``n_ctx``. One row is its own
@@ -57,6 +60,7 @@ class EngineConfig:
     window_keep: int | None = None  # tokens kept when the window slides; None = 3/4 of n_ctx
     candidates: int = 64  # most likely tokens returned per row with the logits (top-k sampling)
     speculative_tokens: int = 0  # draft length verified per call for a lone stream (0 = no speculation)
+    layers_per_call: int = 1  # blocks per compiled program (a divisor of n_layer): compile time vs step time
     jit_compile: bool = True  # XLA: required on CPU for in-place cache updates
 
     def __post_init__(self) -> None:
@@ -103,6 +107,9 @@ class Engine:
         self.batch_buckets = power_buckets(1, config.slots)
         self.piece_buckets = power_buckets(1, min(config.slots, config.prefill_chunk // _SMALLEST_PIECE))
         self._candidates = min(config.candidates, hp.n_vocab)
+        if config.layers_per_call < 1 or hp.n_layer % config.layers_per_call:
+            raise ValueError(f"layers_per_call must divide n_layer={hp.n_layer}, got {config.layers_per_call}")
+        self._layers_per_call = config.layers_per_call
         self._windows: list[list[int] | None] = [None] * config.slots
         with self._placement():
             self._build_variables(params)
@@ -139,12 +146,22 @@ class Engine:
 
     # ---- compiled bodies (traced once per static shape / bucket) ----
 
-    def _decode_layer(self, x, lw, cache, pos, ctx_len: int):
-        return gpt2.decode_layer(x, lw, cache, hp=self.hp, pos=pos, ctx_len=ctx_len)
+    def _decode_layer(self, x, layers, caches, pos, ctx_len: int):
+        for lw, cache in zip(layers, caches):
+            x = gpt2.decode_layer(x, lw, cache, hp=self.hp, pos=pos, ctx_len=ctx_len)
+        return x
 
-    def _prefill_layer(self, x, lw, cache, slots, start, n_valid, ctx_len: int):
-        return gpt2.prefill_layer(x, lw, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid,
-                                  ctx_len=ctx_len)  # fmt: skip
+    def _prefill_layer(self, x, layers, caches, slots, start, n_valid, ctx_len: int):
+        for lw, cache in zip(layers, caches):
+            x = gpt2.prefill_layer(x, lw, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid,
+                                   ctx_len=ctx_len)  # fmt: skip
+        return x
+
+    def _groups(self):
+        """The layers (and their caches) of each compiled call, in order."""
+        g = self._layers_per_call
+        return [(tuple(self._layers[i : i + g]), tuple(self._cache[i : i + g]))
+                for i in range(0, self.hp.n_layer, g)]  # fmt: skip
 
     def _head(self, x):
         logits = gpt2.logits_of(x, *self._ln_f, self._wte)  # [N, V] float32
@@ -157,16 +174,16 @@ class Engine:
 
     def _decode_graph(self, tokens, pos, ctx_len: int):
         x = gpt2.embed(self._wte, self._wpe, tokens, tf.minimum(pos, self.hp.n_ctx - 1))  # [B, C]
-        for lw, cache in zip(self._layers, self._cache):
-            x = self._decode_layer_fn(x, lw, cache, pos, ctx_len)
+        for layers, caches in self._groups():
+            x = self._decode_layer_fn(x, layers, caches, pos, ctx_len)
         return self._scores(x)
 
     def _prefill_graph(self, tokens, slots, start, n_valid, ctx_len: int, every_row: bool = False):
         n, t_len = tokens.shape
         positions = tf.minimum(start[:, None] + tf.range(t_len)[None, :], self.hp.n_ctx - 1)  # [N, T]
         x = tf.reshape(gpt2.embed(self._wte, self._wpe, tokens, positions), [n * t_len, self.hp.n_embd])
-        for lw, cache in zip(self._layers, self._cache):
-            x = self._prefill_layer_fn(x, lw, cache, slots, start, n_valid, ctx_len)
+        for layers, caches in self._groups():
+            x = self._prefill_layer_fn(x, layers, caches, slots, start, n_valid, ctx_len)
         if every_row:  # scores after every token (speculative verification)
             return self._scores(x)
         last = tf.range(n) * t_len + tf.maximum(n_valid - 1, 0)  # each piece's last real token

@@ -40,6 +40,7 @@ def load_model(
     memory_limit: int | None = None,
     prefill_chunk: int = 256,
     speculative_tokens: int = 0,
+    layers_per_call: int = 1,
 ) -> LoadedModel:
     """``memory_limit`` (bytes) overrides what the device reports as free."""
     path = resolve_model_dir(name_or_path, models_dir)
@@ -56,6 +57,6 @@ def load_model(
         raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
     _, params = load_weights(path)
     config = EngineConfig(slots=slots, dtype=dtype, device=device, prefill_chunk=prefill_chunk,
-                          speculative_tokens=speculative_tokens)
+                          speculative_tokens=speculative_tokens, layers_per_call=layers_per_call)
     engine = Engine(hp, params, config)
     return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan)

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     prefill_chunk: int = Field(default=256, ge=16, le=4096, description="longest prompt piece per call")
     warmup: bool = Field(default=True, description=(
         "compile every shape a request can reach before reporting ready (a progress line per shape)"))
+    layers_per_call: int = Field(default=1, ge=1, le=48, description=(
+        "transformer blocks per compiled program (a divisor of the model's layers): 1 compiles fastest; "
+        "12 (124M) runs ~12% faster at 32 rows and compiles ~4x longer"))
     speculative: Literal["off", "ngram"] = Field(default="off", description=(
         "ngram: a lone stream drafts tokens by prompt lookup and verifies them in one call (same tokens)"))
     speculative_tokens: int = Field(default=4, ge=1, le=15, description="draft length with --speculative ngram")
