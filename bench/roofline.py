@@ -33,8 +33,16 @@ uses; ``best`` the fastest in-stack way of that part.
 Columns: ``ms/step`` = time of that part for one whole step (all 12 layers for per-layer parts);
 ``GB/s`` = bytes that must move / time (weights read + activations in and out + cache read/write;
 intermediates that a fused program keeps in registers are not counted, so the byte count of a part
-is the same for all its ways); ``GFLOP/s`` = multiply-adds x 2 (plus the element-wise work of
-softmax / GELU / norms) / time; ``vs engine`` = engine's time / this time (> 1: faster).
+is the same for all its ways, except the host transfer and sampling ways that touch only the
+candidates); ``GFLOP/s`` = multiply-adds x 2 (plus the element-wise work of softmax / GELU / norms)
+/ time; ``vs engine`` = engine's time / this time (> 1: faster). Parts that do not depend on the
+context (all but attention) are measured once per batch size and repeated in each ``L`` table.
+
+Summary columns: the real step (``engine.step_scores``) and its tokens/s (B / step), the compiled
+call alone and the host overhead (the difference), the sums of the engine's and of the best
+in-stack parts (graph call to host transfer; sampling is shown apart), step / best sum, the tokens/s
+the best sum would give, the host sampling time, the part where the best in-stack way saves most,
+and the part where numpy (outside the stack) beats the engine's way by most.
 
 Method, so that the figures mean what they say:
 1. No fake cache hits: every per-layer part cycles through distinct copies of its weights (and of
@@ -44,7 +52,9 @@ Method, so that the figures mean what they say:
    (KV caches: at most ``MAX_CACHE_COPIES`` copies). One call runs all copies; its time is scaled
    to 12 layers. The cache write uses 12 copies (it touches B rows per layer).
 2. Every compiled function is called twice before timing (compile, warm caches and allocators).
-3. Each figure is the best of ``--repeats`` calls (the least disturbed one).
+3. Each figure is the best of ``--repeats`` calls (the least disturbed one); a way whose calls
+   take long stops after ``MIN_REPEATS`` once it has spent ``ROW_BUDGET`` seconds (and then has
+   one warm-up call, not two), which keeps the slow alternatives from dominating the run time.
 4. TF and numpy do not overlap: switching between them sleeps ``SETTLE`` first (see ``Timer``).
 5. The load average is printed before and after, with the machine, versions and thread counts.
 6. OpenBLAS variables (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``; set on some machines for old
@@ -95,6 +105,8 @@ from app.model.random_init import random_params  # noqa: E402
 F32 = 4  # bytes
 WORKING_SET = 64 << 20  # bytes each per-layer part cycles through at least (2x a 32 MiB L3)
 MAX_CACHE_COPIES = 64  # caps the KV-cache copies (B=1, L=128 would need 85; each adds ops to trace)
+ROW_BUDGET = 2.0  # seconds of timed calls after which a figure stops repeating (at least MIN_REPEATS)
+MIN_REPEATS = 2
 SETTLE = 0.3  # seconds of sleep when switching between TF and host measurements (see Timer)
 CANDIDATES = 64  # EngineConfig.candidates' default: top-k ids the engine returns per row
 TOP_K = 40  # the sampling parameters timed on the host
@@ -120,14 +132,20 @@ class Row:
 
 
 def best_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Fastest of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (seconds)."""
-    for _ in range(warmup):
-        fn()
-    best = math.inf
-    for _ in range(repeats):
+    """Fastest of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (seconds); a slow way
+    (e.g. attention at B=32, L=1024 without XLA) stops after ``MIN_REPEATS`` calls once its timed
+    calls have taken ``ROW_BUDGET`` seconds, and its second warm-up call is then skipped."""
+    start = time.perf_counter()
+    fn()
+    if warmup > 1 and time.perf_counter() - start < ROW_BUDGET / MIN_REPEATS:
+        for _ in range(warmup - 1):
+            fn()
+    best, spent, n = math.inf, 0.0, 0
+    while n < repeats and (n < MIN_REPEATS or spent < ROW_BUDGET):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, spent, n = min(best, elapsed), spent + elapsed, n + 1
     return best
 
 
@@ -253,6 +271,16 @@ def attn_head_major(q, kc, vc, pos, *, hp: HParams, ctx_len: int):
     visible = tf.range(ctx_len)[None, :] <= pos[:, None]
     probs = tf.nn.softmax(tf.where(visible[:, None, :], scores, -1e30), axis=-1)
     return tf.reshape(tf.matmul(probs[:, :, None], vals), [bsz, hp.n_embd])
+
+
+def attn_head_major_mul_reduce(q, kc, vc, pos, *, hp: HParams, ctx_len: int):
+    """Multiply-and-reduce over a head-major cache ``[B, H, n_ctx+1, D]``."""
+    bsz, h, d = q.shape[0], hp.n_head, hp.head_dim
+    keys, vals = kc[:bsz, :, :ctx_len], vc[:bsz, :, :ctx_len]  # [B, H, L, D]
+    scores = tf.reduce_sum(tf.reshape(q, [bsz, h, 1, d]) * keys, axis=-1) * (1.0 / math.sqrt(d))  # [B, H, L]
+    visible = tf.range(ctx_len)[None, :] <= pos[:, None]
+    probs = tf.nn.softmax(tf.where(visible[:, None, :], scores, -1e30), axis=-1)
+    return tf.reshape(tf.reduce_sum(probs[..., None] * vals, axis=2), [bsz, hp.n_embd])
 
 
 def head_part(x, g, b, wte, *, out_in: bool):
@@ -460,7 +488,9 @@ def attention_rows(hp: HParams, bsz: int, ctx_len: int, timer: Timer, caches: Ca
     for way, body, pool, is_engine in (("mul-reduce", attn_mul_reduce, caches.token_major, True),
                                        ("einsum", attn_einsum, caches.token_major, False),
                                        ("head-major cache, batched matmul", attn_head_major, caches.head_major,
-                                        False)):  # fmt: skip
+                                        False),
+                                       ("head-major cache, mul-reduce", attn_head_major_mul_reduce,
+                                        caches.head_major, False)):  # fmt: skip
         inner = functools.partial(_attend_args, functools.partial(body, hp=hp, ctx_len=ctx_len))
         for xla in (True, False):
             fn = over_copies(jit(inner) if xla else inner, shared, pool[:n])
@@ -580,22 +610,19 @@ def engine_times(engine: Engine, hp: HParams, bsz: int, ctx_len: int, repeats: i
         engine.prefill(slot, long_prompt if slot == 0 or full_prefill else long_prompt[:8])
     prefill_seconds = time.perf_counter() - start
     tokens = {slot: int(t) for slot, t in enumerate(rng.integers(0, hp.n_vocab, bsz))}
+    call = _decode_call(engine, bsz, ctx_len, list(tokens.values()))
     time.sleep(SETTLE)
-    times = []
-    for _ in range(steps):
+    step_times, call_times = [], []
+    for _ in range(steps):  # interleaved, so both see the same machine; the first of each compiles
         t0 = time.perf_counter()
         engine.step_scores(tokens)
-        times.append(time.perf_counter() - t0)
-    step = min(times[1:]) if len(times) > 1 else times[0]
-    decode_call = None
-    fn = getattr(engine, "_decode_fn", None)
-    if fn is not None:
-        tok = tf.constant(np.array(list(tokens.values()), np.int32))
-        pos = tf.constant(np.full([bsz], ctx_len - 1, np.int32))  # rewrites the last row: harmless here
-        try:
-            decode_call = best_time(lambda: fn(tok, pos, ctx_len), repeats)
-        except (TypeError, ValueError) as exc:  # the lead may change the private signature
-            print(f"  (engine._decode_fn not timed: {exc})")
+        step_times.append(time.perf_counter() - t0)
+        if call is not None:
+            t0 = time.perf_counter()
+            call()
+            call_times.append(time.perf_counter() - t0)
+    step = min(step_times[1:] or step_times)
+    decode_call = min(call_times[1:] or call_times) if call_times else None
     try:
         layer = whole_layer_time(engine, hp, bsz, ctx_len, repeats)
     except (AttributeError, TypeError, ValueError) as exc:  # private attributes the lead may change
@@ -604,6 +631,23 @@ def engine_times(engine: Engine, hp: HParams, bsz: int, ctx_len: int, repeats: i
     for slot in range(bsz):
         engine.release(slot)
     return EngineTimes(step, decode_call, layer, prefill_seconds)
+
+
+def _decode_call(engine: Engine, bsz: int, ctx_len: int, tokens: list[int]) -> Callable[[], object] | None:
+    """``engine._decode_fn`` for the ``(bsz, ctx_len)`` bucket with the engine's own argument types
+    (so it reuses the engine's trace), or None where that private function has changed."""
+    fn = getattr(engine, "_decode_fn", None)
+    if fn is None:
+        print("  (engine._decode_fn not found: compiled call not timed)")
+        return None
+    tok = tf.constant(np.array(tokens, np.int32))
+    pos = tf.constant(np.full([bsz], ctx_len - 1, np.int32))  # a row the slots write anyway
+    try:
+        fn(tok, pos, ctx_len)
+    except (TypeError, ValueError) as exc:  # the lead may change the private signature
+        print(f"  (engine._decode_fn not timed: {exc})")
+        return None
+    return lambda: fn(tok, pos, ctx_len)
 
 
 def whole_layer_time(engine: Engine, hp: HParams, bsz: int, ctx_len: int, repeats: int) -> float:
@@ -665,6 +709,7 @@ class Summary:
     sampling_engine: float
     sampling_best: float
     gap: str
+    outside: str
 
 
 def summarize(bsz: int, ctx_len: int, rows: list[Row], et: EngineTimes) -> Summary:
@@ -676,7 +721,22 @@ def summarize(bsz: int, ctx_len: int, rows: list[Row], et: EngineTimes) -> Summa
                   reverse=True)  # fmt: skip
     gap_s, part = gaps[0]
     gap = f"{part}: {best[part].way} saves {gap_s * 1e3:.2f} ms" if gap_s > 0 else "none"
-    return Summary(bsz, ctx_len, et, engine_sum, best_sum, eng["sampling"].seconds, best["sampling"].seconds, gap)
+    return Summary(bsz, ctx_len, et, engine_sum, best_sum, eng["sampling"].seconds, best["sampling"].seconds, gap,
+                   outside_gap(rows))  # fmt: skip
+
+
+def outside_gap(rows: list[Row]) -> str:
+    """The part whose engine's way loses most time to its numpy reference (if any does)."""
+    eng = engine_rows(rows)
+    ref: dict[str, Row] = {}
+    for r in rows:
+        if not r.in_stack and (r.part not in ref or r.seconds < ref[r.part].seconds):
+            ref[r.part] = r
+    gaps = sorted(((eng[p].seconds - ref[p].seconds, p) for p in ref if p in eng), reverse=True)
+    if not gaps or gaps[0][0] <= 0:
+        return "none"
+    gap_s, part = gaps[0]
+    return f"{part}: numpy {eng[part].seconds / ref[part].seconds:.1f}x faster ({gap_s * 1e3:.1f} ms)"
 
 
 def _ms(seconds: float | None) -> str:
@@ -704,15 +764,15 @@ def step_lines(s: Summary) -> list[str]:
 
 def summary_table(summaries: list[Summary]) -> list[str]:
     lines = ["| B | L | step ms | tok/s | decode call ms | host ms | Σ engine parts | Σ best parts | step/best "
-             "| best tok/s | sampling ms | biggest gap |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+             "| best tok/s | sampling ms | biggest in-stack gap | furthest from numpy |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
     for s in summaries:
         et = s.engine
         call = _ms(et.decode_call)
         host = _ms(et.step - et.decode_call if et.decode_call is not None else None)
         lines.append(f"| {s.bsz} | {s.ctx_len} | {et.step * 1e3:.2f} | {s.bsz / et.step:.0f} | {call} | {host} | "
                      f"{s.engine_sum * 1e3:.2f} | {s.best_sum * 1e3:.2f} | {et.step / s.best_sum:.2f}x | "
-                     f"{s.bsz / s.best_sum:.0f} | {s.sampling_engine * 1e3:.2f} | {s.gap} |")  # fmt: skip
+                     f"{s.bsz / s.best_sum:.0f} | {s.sampling_engine * 1e3:.2f} | {s.gap} | {s.outside} |")  # fmt: skip
     return lines
 
 
