@@ -188,7 +188,7 @@ class Batcher:
         context = self.engine.window(seq.slot) + [seq.generated[-1]]
         if len(context) + k > self.engine.hp.n_ctx:
             return []  # the window slides first (a plain step)
-        return propose(context, k=k)
+        return propose(context, k=k, min_ngram=2)  # a lone repeated token is too weak a hint
 
     def _speculate(self, seq: Sequence, draft: list[int]) -> list[TokenEvent | StepFailure]:
         """Verify ``draft`` in one call and emit the tokens plain decoding would draw from the same
