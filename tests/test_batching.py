@@ -139,8 +139,8 @@ def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
     assert engine.trace_count() == traced
 
 
-@pytest.mark.parametrize("sp", [SamplingParams(temperature=0), SamplingParams(top_k=20, seed=3),
-                                SamplingParams(top_k=3, temperature=0.7, seed=4), SamplingParams(top_k=5, top_p=0.8, seed=5)])  # fmt: skip
+@pytest.mark.parametrize("sp", [SamplingParams(temperature=0), SamplingParams(top_k=2, seed=3),
+                                SamplingParams(top_k=3, temperature=0.5, seed=4), SamplingParams(top_k=4, top_p=0.6, seed=5)])  # fmt: skip
 def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
     """Prompt-lookup drafts verified k+1 at a time: the same tokens as one at a time, for greedy and
     seeded sampling (accept() draws each position from the same random stream)."""
