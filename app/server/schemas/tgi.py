@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -30,7 +30,7 @@ class Parameters(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     truncate: int | None = Field(default=None, ge=1)
     model: str | None = Field(default=None, description="which loaded model (default: the first)")
-    speculative: bool = Field(default=True, description=(
+    speculative: StrictBool = Field(default=True, description=(
         "our extension: false turns speculative decoding off for this request (GPT2_SPECULATIVE)"))
     # TGI features not implemented: accepted only at their neutral values.
     best_of: int | None = None
