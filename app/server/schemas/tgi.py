@@ -15,7 +15,9 @@ FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
 class Parameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict types: a boolean is not a number nor a number a boolean (the schema's types, which the
+    # contract test checks); integers are still accepted for float fields.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     max_new_tokens: int | None = Field(default=None, description="default: the server's default_max_new_tokens")
     temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="0 = greedy")
