@@ -18,7 +18,7 @@ thread; offline use calls :func:`generate`.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import abc, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -199,8 +199,7 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - as a failed decode call
             self.finish(seq, "error")
             return [StepFailure([seq], exc, "decode")]
-        dists = [distribution(row, seq.params) for row in scores.logits]
-        emitted = accept(draft, dists, seq._rng)
+        emitted = accept(draft, _Lazy(scores.logits, seq.params), seq._rng)
         if seq.slot is not None:
             self.engine.truncate(seq.slot, held + len(emitted))  # the input token + accepted drafts
         events = []
@@ -264,6 +263,22 @@ class Batcher:
             if self.engine.occupied(seq.slot):
                 self.engine.release(seq.slot)
         seq.slot = None
+
+
+class _Lazy(abc.Sequence):
+    """The sampling distribution of each verified row, computed when ``accept`` first reads it
+    (it stops at the first rejection, so later rows of a top-p request are never sorted)."""
+
+    def __init__(self, logits: np.ndarray, params: SamplingParams):
+        self._logits, self._params, self._cache = logits, params, {}
+
+    def __len__(self) -> int:
+        return len(self._logits)
+
+    def __getitem__(self, i):
+        if i not in self._cache:
+            self._cache[i] = distribution(self._logits[i], self._params)
+        return self._cache[i]
 
 
 def generate(engine: Engine, seqs: Iterable[Sequence], *, eos_id: int | None) -> list[Sequence]:
