@@ -1,6 +1,6 @@
 """Property tests (Hypothesis) of request parsing through the real app and the tiny real GPT-2:
 arbitrary parameter dicts (in range, out of range, wrong types, NaN/±Inf, unknown keys) are
-answered 200 or with the route family's validation error, never a 5xx; and ``build_request``
+answered 200 or with the route family's validation error, never a 5xx; and ``validate``
 raises nothing but :class:`APIError` for values the schema accepts."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from app.server.app import create_app
 from app.server.errors import APIError
-from app.server.requests import build_request
+from app.server.generation import validate
 from app.server.schemas import openai as oa
 from app.server.schemas import tgi
 from app.server.worker import GenerationRequest
@@ -87,7 +87,7 @@ PARAMETERS = st.fixed_dictionaries({}, optional={
 })  # fmt: skip
 
 # Values the schema accepts, edges included (huge integers, tiny and huge floats): what reaches
-# build_request.
+# validate.
 IN_SCHEMA = st.fixed_dictionaries({}, optional={
     "max_new_tokens": big_ints,
     "temperature": st.floats(min_value=0, allow_infinity=False),
@@ -217,16 +217,14 @@ def test_openai_bodies_are_answered_200_or_an_openai_error(client, body):
 
 @PROPERTY
 @given(inputs=texts, raw=st.one_of(IN_SCHEMA, PARAMETERS))
-def test_build_request_raises_only_api_errors(client, worker, inputs, raw):
+def test_validate_raises_only_api_errors(client, worker, inputs, raw):
     try:
         p = tgi.Parameters.model_validate(raw)
     except ValidationError:
-        assume(False)  # out of schema: the route answers 422 before build_request
+        assume(False)  # out of schema: the route answers 422 before validate
     state = client.app.state.server
     try:
-        req = build_request(worker, state.settings, inputs=inputs, max_new_tokens=p.max_new_tokens,
-                            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=p.stop,
-                            do_sample=p.do_sample, repetition_penalty=p.repetition_penalty, truncate=p.truncate)  # fmt: skip
+        req = validate(worker, state.settings, p.text_request(inputs))
     except APIError as exc:
         assert exc.error_type == "validation" and exc.status == 422
         check_message(exc.message)

@@ -10,7 +10,6 @@ uvicorn's own shutdown closes the WebSockets (:mod:`app.server.shutdown`); the l
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from contextlib import asynccontextmanager
 
@@ -22,18 +21,14 @@ from app.server import errors
 from app.server.metrics import Metrics
 from app.server.middleware import ApiKeys, BodyLimit, RequestId, redact_credentials_in_logs
 from app.server.registry import Registry
+from app.server.routes import openai, system, tgi, ws
 from app.server.settings import Settings
 from app.server.shutdown import RefuseWhileDraining, begin_drain, remaining
 from app.server.state import ServerState
 
 log = logging.getLogger("gpt2serve")
 
-ROUTERS = (
-    "app.server.routes.tgi",
-    "app.server.routes.system",
-    "app.server.routes.ws",
-    "app.server.routes.openai",
-)
+ROUTERS = (tgi.router, system.router, ws.router, openai.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,8 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["authorization", "content-type", "x-request-id"],
                            allow_credentials="*" not in settings.cors_origins)  # fmt: skip
     app.add_middleware(RequestId)
-    for name in ROUTERS:
-        app.include_router(importlib.import_module(name).router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger("gpt2serve.errors")
 MAX_MESSAGE = 300
 
 # error_type -> (TGI-style status, OpenAI type)
-KINDS = {
+ERROR_KINDS = {
     "validation": (422, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
     "unauthorized": (401, "authentication_error"),
@@ -38,25 +38,28 @@ class APIError(Exception):
         self.error_type = error_type
         self.message = cap(message)
         self.param = param
-        self.status = status or KINDS[error_type][0]
+        self.status = status or ERROR_KINDS[error_type][0]
 
 
 def cap(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
-def is_openai(request: Request) -> bool:
-    return request.url.path.startswith("/v1/")
+def is_openai(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def error_body(err: APIError, *, openai: bool) -> tuple[int, dict]:
+    """The status and JSON body of ``err`` in its family's shape (OpenAI's, or TGI's and ours)."""
+    if openai:
+        status = 400 if err.error_type == "validation" else err.status
+        return status, {"error": {"message": err.message, "type": ERROR_KINDS[err.error_type][1], "param": err.param,
+                                  "code": err.error_type}}  # fmt: skip
+    return err.status, {"error": err.message, "error_type": err.error_type}
 
 
 def error_response(request: Request, err: APIError, headers: dict | None = None) -> JSONResponse:
-    if is_openai(request):
-        status = 400 if err.error_type == "validation" else err.status
-        body = {"error": {"message": err.message, "type": KINDS[err.error_type][1], "param": err.param,
-                          "code": err.error_type}}  # fmt: skip
-    else:
-        status = err.status
-        body = {"error": err.message, "error_type": err.error_type}
+    status, body = error_body(err, openai=is_openai(request.url.path))
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.server.errors import APIError, error_body, is_openai
+
 log = logging.getLogger("gpt2serve.access")
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -50,10 +52,8 @@ async def _json(send: Send, status: int, body: dict, headers: Iterable[tuple[byt
     await send({"type": "http.response.body", "body": payload})
 
 
-def _error_body(path: str, message: str, error_type: str, openai_type: str) -> dict:
-    if path.startswith("/v1/"):
-        return {"error": {"message": message, "type": openai_type, "param": None, "code": error_type}}
-    return {"error": message, "error_type": error_type}
+def _error_body(path: str, message: str, error_type: str) -> dict:
+    return error_body(APIError(error_type, message), openai=is_openai(path))[1]
 
 
 class RequestId:
@@ -85,8 +85,7 @@ class RequestId:
             # then drops the keep-alive connection under the client).
             logging.getLogger("gpt2serve.errors").exception("unhandled error on %s %s", scope.get("method"),
                                                             scope["path"])  # fmt: skip
-            await _json(send_with_id, 500, _error_body(scope["path"], "internal server error", "internal",
-                                                       "server_error"))  # fmt: skip
+            await _json(send_with_id, 500, _error_body(scope["path"], "internal server error", "internal"))  # fmt: skip
         finally:
             log.info("%s %s %s %s %.1fms", rid, scope.get("method", "WS"), scope["path"], status["code"] or "-",
                      (time.monotonic() - started) * 1e3)  # fmt: skip
@@ -134,7 +133,7 @@ class ApiKeys:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})
             return
-        body = _error_body(scope["path"], "missing or invalid API key", "unauthorized", "authentication_error")
+        body = _error_body(scope["path"], "missing or invalid API key", "unauthorized")
         await _json(send, 401, body, [(b"www-authenticate", b"Bearer")])
 
 
@@ -149,7 +148,7 @@ class BodyLimit:
         message = f"request body is larger than {self.max_bytes} bytes"
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _json(send, 413, _error_body(scope["path"], message, "too_large", "invalid_request_error"))
+            return await _json(send, 413, _error_body(scope["path"], message, "too_large"))
         seen = 0
         started = False
 
@@ -175,4 +174,4 @@ class BodyLimit:
         except HTTPException as exc:
             if exc.status_code != 413 or started:
                 raise
-            await _json(send, 413, _error_body(scope["path"], message, "too_large", "invalid_request_error"))
+            await _json(send, 413, _error_body(scope["path"], message, "too_large"))

@@ -64,7 +64,7 @@ class Done:
     generated_text: str
     token_ids: list[int]
     prompt_tokens: int
-    seed: int
+    seed: int | None  # the seed sampling used (None: cancelled before it started, with no seed given)
 
     @property
     def completion_tokens(self) -> int:
@@ -73,7 +73,7 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    error_type: str  # generation | unavailable
+    error_type: str  # generation (a step failed) | validation (the engine refused the request)
     message: str
 
 
@@ -115,7 +115,7 @@ class RequestHandle:
 
 
 @dataclass(eq=False)
-class _Live:
+class _Active:
     handle: RequestHandle
     seq: Sequence
     text: TextStream
@@ -132,7 +132,7 @@ class ModelWorker:
         self._batcher = Batcher(model.engine, eos_id=model.encoder.eot_token)
         self._cond = threading.Condition()
         self._pending: deque[RequestHandle] = deque()
-        self._live: dict[Sequence, _Live] = {}
+        self._live: dict[Sequence, _Active] = {}
         self._in_flight = 0  # accepted and not yet answered with Done/Failed
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
@@ -223,13 +223,13 @@ class ModelWorker:
         """Give a queued request a slot; its prompt is prefilled by the next steps."""
         if handle.cancelled:  # left while queued: never prefilled
             self._count_cancel()
-            self._answer(handle, Done("cancelled", "", [], len(handle.request.prompt_ids), 0))
+            self._answer(handle, Done("cancelled", "", [], len(handle.request.prompt_ids), handle.request.sampling.seed))
             return
         req = handle.request
         try:
             seq = Sequence(req.prompt_ids, req.max_new_tokens, req.sampling, stop_at_eos=req.stop_at_eos,
                            speculate=req.speculative)
-            live = _Live(handle, seq, TextStream(self.model.encoder, req.stop))
+            live = _Active(handle, seq, TextStream(self.model.encoder, req.stop))
         except ValueError as exc:
             self._answer(handle, Failed("validation", str(exc)))
             return
@@ -286,7 +286,7 @@ class ModelWorker:
             if live is not None:
                 self._finish(live, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
 
-    def _on_token(self, live: _Live, event: TokenEvent) -> None:
+    def _on_token(self, live: _Active, event: TokenEvent) -> None:
         seq = live.seq
         special = event.token_id == self.model.encoder.eot_token and event.finish_reason == "eos_token"
         text = live.text.push(event.token_id, special=special)
@@ -309,7 +309,7 @@ class ModelWorker:
             self._finish(live, Done("cancelled", live.text.text, list(live.seq.generated),
                                     len(live.seq.prompt_ids), live.seq.seed))  # fmt: skip
 
-    def _finish(self, live: _Live, event: Event) -> None:
+    def _finish(self, live: _Active, event: Event) -> None:
         self._live.pop(live.seq, None)
         self._answer(live.handle, event)
 

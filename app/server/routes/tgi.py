@@ -8,109 +8,87 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app import __version__
-from app.server.errors import APIError
-from app.server.requests import build_request, check_text, ready_worker
+from app.server.errors import APIError, error_body
+from app.server.generation import (
+    ClientGone,
+    Generation,
+    check_text,
+    failure,
+    ready_worker,
+    submit,
+)
 from app.server.schemas import tgi
 from app.server.state import ServerState, StateDep
-from app.server.streaming import ClientGone, collect, guarded, sse
-from app.server.worker import Done, Failed, ModelWorker, Overloaded, RequestHandle, Token, Unavailable
+from app.server.streaming import sse, sse_response
+from app.server.worker import Done, Token
 
 router = APIRouter(tags=["TGI"])
 ERRORS = {422: {"model": tgi.ErrorResponse}, 424: {"model": tgi.ErrorResponse},
           429: {"model": tgi.ErrorResponse}, 503: {"model": tgi.ErrorResponse}}  # fmt: skip
 
 
-def submit(state: ServerState, body: tgi.GenerateRequest, route: str) -> tuple[ModelWorker, RequestHandle]:
-    p = body.parameters
-    if state.draining:
-        raise APIError("unavailable", "the server is shutting down")
-    entry, worker = ready_worker(state.registry, p.model)
-    req = build_request(worker, state.settings, inputs=body.inputs, max_new_tokens=p.max_new_tokens,
-                        temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=p.stop,
-                        do_sample=p.do_sample, repetition_penalty=p.repetition_penalty, truncate=p.truncate,
-                        speculative=p.speculative)  # fmt: skip
-    try:
-        return worker, worker.submit(req)
-    except Overloaded as exc:
-        state.metrics.rejected.labels(entry.name, "overloaded").inc()
-        raise APIError("overloaded", str(exc)) from None
-    except Unavailable as exc:
-        state.metrics.rejected.labels(entry.name, "unavailable").inc()
-        raise APIError("unavailable", str(exc)) from None
+def full_text(body: tgi.GenerateRequest, done: Done) -> str:
+    return body.inputs + done.generated_text if body.parameters.return_full_text else done.generated_text
 
 
-def api_token(worker: ModelWorker, t: Token) -> tgi.Token:
+def seed_of(gen: Generation, done: Done) -> int | None:
+    """The seed a sampled request used (None for greedy decoding)."""
+    return None if gen.requests[0].sampling.greedy else done.seed
+
+
+def api_token(gen: Generation, t: Token) -> tgi.Token:
     """A token as TGI's details list it: its own text, whatever was released around it."""
-    return tgi.Token(id=t.id, text="" if t.special else worker.model.encoder.decode([t.id]),
+    return tgi.Token(id=t.id, text="" if t.special else gen.worker.model.encoder.decode([t.id]),
                      logprob=t.logprob, special=t.special)  # fmt: skip
 
 
-def _sampled(handle: RequestHandle) -> bool:
-    return not handle.request.sampling.greedy
-
-
-def details(worker: ModelWorker, handle: RequestHandle, body: tgi.GenerateRequest, tokens: list[Token],
-            done: Done) -> tgi.Details:  # fmt: skip
-    enc = worker.model.encoder
+def details(gen: Generation, body: tgi.GenerateRequest, tokens: list[Token], done: Done) -> tgi.Details:
+    enc = gen.worker.model.encoder
     prefill = []
     if body.parameters.decoder_input_details:
-        prefill = [tgi.InputToken(id=i, text=enc.decode([i]), logprob=None) for i in handle.request.prompt_ids]
+        prefill = [tgi.InputToken(id=i, text=enc.decode([i]), logprob=None) for i in gen.requests[0].prompt_ids]
     return tgi.Details(finish_reason=done.finish_reason, generated_tokens=done.completion_tokens,
-                       seed=done.seed if _sampled(handle) else None, prefill=prefill,
-                       tokens=[api_token(worker, t) for t in tokens])  # fmt: skip
-
-
-def raise_failed(event: Failed) -> None:
-    raise APIError("generation" if event.error_type == "generation" else event.error_type, event.message)
+                       seed=seed_of(gen, done), prefill=prefill, tokens=[api_token(gen, t) for t in tokens])  # fmt: skip
 
 
 async def run_to_end(request: Request, state: ServerState, body: tgi.GenerateRequest,
                      route: str) -> tgi.GenerateResponse:  # fmt: skip
-    worker, handle = submit(state, body, route)
-    try:
-        tokens, end = await collect(request, handle)
-    except ClientGone:
-        state.metrics.requests.labels(route, worker.name, "cancelled").inc()
-        raise APIError("cancelled", "client closed the request") from None
-    state.metrics.requests.labels(route, worker.name, "ok" if isinstance(end, Done) else "error").inc()
-    if isinstance(end, Failed):
-        raise_failed(end)
-    text = body.inputs + end.generated_text if body.parameters.return_full_text else end.generated_text
-    info = details(worker, handle, body, tokens, end) if body.parameters.details else None
-    return tgi.GenerateResponse(generated_text=text, details=info)
+    async with submit(state, route, [body.parameters.text_request(body.inputs)]) as gen:
+        try:
+            [(tokens, end)] = await gen.collect(request)
+        except ClientGone:
+            raise APIError("cancelled", "client closed the request") from None
+    if not isinstance(end, Done):
+        raise failure(end)
+    info = details(gen, body, tokens, end) if body.parameters.details else None
+    return tgi.GenerateResponse(generated_text=full_text(body, end), details=info)
 
 
 def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> StreamingResponse:
-    worker, handle = submit(state, body, route)  # errors here are plain JSON responses
+    gen = submit(state, route, [body.parameters.text_request(body.inputs)])  # errors here are plain JSON responses
 
     async def events():
-        tokens: list[Token] = []
-        outcome = "cancelled"
-        try:
-            async for event in guarded(handle):
+        last: Token | None = None
+        async with gen:
+            async for _, event in gen.events():
                 if isinstance(event, Token):
-                    tokens.append(event)
+                    last = event
                     if event.finish_reason is None:
-                        tok = tgi.Token(id=event.id, text=event.text, logprob=event.logprob, special=event.special)
-                        yield sse(tgi.StreamResponse(index=event.index, token=tok).model_dump())
+                        yield sse(tgi.StreamResponse(index=event.index, token=_stream_token(event)).model_dump())
                 elif isinstance(event, Done):
-                    outcome = "ok"
-                    last = tokens[-1]
-                    text = body.inputs + event.generated_text if body.parameters.return_full_text else event.generated_text
-                    tok = tgi.Token(id=last.id, text=last.text, logprob=last.logprob, special=last.special)
                     end = tgi.StreamDetails(finish_reason=event.finish_reason, generated_tokens=event.completion_tokens,
-                                            seed=event.seed if _sampled(handle) else None,
-                                            input_length=event.prompt_tokens)  # fmt: skip
-                    yield sse(tgi.StreamResponse(index=last.index, token=tok, generated_text=text,
-                                                 details=end).model_dump())  # fmt: skip
+                                            seed=seed_of(gen, event), input_length=event.prompt_tokens)  # fmt: skip
+                    yield sse(tgi.StreamResponse(index=last.index, token=_stream_token(last), details=end,
+                                                 generated_text=full_text(body, event)).model_dump())  # fmt: skip
                 else:
-                    outcome = "error"
-                    yield sse({"error": event.message, "error_type": event.error_type})
-        finally:
-            state.metrics.requests.labels(route, worker.name, outcome).inc()
+                    yield sse(error_body(failure(event), openai=False)[1])
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+    return sse_response(events())
+
+
+def _stream_token(t: Token) -> tgi.Token:
+    """A streamed token: the text it released (which may hold back or add a split character)."""
+    return tgi.Token(id=t.id, text=t.text, logprob=t.logprob, special=t.special)
 
 
 @router.post("/generate", response_model=tgi.GenerateResponse, response_model_exclude_none=True, responses=ERRORS)

@@ -33,10 +33,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from app.server.errors import APIError, cap
-from app.server.requests import build_request, ready_worker
+from app.server.generation import Generation, submit
 from app.server.schemas import ws as proto
 from app.server.state import ServerState, WsStateDep
-from app.server.worker import Done, Overloaded, RequestHandle, Token, Unavailable
+from app.server.worker import Done, Token
 
 log = logging.getLogger("gpt2serve.ws")
 
@@ -53,7 +53,7 @@ CLOSE_TIMEOUT = 10.0  # seconds to wait for the close frame of a too-slow client
 CONNECTION_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
 
 
-class _Gone(Exception):
+class ConnectionGone(Exception):
     """The client disconnected, or the server closed the connection."""
 
 
@@ -63,7 +63,7 @@ class _Connection:
         self.state = state
         # Parsed generate messages, or errors to answer, in arrival order; None: the client left.
         self.inbox: asyncio.Queue[proto.GenerateMessage | proto.ErrorMessage | None] = asyncio.Queue()
-        self.current: tuple[RequestHandle, str | None] | None = None  # streaming now: handle, client id
+        self.current: tuple[Generation, str | None] | None = None  # streaming now, and the client's id
         self.gone = False
         self.flooded = False
 
@@ -131,7 +131,7 @@ class _Connection:
                     await self.send(message)
                 elif not await self.run(message):
                     return
-        except _Gone:
+        except ConnectionGone:
             pass
         finally:
             self.cancel(None)
@@ -139,73 +139,30 @@ class _Connection:
             await asyncio.wait({reader})
 
     async def run(self, msg: proto.GenerateMessage) -> bool:
-        """One request, start to end. False when the connection was closed (refused)."""
-        rid = msg.id
-        state, p = self.state, msg.parameters
-        if state.draining:
-            await self.refuse("unavailable", "the server is shutting down", rid, CLOSE_RESTART)
-            return False
+        """One request, start to end. False when the connection was closed (refused, or too slow)."""
         try:
-            entry, worker = ready_worker(state.registry, p.model)
-            req = build_request(worker, state.settings, inputs=msg.inputs, max_new_tokens=p.max_new_tokens,
-                                temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=p.stop,
-                                do_sample=p.do_sample, repetition_penalty=p.repetition_penalty,
-                                truncate=p.truncate, speculative=p.speculative)  # fmt: skip
-        except APIError as exc:
-            await self.send(proto.ErrorMessage(error_type=exc.error_type, message=exc.message, request_id=rid))
-            return True
-        try:
-            handle = worker.submit(req)
-        except Overloaded as exc:
-            state.metrics.rejected.labels(entry.name, "overloaded").inc()
-            await self.refuse("overloaded", str(exc), rid, CLOSE_OVERLOADED)
-            return False
-        except Unavailable as exc:
-            state.metrics.rejected.labels(entry.name, "unavailable").inc()
-            await self.send(proto.ErrorMessage(error_type="unavailable", message=cap(str(exc)), request_id=rid))
-            return True
-        self.current = (handle, rid)
-        state.ws_requests += 1  # until its last message is sent (the drain waits for it)
+            gen = submit(self.state, ROUTE, [msg.parameters.text_request(msg.inputs)])
+        except APIError as err:
+            return await self.refused(err, msg.id)
+        self.current = (gen, msg.id)
+        self.state.ws_requests += 1  # until its last message is sent (the drain waits for it)
         outbox: asyncio.Queue[proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage | None] = asyncio.Queue()
         sender = asyncio.create_task(self.send_all(outbox), name="ws-sender")
-        limit = state.settings.ws_max_buffered_tokens
-        outcome = "cancelled"
         try:
-            async for event in handle.events():
-                if sender.done():  # the connection is gone; awaiting the sender below says so
-                    break
-                if isinstance(event, Token):
-                    outbox.put_nowait(proto.TokenMessage(index=event.index, id=event.id, text=event.text,
-                                                         logprob=event.logprob, special=event.special, request_id=rid))  # fmt: skip
-                    if outbox.qsize() > limit:
-                        outcome = "slow_client"
-                        break
-                elif isinstance(event, Done):
-                    outcome = "cancelled" if event.finish_reason == "cancelled" else "ok"
-                    text = msg.inputs + event.generated_text if p.return_full_text else event.generated_text
-                    # The worker reports seed 0 for a request cancelled before it started.
-                    seed = None if req.sampling.greedy else event.seed if event.token_ids else req.sampling.seed
-                    outbox.put_nowait(proto.DoneMessage(
-                        finish_reason=event.finish_reason, generated_text=text, seed=seed, request_id=rid,
-                        usage=proto.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
-                    ))  # fmt: skip
-                else:
-                    outcome = "error"
-                    outbox.put_nowait(proto.ErrorMessage(error_type=event.error_type, message=cap(event.message),
-                                                         request_id=rid))  # fmt: skip
-            if outcome != "slow_client":
+            async with gen:
+                slow = await self.forward(gen, msg, outbox, sender)
+            if not slow:
                 outbox.put_nowait(None)
-                await sender  # every message sent; _Gone if the client left
+                await sender  # every message sent; ConnectionGone if the client left
         finally:
             self.current = None
-            handle.cancel()  # a no-op once the request ended; frees the slot if we stopped early
             sender.cancel()  # a no-op once it finished; stops a send blocked on a client that does not read
             await asyncio.wait({sender})
             if not sender.cancelled():
-                sender.exception()  # retrieved: a _Gone there was acted on above (or the handler is ending)
-            state.ws_requests -= 1
-            state.metrics.requests.labels(ROUTE, entry.name, outcome).inc()
-        if outcome == "slow_client":
+                sender.exception()  # retrieved: a ConnectionGone there was acted on above (or the handler is ending)
+            self.state.ws_requests -= 1
+        if slow:
+            limit = self.state.settings.ws_max_buffered_tokens
             log.warning("closing a WebSocket that does not read: more than %d token messages waiting", limit)
             self.gone = True
             with contextlib.suppress(TimeoutError):
@@ -214,6 +171,42 @@ class _Connection:
             return False
         return True
 
+    async def refused(self, err: APIError, rid: str | None) -> bool:
+        """Answer a request that was not accepted; False when that closes the connection."""
+        if err.error_type == "overloaded":
+            await self.refuse("overloaded", err.message, rid, CLOSE_OVERLOADED)
+            return False
+        if err.error_type == "unavailable" and self.state.draining:
+            await self.refuse("unavailable", err.message, rid, CLOSE_RESTART)
+            return False
+        await self.send(proto.ErrorMessage(error_type=err.error_type, message=err.message, request_id=rid))
+        return True
+
+    async def forward(self, gen: Generation, msg: proto.GenerateMessage, outbox: asyncio.Queue,
+                      sender: asyncio.Task) -> bool:  # fmt: skip
+        """Put the request's events in the outbox as messages. True when the client reads too slowly."""
+        rid, limit = msg.id, self.state.settings.ws_max_buffered_tokens
+        async for _, event in gen.events():
+            if sender.done():  # the connection is gone; awaiting the sender says so
+                return False
+            if isinstance(event, Token):
+                outbox.put_nowait(proto.TokenMessage(index=event.index, id=event.id, text=event.text,
+                                                     logprob=event.logprob, special=event.special, request_id=rid))  # fmt: skip
+                if outbox.qsize() > limit:
+                    gen.outcome = "slow_client"
+                    return True
+            elif isinstance(event, Done):
+                text = msg.inputs + event.generated_text if msg.parameters.return_full_text else event.generated_text
+                outbox.put_nowait(proto.DoneMessage(
+                    finish_reason=event.finish_reason, generated_text=text, request_id=rid,
+                    seed=None if gen.requests[0].sampling.greedy else event.seed,
+                    usage=proto.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
+                ))  # fmt: skip
+            else:
+                outbox.put_nowait(proto.ErrorMessage(error_type=event.error_type, message=cap(event.message),
+                                                     request_id=rid))  # fmt: skip
+        return False
+
     async def send_all(self, outbox: asyncio.Queue) -> None:
         """The sender task of one request: its messages in order, until ``None``."""
         while (message := await outbox.get()) is not None:
@@ -221,12 +214,12 @@ class _Connection:
 
     async def send(self, message: proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage) -> None:
         if self.gone:
-            raise _Gone
+            raise ConnectionGone
         try:
             await self.ws.send_text(message.model_dump_json())
         except CONNECTION_ERRORS:
             self.gone = True
-            raise _Gone from None
+            raise ConnectionGone from None
 
     async def refuse(self, error_type: str, message: str, request_id: str | None, code: int) -> None:
         await self.send(proto.ErrorMessage(error_type=error_type, message=cap(message), request_id=request_id))

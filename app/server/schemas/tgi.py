@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from app.server.generation import TextRequest
+
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
@@ -51,6 +53,13 @@ class Parameters(BaseModel):
             if getattr(self, name) not in neutral:
                 raise ValueError(f"{name} is not supported by this server")
         return self
+
+    def text_request(self, inputs: str) -> TextRequest:
+        """A TGI body (or a WebSocket ``generate`` message) as the server's one request type."""
+        return TextRequest(inputs, model=self.model, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                           top_k=self.top_k, top_p=self.top_p, seed=self.seed, stop=self.stop, do_sample=self.do_sample,
+                           repetition_penalty=self.repetition_penalty, truncate=self.truncate,
+                           speculative=self.speculative)  # fmt: skip
 
 
 class GenerateRequest(BaseModel):
