@@ -10,6 +10,7 @@ uvicorn's own shutdown closes the WebSockets (:mod:`app.server.shutdown`); the l
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.server import errors
+from app.server import errors, openapi_doc
 from app.server.metrics import Metrics
 from app.server.middleware import ApiKeys, BodyLimit, RequestId, redact_credentials_in_logs
 from app.server.registry import Registry
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)
     for router in ROUTERS:
         app.include_router(router)
+    app.openapi = functools.partial(openapi_doc.document, app, settings)
     return app
 
 

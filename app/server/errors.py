@@ -26,6 +26,7 @@ ERROR_KINDS = {
     "overloaded": (429, "rate_limit_error"),
     "unavailable": (503, "service_unavailable"),
     "too_large": (413, "invalid_request_error"),
+    "method_not_allowed": (405, "invalid_request_error"),
     "generation": (424, "server_error"),
     "cancelled": (499, "invalid_request_error"),  # the client closed the request; nobody reads this
     "internal": (500, "server_error"),
@@ -90,8 +91,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        kind = {401: "unauthorized", 404: "not_found", 413: "too_large", 429: "overloaded",
-                503: "unavailable"}.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")  # fmt: skip
+        kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                429: "overloaded", 503: "unavailable"}.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")  # fmt: skip
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI turns any body it cannot read into a generic 400; say what was wrong.

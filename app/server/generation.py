@@ -135,15 +135,21 @@ def _prompt_ids(worker: ModelWorker, req: TextRequest) -> list[int]:
         if bad is not None:
             raise APIError("validation", f"inputs: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
                            param="inputs")  # fmt: skip
-    if req.truncate is not None:
-        if not 1 <= req.truncate <= n_ctx:
-            raise APIError("validation", f"truncate must be between 1 and {n_ctx}, got {req.truncate}", param="truncate")
-        ids = ids[-req.truncate :]
+    ids = truncated(ids, req.truncate, n_ctx)
     if len(ids) > n_ctx:
         raise APIError("validation", f"inputs: the prompt is {len(ids)} tokens but the model's context is {n_ctx} "
                        "tokens; shorten it (or, where the API has it, set truncate to keep the last tokens)",
                        param="inputs")  # fmt: skip
     return ids
+
+
+def truncated(ids: list, truncate: int | None, n_ctx: int) -> list:
+    """The last ``truncate`` of ``ids`` (all of them when None); ``truncate`` may not exceed the context."""
+    if truncate is None:
+        return ids
+    if not 1 <= truncate <= n_ctx:
+        raise APIError("validation", f"truncate must be between 1 and {n_ctx}, got {truncate}", param="truncate")
+    return ids[-truncate:]
 
 
 def _encode(worker: ModelWorker, text: str) -> list[int]:

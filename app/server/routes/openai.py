@@ -28,7 +28,8 @@ from app.server.worker import Done, Token
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 ROUTE = "/v1/completions"
-ERRORS = {code: {"model": oa.ErrorResponse} for code in (400, 404, 424, 429, 503)}
+ERRORS = {code: {"model": oa.ErrorResponse} for code in (400, 401, 404, 413, 424, 429, 503)}
+READ_ERRORS = {code: {"model": oa.ErrorResponse} for code in (401, 503)}
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 # Validation speaks TGI; name the OpenAI parameter in its messages instead.
 RENAMED = {"inputs": "prompt", "max_new_tokens": "max_tokens"}
@@ -201,13 +202,13 @@ def _model(state: ServerState, name: str) -> oa.Model:
     return oa.Model(id=entry.name, created=entry.created)
 
 
-@router.get("/models", response_model=oa.ModelList)
+@router.get("/models", response_model=oa.ModelList, responses=READ_ERRORS)
 async def list_models(state: StateDep):
     """Every configured model (also while it loads; ``GET /models`` tells each one's state)."""
     return oa.ModelList(data=[_model(state, name) for name in state.registry.entries])
 
 
-@router.get("/models/{model:path}", response_model=oa.Model, responses={404: {"model": oa.ErrorResponse}})
+@router.get("/models/{model:path}", response_model=oa.Model, responses={404: {"model": oa.ErrorResponse}, **READ_ERRORS})
 async def retrieve_model(model: str, state: StateDep):
     """One configured model."""
     if model not in state.registry.entries:

@@ -7,14 +7,28 @@ import time
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from app.server.registry import describe
+from app.server.schemas import tgi
 from app.server.state import StateDep
 
 router = APIRouter(tags=["operations"])
+READ_ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 503)}
 
 
-@router.get("/health")
+class Probe(BaseModel):
+    """What /health and /ready answer (200 or 503)."""
+
+    status: str
+    error: str | None = None  # /health: what is wrong
+    models: dict[str, str] | None = None  # /ready: each model's state
+
+
+PROBE = {200: {"model": Probe}, 503: {"model": Probe}}
+
+
+@router.get("/health", responses=PROBE)
 async def health(state: StateDep):
     """200 while the process and every loaded worker are responsive; 503 names the first that is not."""
     now = time.monotonic()
@@ -29,7 +43,7 @@ async def health(state: StateDep):
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=PROBE)
 async def ready(state: StateDep):
     """200 once every model is loaded and the server is not draining; 503 with each model's state."""
     states = {e.name: e.state for e in state.registry.entries.values()}
@@ -40,14 +54,14 @@ async def ready(state: StateDep):
     return {"status": "ready", "models": states}
 
 
-@router.get("/models")
+@router.get("/models", responses=READ_ERRORS)
 async def models(state: StateDep):
     """Every configured model: source, hparams, device, dtype, state (with the reason when failed),
     slots busy/total, queue length and memory plan."""
     return {"models": [describe(e) for e in state.registry.entries.values()]}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=READ_ERRORS)
 async def metrics(state: StateDep):
     """Prometheus text format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -23,8 +23,10 @@ from app.server.streaming import sse, sse_response
 from app.server.worker import Done, Token
 
 router = APIRouter(tags=["TGI"])
-ERRORS = {422: {"model": tgi.ErrorResponse}, 424: {"model": tgi.ErrorResponse},
-          429: {"model": tgi.ErrorResponse}, 503: {"model": tgi.ErrorResponse}}  # fmt: skip
+# Every status a route can answer besides 200 (401: API keys are on; 413: the body limit; 503:
+# loading, draining; 424: generation failed; 429: slots and queue full).
+ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 424, 429, 503)}
+READ_ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 503)}
 
 
 def full_text(body: tgi.GenerateRequest, done: Done) -> str:
@@ -112,7 +114,7 @@ async def compat_generate(request: Request, body: tgi.GenerateRequest, state: St
     return [result.model_dump(exclude_none=True)]
 
 
-@router.get("/info", response_model=tgi.Info)
+@router.get("/info", response_model=tgi.Info, responses=READ_ERRORS)
 async def info(state: StateDep):
     """The default model and the server's limits, as TGI's ``/info`` gives them."""
     s = state.settings
@@ -126,7 +128,7 @@ async def info(state: StateDep):
 
 
 @router.post("/tokenize", response_model=list[tgi.SimpleToken],
-             responses={422: {"model": tgi.ErrorResponse}, 503: {"model": tgi.ErrorResponse}})
+             responses={code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 503)})
 async def tokenize(body: tgi.TokenizeRequest, state: StateDep):
     """Token ids of ``inputs`` with each token's text and character offsets."""
     _, worker = ready_worker(state.registry, body.parameters.model if body.parameters else None)

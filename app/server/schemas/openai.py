@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from app.server.schemas.tgi import SEED_MAX, integral, is_neutral, neutral_only
+
 OpenAIFinishReason = Literal["stop", "length"]
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -30,13 +32,14 @@ def _is_int(v: object) -> bool:
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. include_obfuscation: nothing to obfuscate here
+    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. include_obfuscation: nothing to obfuscate here
 
     include_usage: bool = False
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types (as the schema says: a boolean is no number, a string no integer); 4.0 is an integer.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(description="a served model's name (GET /v1/models); empty: the default model")
     prompt: Prompt | None = Field(
@@ -49,18 +52,18 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(default=1.0, ge=0, le=1, allow_inf_nan=False, description="0 = greedy")
     n: int | None = Field(default=1, ge=1, le=128, description="choices per prompt")
     stop: str | list[str] | None = Field(default=None, description="up to 4 stop sequences (not returned)")
-    seed: int | None = Field(default=None, ge=0, lt=2**64, description="choice j of each prompt uses seed + j")
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, description="choice j of each prompt uses seed + j")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5, description="include the sampled tokens' logprobs")
     echo: bool | None = False
     user: str | None = None
     # Not implemented: accepted only at their neutral values.
-    best_of: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    suffix: str | None = None
+    best_of: int | None = neutral_only(NEUTRAL["best_of"])
+    presence_penalty: float | None = neutral_only(NEUTRAL["presence_penalty"])
+    frequency_penalty: float | None = neutral_only(NEUTRAL["frequency_penalty"])
+    logit_bias: dict[str, float] | None = neutral_only(NEUTRAL["logit_bias"])
+    suffix: str | None = neutral_only(NEUTRAL["suffix"])
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -76,12 +79,17 @@ class CompletionRequest(BaseModel):
                 return value
         raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists")
 
-    @field_validator(*NEUTRAL, mode="after")
+    @field_validator(*NEUTRAL, mode="before")
     @classmethod
     def _unsupported(cls, value: object, info: ValidationInfo) -> object:
-        if value not in NEUTRAL[info.field_name]:
+        if not is_neutral(value, NEUTRAL[info.field_name]):
             raise ValueError(f"{info.field_name} is not supported by this server")
-        return value
+        return integral(value)
+
+    @field_validator("max_tokens", "n", "seed", "logprobs", mode="before")
+    @classmethod
+    def _json_integers(cls, value: object) -> object:
+        return integral(value)
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt: text, or token ids. ``None`` is one empty prompt."""

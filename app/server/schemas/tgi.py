@@ -9,11 +9,41 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from app.server.generation import TextRequest
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
+
+
+SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers
+
+# TGI parameters not implemented, and the values that mean "off" (the first is the default).
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "best_of": (None, 1),
+    "typical_p": (None, 1.0),
+    "watermark": (False,),
+    "top_n_tokens": (None, 0),
+    "grammar": (None,),
+    "frequency_penalty": (None, 0.0),
+    "adapter_id": (None,),
+}
+
+
+def integral(value: object) -> object:
+    """JSON has one number type: ``4.0`` is the integer 4 (as JSON Schema's ``integer`` says)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def is_neutral(value: object, values: tuple[Any, ...]) -> bool:
+    """``value`` is one of ``values`` as JSON sees it: ``false`` is not ``0``."""
+    return value in values and (not isinstance(value, bool) or any(v is value for v in values))
+
+
+def neutral_only(values: tuple[Any, ...]) -> Any:
+    """A field accepted only at its neutral values, which the OpenAPI document lists (``enum``)."""
+    unique = [v for i, v in enumerate(values) if v not in values[:i]]  # 0 and 0.0 are one JSON value
+    return Field(default=values[0], json_schema_extra={"enum": unique})
 
 
 class Parameters(BaseModel):
@@ -25,7 +55,7 @@ class Parameters(BaseModel):
     temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="0 = greedy")
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
-    seed: int | None = Field(default=None, ge=0, lt=2**64)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     stop: list[str] = Field(default_factory=list)
     do_sample: bool = False
     details: bool = False
@@ -37,20 +67,23 @@ class Parameters(BaseModel):
     speculative: StrictBool = Field(default=True, description=(
         "our extension: false turns speculative decoding off for this request (GPT2_SPECULATIVE)"))
     # TGI features not implemented: accepted only at their neutral values.
-    best_of: int | None = None
-    typical_p: float | None = None
-    watermark: bool = False
-    top_n_tokens: int | None = None
-    grammar: Any = None
-    frequency_penalty: float | None = None
-    adapter_id: str | None = None
+    best_of: int | None = neutral_only(NEUTRAL["best_of"])
+    typical_p: float | None = neutral_only(NEUTRAL["typical_p"])
+    watermark: bool = neutral_only(NEUTRAL["watermark"])
+    top_n_tokens: int | None = neutral_only(NEUTRAL["top_n_tokens"])
+    grammar: Any = neutral_only(NEUTRAL["grammar"])
+    frequency_penalty: float | None = neutral_only(NEUTRAL["frequency_penalty"])
+    adapter_id: str | None = neutral_only(NEUTRAL["adapter_id"])
+
+    @field_validator("max_new_tokens", "top_k", "seed", "truncate", "best_of", "top_n_tokens", mode="before")
+    @classmethod
+    def _json_integers(cls, value: object) -> object:
+        return integral(value)
 
     @model_validator(mode="after")
     def _unsupported(self) -> Parameters:
-        for name, neutral in (("best_of", (None, 1)), ("typical_p", (None, 1.0)), ("watermark", (False,)),
-                              ("top_n_tokens", (None, 0)), ("grammar", (None,)),
-                              ("frequency_penalty", (None, 0.0)), ("adapter_id", (None,))):  # fmt: skip
-            if getattr(self, name) not in neutral:
+        for name, values in NEUTRAL.items():
+            if not is_neutral(getattr(self, name), values):
                 raise ValueError(f"{name} is not supported by this server")
         return self
 
@@ -65,9 +98,9 @@ class Parameters(BaseModel):
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: str
+    inputs: str = Field(json_schema_extra={"minLength": 1})  # enforced by validation ("must not be empty")
     parameters: Parameters = Field(default_factory=Parameters)
-    stream: bool = False  # only meaningful on POST /
+    stream: StrictBool = False  # only meaningful on POST /
 
 
 class InputToken(BaseModel):
@@ -113,11 +146,16 @@ class StreamResponse(BaseModel):
     details: StreamDetails | None = None
 
 
+class TokenizeParameters(Parameters):
+    """TGI's parameters as /tokenize takes them: checked for their types, ``model`` read, and the
+    generation limits (max_new_tokens, truncate, stop) not applied: its own schema says so."""
+
+
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     inputs: str
-    parameters: Parameters | None = None
+    parameters: TokenizeParameters | None = None
 
 
 class SimpleToken(BaseModel):

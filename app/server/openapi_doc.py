@@ -1,0 +1,82 @@
+"""The OpenAPI document, saying what the server enforces: FastAPI's document from the schemas,
+plus the limits that come from settings (so a schema-valid body is one the server accepts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.server.registry import ModelEntry
+from app.server.schemas.tgi import SEED_MAX
+from app.server.settings import Settings
+
+
+def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """Built once every model has loaded (``truncate`` is bounded by the smallest context), and
+    kept from then on; before that, built on each request."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = doc["components"]["schemas"]
+    for model, tokens_field in (("Parameters", "max_new_tokens"), ("CompletionRequest", "max_tokens")):
+        fields = schemas[model]["properties"]
+        fields[tokens_field].update(minimum=1, maximum=settings.max_new_tokens_limit)
+        _limit_stops(fields["stop"], settings)
+        for branch in fields["seed"]["anyOf"]:  # pydantic writes 2**64 - 1 as a float (2**64): exact integers
+            if branch.get("type") == "integer":
+                branch.update(minimum=0, maximum=SEED_MAX)
+    # echo with logprobs is refused (the prompt's logprobs are not computed)
+    schemas["CompletionRequest"]["not"] = {"required": ["echo", "logprobs"],
+                                           "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}}}  # fmt: skip
+    for branch in schemas["CompletionRequest"]["properties"]["prompt"]["anyOf"]:  # no empty list, at any depth
+        if branch.get("type") == "array":
+            branch["minItems"] = 1
+            if branch["items"].get("type") == "array":
+                branch["items"]["minItems"] = 1
+    loaded = _loaded(app)
+    if loaded:
+        schemas["Parameters"]["properties"]["truncate"]["maximum"] = min(e.model.hparams.n_ctx for e in loaded)
+        schemas["CompletionRequest"]["properties"]["n"]["maximum"] = min(e.worker.capacity for e in loaded)
+        n_vocab = min(e.model.hparams.n_vocab for e in loaded)
+        _bound_token_ids(schemas["CompletionRequest"]["properties"]["prompt"], n_vocab)
+        names = list(app.state.server.registry.entries)  # "" and null: the default model
+        schemas["Parameters"]["properties"]["model"]["enum"] = ["", *names, None]
+        schemas["CompletionRequest"]["properties"]["model"]["enum"] = ["", *names]
+    if loaded is not None:
+        app.openapi_schema = doc
+    return doc
+
+
+def _loaded(app: FastAPI) -> list[ModelEntry] | None:
+    """The models that loaded; None while some model is still loading."""
+    state = getattr(app.state, "server", None)
+    if state is None:
+        return None
+    entries = list(state.registry.entries.values())
+    if any(e.state == "loading" for e in entries):
+        return None
+    return [e for e in entries if e.state == "ready" and e.model is not None and e.worker is not None]
+
+
+def _limit_stops(field: dict[str, Any], settings: Settings) -> None:
+    """Stop sequences: at most ``max_stop_sequences``, each 1..``max_stop_length`` characters (a
+    field that is a list, or a string or a list, as OpenAI's ``stop``)."""
+    text = {"minLength": 1, "maxLength": settings.max_stop_length}
+    for branch in field.get("anyOf", [field]):
+        if branch.get("type") == "array":
+            branch["maxItems"] = settings.max_stop_sequences
+            branch["items"].update(text)
+        elif branch.get("type") == "string":
+            branch.update(text)
+
+
+def _bound_token_ids(prompt: dict[str, Any], n_vocab: int) -> None:
+    """Token ids (a list of them, or a list of such lists) are in the vocabulary."""
+    for branch in prompt["anyOf"]:
+        if branch.get("type") != "array":
+            continue
+        items = branch["items"]["items"] if branch["items"].get("type") == "array" else branch["items"]
+        if items.get("type") == "integer":
+            items.update(minimum=0, maximum=n_vocab - 1)
