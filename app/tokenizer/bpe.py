@@ -40,8 +40,7 @@ DEFAULT_CACHE_SIZE = 65536  # pre-tokens remembered per Encoder
 LONG_WORD = 8  # pre-tokens longer than this (in bytes) use the heap-based loop; faster from about here
 
 # (vocabulary, merges) file names: OpenAI's release first, then Hugging Face's.
-VOCAB_NAMES = ("encoder.json", "vocab.json")
-MERGES_NAMES = ("vocab.bpe", "merges.txt")
+TOKENIZER_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -130,8 +129,7 @@ class Encoder:
     def from_dir(cls, model_dir: Path) -> Encoder:
         """Load the tokenizer of a model folder: ``encoder.json`` + ``vocab.bpe`` (OpenAI) or
         ``vocab.json`` + ``merges.txt`` (Hugging Face)."""
-        model_dir = Path(model_dir)
-        return cls.from_files(find_file(model_dir, VOCAB_NAMES), find_file(model_dir, MERGES_NAMES))
+        return cls.from_files(*tokenizer_files(model_dir))
 
     # -- properties ------------------------------------------------------------------------
 
@@ -367,12 +365,19 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
     return merges, line_numbers
 
 
-def find_file(model_dir: Path, names: Sequence[str]) -> Path:
-    """The first of ``names`` that exists in ``model_dir``."""
-    for name in names:
-        if (model_dir / name).exists():
-            return model_dir / name
+def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
+    """``(encoder.json, vocab.bpe)`` of an OpenAI folder or ``(vocab.json, merges.txt)`` of a Hugging
+    Face one; :class:`ModelFileError` naming the folder, or the missing half of a pair, otherwise."""
+    model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelFileError(model_dir, "model folder is missing")
-    alternatives = " or ".join(names[1:])
-    raise ModelFileError(model_dir / names[0], f"file is missing (and so is {alternatives})")
+    for pair in TOKENIZER_FILES:
+        paths = (model_dir / pair[0], model_dir / pair[1])
+        present = [p.exists() for p in paths]
+        if all(present):
+            return paths
+        if any(present):
+            raise ModelFileError(paths[present.index(False)], "file is missing (its tokenizer partner is here)")
+    raise ModelFileError(
+        model_dir, "no tokenizer: expected encoder.json and vocab.bpe, or vocab.json and merges.txt"
+    )
