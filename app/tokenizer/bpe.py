@@ -367,7 +367,8 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
 
 def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
     """``(encoder.json, vocab.bpe)`` of an OpenAI folder or ``(vocab.json, merges.txt)`` of a Hugging
-    Face one; :class:`ModelFileError` naming the folder, or the missing half of a pair, otherwise."""
+    Face one; otherwise :class:`ModelFileError` naming the missing folder, the missing half of a pair,
+    or (no tokenizer file at all) ``encoder.json``."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelFileError(model_dir, "model folder is missing")
@@ -379,5 +380,6 @@ def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
         if any(present):
             raise ModelFileError(paths[present.index(False)], "file is missing (its tokenizer partner is here)")
     raise ModelFileError(
-        model_dir, "no tokenizer: expected encoder.json and vocab.bpe, or vocab.json and merges.txt"
+        model_dir / TOKENIZER_FILES[0][0],
+        "file is missing; no tokenizer here (expected encoder.json and vocab.bpe, or vocab.json and merges.txt)",
     )
