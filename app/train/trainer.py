@@ -224,6 +224,7 @@ class Trainer:
 
 
 def _progress_bar(steps: int, start: int, enabled: bool):
+    """A tqdm bar of steps ``start..steps`` (a context manager); silent unless ``enabled``."""
     from tqdm import tqdm
 
     return tqdm(total=steps, initial=start, unit="step", disable=not enabled, dynamic_ncols=True)
