@@ -9,8 +9,9 @@ import pytest
 
 from app.cli.main import main
 from app.model.hparams import HParams
-from app.model.loader import detect_layout, load_weights, tokenizer_files
+from app.model.loader import detect_layout, load_weights
 from app.model.random_init import random_params
+from app.tokenizer.bpe import tokenizer_files
 
 TINY_ARGS = ["--n-layer", "2", "--n-embd", "64", "--n-head", "4", "--n-ctx", "128"]
 TINY = HParams(n_layer=2, n_embd=64, n_head=4, n_ctx=128)

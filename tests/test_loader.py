@@ -15,8 +15,9 @@ from app.model.errors import ModelFileError
 from app.model.formats.hf import write_hf_model
 from app.model.formats.openai_tf import write_openai_model
 from app.model.hparams import HParams
-from app.model.loader import detect_layout, load_weights, resolve_model_dir, tokenizer_files
+from app.model.loader import detect_layout, load_weights, resolve_model_dir
 from app.model.random_init import random_params
+from app.tokenizer.bpe import tokenizer_files
 from app.tokenizer.bundled import bundled_bpe_files
 
 TINY = HParams(n_layer=2, n_embd=64, n_head=4, n_ctx=128)

@@ -118,6 +118,32 @@ def test_endoftext_in_text_is_plain(enc: Encoder) -> None:
     assert enc.decode([enc.eot_token]) == "<|endoftext|>"
 
 
+@pytest.mark.parametrize("allowed", [{"<|endoftext|>"}, "all"])
+@pytest.mark.parametrize(
+    "text", ["", "<|endoftext|>", "a<|endoftext|>b", " <|endoftext|> x<|endoftext|><|endoftext|>", CORPUS["endoftext_as_text"]]
+)
+def test_allowed_special_matches_tiktoken(enc: Encoder, tik: tiktoken.Encoding, text: str, allowed) -> None:
+    assert enc.encode(text, allowed_special=allowed) == tik.encode(text, allowed_special=allowed)
+
+
+def test_allowed_special_reads_endoftext_as_the_token(enc: Encoder) -> None:
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
+    assert enc.encode("a<|endoftext|>b", allowed_special={"<|endoftext|>"}) == [*enc.encode("a"), 50256, *enc.encode("b")]
+    assert enc.encode("a<|endoftext|>b", allowed_special=set()) == enc.encode("a<|endoftext|>b")
+
+
+def test_allowed_special_without_the_token_keeps_text() -> None:
+    bytes_only = Encoder({c: i for i, c in enumerate(bytes_to_unicode().values())}, [])
+    assert bytes_only.eot_token is None
+    assert bytes_only.encode("<|endoftext|>", allowed_special="all") == bytes_only.encode("<|endoftext|>")
+
+
+@pytest.mark.parametrize("bad", [{"<|endoftext|"}, "<|endoftext|>", ["<|endoftext|>"]])
+def test_allowed_special_rejects_bad_names(enc: Encoder, bad) -> None:
+    with pytest.raises(ValueError, match="special"):
+        enc.encode("x", allowed_special=bad)
+
+
 def test_decode_replaces_split_characters(enc: Encoder) -> None:
     ids = enc.encode("😀")
     assert len(ids) > 1  # an emoji is several byte tokens

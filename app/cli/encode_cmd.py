@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.model.default import DEFAULT_NAME, resolve_default
+from app.cli.model_arg import model_dir_arg
+from app.model.default import DEFAULT_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.model.loader import resolve_model_dir
     from app.tokenizer.bpe import Encoder
     from app.train.data import load_chunks, save_npz
 
-    model_dir = resolve_default(args.models_dir) if args.model == DEFAULT_NAME else resolve_model_dir(args.model, args.models_dir)
+    model_dir = model_dir_arg(args.model, args.models_dir)
     chunks = load_chunks(args.input, Encoder.from_dir(model_dir), combine=args.combine, encoding=args.encoding)
     save_npz(args.output, chunks)
     print(f"wrote {sum(len(c) for c in chunks):,} tokens in {len(chunks)} chunks to {args.output}")

@@ -19,21 +19,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.train.export import export_weights, write_model_card
+
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.checkpoint_dir) / args.run
+    dest = export_weights(run_dir, args.name, args.models_dir)
+    texts = _samples(dest, args) if args.samples else []
+    write_model_card(dest, run_dir, args.name, texts)
+    print(f"exported {run_dir} to {dest}")
+    return 0
+
+
+def _samples(dest: Path, args: argparse.Namespace) -> list[str]:
+    """The card's samples: what the exported folder itself produces, through the serving engine."""
     from app.engine.batcher import Sequence, generate
     from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
-    from app.train.export import export_run, write_model_card
 
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.checkpoint_dir) / args.run
-    dest = export_run(run_dir, args.name, args.models_dir)
-    if args.samples:
-        # The card shows what the exported folder itself produces, through the serving engine.
-        model = load_model(dest, slots=args.samples)
-        enc = model.encoder
-        context = enc.encode(args.prompt) if args.prompt else [enc.eot_token]
-        seqs = [Sequence(context, args.sample_length, SamplingParams(top_k=40, seed=i)) for i in range(args.samples)]
-        done = generate(model.engine, seqs, eos_id=enc.eot_token)
-        texts = [args.prompt + enc.decode([t for t in s.generated if t != enc.eot_token]) for s in done]
-        write_model_card(dest, run_dir, args.name, texts)
-    print(f"exported {run_dir} to {dest}")
-    return 0
+    model = load_model(dest, slots=args.samples)
+    enc = model.encoder
+    context = enc.encode(args.prompt) if args.prompt else [enc.eot_token]
+    seqs = [Sequence(context, args.sample_length, SamplingParams(top_k=40, seed=i)) for i in range(args.samples)]
+    done = generate(model.engine, seqs, eos_id=enc.eot_token)
+    return [args.prompt + enc.decode([t for t in s.generated if t != enc.eot_token]) for s in done]

@@ -14,7 +14,8 @@ import json
 import sys
 from collections.abc import Iterator
 
-from app.model.default import DEFAULT_NAME, resolve_default
+from app.cli.model_arg import model_dir_arg
+from app.model.default import DEFAULT_NAME
 
 RULE = "=" * 40
 
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
 
-    name = resolve_default(args.models_dir) if args.model == DEFAULT_NAME else args.model
-    model = load_model(name, args.models_dir, device=args.device, dtype=args.dtype,
+    model_dir = model_dir_arg(args.model, args.models_dir)
+    model = load_model(model_dir, args.models_dir, device=args.device, dtype=args.dtype,
                        slots=min(args.batch_size, args.nsamples))  # fmt: skip
     enc, hp = model.encoder, model.hparams
     length = args.length if args.length is not None else hp.n_ctx // 2

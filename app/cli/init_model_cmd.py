@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from app.model.errors import ModelFileError
+from app.model.formats import LAYOUTS
 from app.model.hparams import ALIASES, PRESETS, HParams, preset
 from app.model.loader import detect_layout
 from app.model.random_init import write_random_model
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         flag = "--" + field.replace("_", "-")
         parser.add_argument(flag, type=int, dest=field, metavar="N", help=f"override the preset's {field}")
     parser.add_argument(
-        "--layout", choices=("openai", "hf"), default="openai", help="folder layout (default openai)"
+        "--layout", choices=LAYOUTS, default="openai", help="folder layout (default openai)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds a model")

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.model.default import DEFAULT_NAME, resolve_default
+from app.cli.model_arg import model_dir_arg
+from app.model.default import DEFAULT_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,12 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.model.loader import load_weights, resolve_model_dir
+    from app.model.loader import load_weights
     from app.tokenizer.bpe import Encoder
     from app.train.data import Sampler, load_chunks
     from app.train.trainer import TrainConfig, Trainer, write_run_info
 
-    model_dir = resolve_default(args.models_dir) if args.model == DEFAULT_NAME else resolve_model_dir(args.model, args.models_dir)
+    model_dir = model_dir_arg(args.model, args.models_dir)
     cfg = TrainConfig(batch_size=args.batch_size, accumulate_gradients=args.accumulate_gradients,
                       learning_rate=args.learning_rate, optimizer=args.optimizer,
                       only_train_transformer_layers=args.only_train_transformer_layers, context=args.context,

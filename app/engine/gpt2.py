@@ -18,11 +18,13 @@ for the row counts of decoding (``make bench-roofline`` measures both). The chec
 ``[in, out]`` (GPT-2's Conv1D) is what :func:`layer_weights` transposes from.
 
 Cache layout, per layer: one tensor for keys and one for values, ``[S, n_ctx + 1, n_embd]``
-(slot rows, positions, heads*head_dim). Position ``n_ctx`` is a scratch row: padding and idle rows
-write there and it is never read. ``S`` is the engine's largest decode batch bucket (at least the
-slot count). ``n_embd`` is the minor axis so a token's keys are one contiguous row, and slicing
-``[:, :L]`` costs nothing under XLA, so attention cost follows the context in use (``L``), not
-``n_ctx``. XLA updates the cache variables in place.
+(slot rows, positions, heads*head_dim), allocated by :class:`app.engine.engine.Engine` as
+``[batch_buckets[-1], n_ctx + 1, n_embd]``: ``S`` is the largest decode batch bucket, which is the
+slot count (the buckets end at it), so a decode bucket ``B <= S`` reads rows ``[:B]``. Position
+``n_ctx`` (the ``+ 1``) is a scratch row, not a position: prompt padding and idle decode rows write
+there and it is never read. ``n_embd`` is the minor axis so a token's keys are one contiguous
+row, and slicing ``[:, :L]`` costs nothing under XLA, so attention cost follows the context in use
+(``L``), not ``n_ctx``. XLA updates the cache variables in place.
 
 Numerics follow Hugging Face's GPT2 (layer-norm epsilon 1e-5, tanh GELU); layer norm, softmax and
 logits are computed in float32 whatever the weight dtype.
@@ -40,7 +42,8 @@ import tensorflow as tf
 from app.model.hparams import HParams
 
 Weights = Mapping[str, tf.Variable | tf.Tensor]
-LayerCache = tuple[tf.Variable, tf.Variable]  # (keys, values), each [S, n_ctx + 1, n_embd]
+# (keys, values), each [S, n_ctx + 1, n_embd]: S = the engine's slots, row n_ctx = scratch
+LayerCache = tuple[tf.Variable, tf.Variable]
 Attend = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]  # q, k, v [N, C] -> [N, C]
 
 _NEG = -1e30  # added to masked attention scores; exp() of it is exactly 0 in float32
@@ -122,9 +125,10 @@ def prefill_attention(
     """Attention for ``N`` pieces of ``T`` tokens (rows ``n*T + t`` of ``q, k, v [N*T, C]``).
 
     Piece ``n`` belongs to slot ``slots[n]``, its first token sits at position ``start[n]`` and its
-    first ``n_valid[n]`` tokens are real. Their keys/values are written into the cache (padding goes
-    to the scratch row ``n_ctx``), then every query attends over its slot's positions
-    ``[0, ctx_len)`` with a causal mask (token t sees positions <= start + t).
+    first ``n_valid[n]`` tokens are real. Their keys/values are written into the cache
+    (``[S, n_ctx + 1, C]``; padding goes to the scratch row ``n_ctx``), then every query attends
+    over its slot's positions ``[0, ctx_len)`` (``ctx_len <= n_ctx``, so never the scratch row)
+    with a causal mask (token t sees positions <= start + t).
     """
     n, t_len = slots.shape[0], q.shape[0] // slots.shape[0]
     h, d = hp.n_head, hp.head_dim
@@ -149,7 +153,8 @@ def decode_attention(
 ) -> tf.Tensor:  # fmt: skip
     """Attention for one new token per slot: row b of ``q, k, v [B, C]`` is slot b, at ``pos[b]``.
 
-    Rows are slots ``0..B-1`` so the cache is read as one contiguous slice ``[:B, :ctx_len]`` (a
+    Rows are slots ``0..B-1`` (``B`` a batch bucket, ``<= S`` the cache's slot rows of
+    ``[S, n_ctx + 1, C]``) so the cache is read as one contiguous slice ``[:B, :ctx_len]`` (a
     gather of scattered slots would copy it). Slots with nothing to do this step get
     ``pos == n_ctx``: they write to the scratch row and their output is ignored. Each row attends
     over its own positions ``[0, pos[b]]``; the rest is masked, so a row's result does not depend

@@ -3,9 +3,8 @@
 The reference is openai/gpt-2 ``download_model.py``: the same seven files from the same
 ``{base_url}/models/{size}/{file}`` addresses. On top of it this module resumes partial downloads
 (``<file>.part`` and an HTTP ``Range`` request), retries dropped connections, renames a file into
-place only once its size matches what the server announced, and checks the finished folder:
-``hparams.json`` against the expected hyperparameters, the two BPE files against their known
-hashes, and the checkpoint index against ``hparams.json``.
+place only once its size matches what the server announced, and has the finished folder checked
+by :func:`app.model.verify.check_release_folder`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from app.model.errors import ModelFileError
 from app.model.hparams import ALIASES, HParams, preset
-from app.tokenizer.bundled import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, sha256_of
+from app.model.verify import check_release_folder
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2"
 FILES = (
@@ -32,8 +31,6 @@ FILES = (
     "model.ckpt.meta",
     "vocab.bpe",
 )
-# encoder.json and vocab.bpe are the same for every size.
-BPE_SHA256 = {"encoder.json": ENCODER_JSON_SHA256, "vocab.bpe": VOCAB_BPE_SHA256}
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # Compressed transfer would make byte ranges and Content-Length refer to the encoded body.
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -87,7 +84,10 @@ def download_model(
     finally:
         if owned:
             http.close()
-    check_model_folder(dest, hp if expected is None else expected, size=canonical)
+    try:
+        check_release_folder(dest, hp if expected is None else expected, size=canonical)
+    except ModelFileError as exc:
+        raise DownloadError(str(exc)) from None
     return dest
 
 
@@ -183,35 +183,3 @@ def _content_range(value: str | None) -> tuple[int | None, int | None, int | Non
         int(end) if end is not None else None,
         int(total) if total != "*" else None,
     )
-
-
-def check_model_folder(folder: Path, expected: HParams, *, size: str = "expected") -> None:
-    """Check a downloaded OpenAI folder is whole and what it claims to be; raise DownloadError if not."""
-    folder = Path(folder)
-    try:
-        hp = HParams.from_file(folder / "hparams.json")
-    except ModelFileError as exc:
-        raise DownloadError(str(exc)) from None
-    if hp != expected:
-        raise DownloadError(
-            f"{folder / 'hparams.json'}: {hp} does not match the {size} hyperparameters {expected}"
-        )
-    for name, want in BPE_SHA256.items():
-        digest = sha256_of(folder / name)
-        if digest != want:
-            raise DownloadError(f"{folder / name}: sha256 {digest[:12]}... is not GPT-2's ({want[:12]}...)")
-    checkpoint = (folder / "checkpoint").read_text(encoding="utf-8", errors="replace")
-    if not re.search(r'^model_checkpoint_path:\s*"(?:.*/)?model\.ckpt"\s*$', checkpoint, re.M):
-        raise DownloadError(f"{folder / 'checkpoint'}: does not name model.ckpt")
-
-    from app.model.formats.openai_tf import scan_openai_model  # imports TensorFlow: seconds
-
-    try:
-        inventory = scan_openai_model(folder)
-    except ModelFileError as exc:
-        raise DownloadError(str(exc)) from None
-    wte = inventory.tensors.get("wte")
-    want = (expected.n_vocab, expected.n_embd)
-    if wte is None or wte.shape != want:
-        found = f"model/wte has shape {list(wte.shape)}" if wte else "has no model/wte"
-        raise DownloadError(f"{inventory.weights_file}: {found}, expected {list(want)}")

@@ -11,23 +11,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from app.model.errors import ModelFileError
-from app.model.formats import Inventory, StoredTensor
+from app.model.formats import Inventory, Layout, StoredTensor
 from app.model.hparams import ALIASES, PRESETS, HParams, param_shapes
-
-Layout = Literal["openai", "hf"]
 
 OPENAI_FILES = (
     "checkpoint", "hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001",
     "model.ckpt.meta", "encoder.json", "vocab.bpe",
 )  # fmt: skip
 HF_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
-TOKENIZER_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
 _MAX_LISTED = 5  # problems spelled out in one error message
 
@@ -64,15 +61,23 @@ def detect_layout(model_dir: Path | str) -> Layout:
     )
 
 
-def _format_module(model_dir: Path):
+class Format(NamedTuple):
+    """How one layout is read: its scanner, its stored spelling of a weight, and its reader."""
+
+    scan: Callable[[Path | str], Inventory]  # hyperparameters and tensor list, no tensor data
+    stored_tensor: Callable[[str, tuple[int, ...]], StoredTensor]  # canonical name, shape -> key, shape
+    read: Callable[..., tuple[HParams, dict[str, np.ndarray]]]  # (folder, *, dtype) -> hparams, weights
+
+
+def _format_module(model_dir: Path) -> Format:
     # Imported here so that finding and describing folders does not pull in TensorFlow.
     if detect_layout(model_dir) == "openai":
         from app.model.formats import openai_tf
 
-        return openai_tf.scan_openai_model, openai_tf.stored_tensor, openai_tf.read_openai_model
+        return Format(openai_tf.scan_openai_model, openai_tf.stored_tensor, openai_tf.read_openai_model)
     from app.model.formats import hf
 
-    return hf.scan_hf_model, hf.stored_tensor, hf.read_hf_model
+    return Format(hf.scan_hf_model, hf.stored_tensor, hf.read_hf_model)
 
 
 def read_hparams(model_dir: Path | str) -> HParams:
@@ -80,9 +85,9 @@ def read_hparams(model_dir: Path | str) -> HParams:
 
     Lets a memory plan be made (and refused) before gigabytes are read.
     """
-    scan, stored_tensor, _ = _format_module(Path(model_dir))
-    inv = scan(model_dir)
-    check_inventory(inv, stored_tensor)
+    fmt = _format_module(Path(model_dir))
+    inv = fmt.scan(model_dir)
+    check_inventory(inv, fmt.stored_tensor)
     return inv.hparams
 
 
@@ -93,9 +98,9 @@ def load_weights(
 
     The folder's tensor list is checked against its hyperparameters before any tensor data is read.
     """
-    scan, stored_tensor, read = _format_module(Path(model_dir))
-    check_inventory(scan(model_dir), stored_tensor)
-    return read(model_dir, dtype=dtype)
+    fmt = _format_module(Path(model_dir))
+    check_inventory(fmt.scan(model_dir), fmt.stored_tensor)
+    return fmt.read(model_dir, dtype=dtype)
 
 
 def check_inventory(inv: Inventory, stored_tensor: Callable[[str, tuple[int, ...]], StoredTensor]) -> None:
@@ -161,19 +166,3 @@ def resolve_model_dir(name_or_path: Path | str, models_dir: Path | str) -> Path:
     hint = f"; run `gpt2-serve download {canonical}` to fetch it" if canonical in PRESETS else ""
     raise FileNotFoundError(f"no model {name!r}: found no folder at {where}{hint}")
 
-
-def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
-    """``(encoder.json, vocab.bpe)`` of an OpenAI folder or ``(vocab.json, merges.txt)`` of a Hugging Face one."""
-    model_dir = Path(model_dir)
-    for pair in TOKENIZER_FILES:
-        paths = (model_dir / pair[0], model_dir / pair[1])
-        present = [p.is_file() for p in paths]
-        if all(present):
-            return paths
-        if any(present):
-            raise ModelFileError(
-                paths[present.index(False)], "file is missing (its tokenizer partner is here)"
-            )
-    raise ModelFileError(
-        model_dir, "no tokenizer: expected encoder.json and vocab.bpe, or vocab.json and merges.txt"
-    )

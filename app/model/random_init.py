@@ -12,15 +12,13 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from app.model.formats import LAYOUTS, Layout
 from app.model.hparams import HParams, param_shapes
 from app.tokenizer.bundled import bundled_bpe_files
-
-Layout = Literal["openai", "hf"]
 
 
 def random_params(
@@ -66,8 +64,8 @@ def write_random_model(
     The folder appears whole or not at all (written beside it, then renamed), so a reader or an
     interrupted run never sees half a model. ``dest_dir`` must not exist or be empty.
     """
-    if layout not in ("openai", "hf"):
-        raise ValueError(f"unknown layout {layout!r}; expected 'openai' or 'hf'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected {' or '.join(map(repr, LAYOUTS))}")
     if hp.n_vocab != 50257:
         raise ValueError(f"n_vocab must be 50257 to match GPT-2's BPE vocabulary, got {hp.n_vocab}")
     dest = Path(dest_dir)

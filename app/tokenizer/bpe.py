@@ -13,9 +13,9 @@ How it works (as in the reference):
 Differences from the reference are only in speed: the pair ranks are looked up directly instead of
 ``min(pairs, key=...)``, pre-tokens longer than a few bytes are merged with a heap in O(n log n)
 instead of O(n^2) (a megabyte of digits is one pre-token), and each :class:`Encoder` keeps its own bounded LRU cache
-of pre-token -> ids. ``<|endoftext|>`` inside text is encoded as ordinary characters, exactly as the
-reference (and tiktoken's ``encode_ordinary``) does; callers append :attr:`Encoder.eot_token`
-themselves.
+of pre-token -> ids. By default ``<|endoftext|>`` inside text is encoded as ordinary characters, exactly
+as the reference (and tiktoken's ``encode_ordinary``) does; ``encode(text, allowed_special="all")``
+(tiktoken's ``allowed_special``) reads it as the end-of-text token instead.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import functools
 import heapq
 import json
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
+from typing import Literal
 
 import regex
 
@@ -34,12 +35,12 @@ from app.model.errors import ModelFileError
 # Verbatim from openai/gpt-2 src/encoder.py (tiktoken's r50k pattern is an equivalent rewrite).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
+SPECIAL_TOKENS = frozenset({ENDOFTEXT})  # names ``allowed_special`` may hold
 DEFAULT_CACHE_SIZE = 65536  # pre-tokens remembered per Encoder
 LONG_WORD = 8  # pre-tokens longer than this (in bytes) use the heap-based loop; faster from about here
 
 # (vocabulary, merges) file names: OpenAI's release first, then Hugging Face's.
-VOCAB_NAMES = ("encoder.json", "vocab.json")
-MERGES_NAMES = ("vocab.bpe", "merges.txt")
+TOKENIZER_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -128,8 +129,7 @@ class Encoder:
     def from_dir(cls, model_dir: Path) -> Encoder:
         """Load the tokenizer of a model folder: ``encoder.json`` + ``vocab.bpe`` (OpenAI) or
         ``vocab.json`` + ``merges.txt`` (Hugging Face)."""
-        model_dir = Path(model_dir)
-        return cls.from_files(find_file(model_dir, VOCAB_NAMES), find_file(model_dir, MERGES_NAMES))
+        return cls.from_files(*tokenizer_files(model_dir))
 
     # -- properties ------------------------------------------------------------------------
 
@@ -145,8 +145,38 @@ class Encoder:
 
     # -- encoding --------------------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; special-token strings in it are encoded as plain text."""
+    def encode(self, text: str, *, allowed_special: Set[str] | Literal["all"] = frozenset()) -> list[int]:
+        """Token ids of ``text``, as tiktoken's ``encode(text, allowed_special=...)``.
+
+        Special-token strings in ``text`` are encoded as plain text unless named in
+        ``allowed_special`` (a set of names from :data:`SPECIAL_TOKENS`, or ``"all"``): those become
+        their single token, e.g. ``"<|endoftext|>"`` -> :attr:`eot_token`. A vocabulary without
+        the token keeps the string as text. Unknown names raise ``ValueError``.
+        """
+        allowed = self._allowed_special(allowed_special)
+        if not allowed:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        for match in regex.finditer("|".join(regex.escape(name) for name in sorted(allowed)), text):
+            ids.extend(self._encode_ordinary(text[start : match.start()]))
+            ids.append(self._encoder[match.group()])
+            start = match.end()
+        ids.extend(self._encode_ordinary(text[start:]))
+        return ids
+
+    def _allowed_special(self, allowed_special: Set[str] | Literal["all"]) -> list[str]:
+        """The names of ``allowed_special`` this vocabulary has a token for."""
+        if allowed_special == "all":
+            allowed_special = SPECIAL_TOKENS
+        elif isinstance(allowed_special, str) or not isinstance(allowed_special, Set):
+            raise ValueError(f'allowed_special must be a set of special-token names or "all", got {allowed_special!r}')
+        unknown = sorted(allowed_special - SPECIAL_TOKENS)
+        if unknown:
+            raise ValueError(f"not special tokens: {', '.join(map(repr, unknown))} (known: {ENDOFTEXT!r})")
+        return [name for name in allowed_special if name in self._encoder]
+
+    def _encode_ordinary(self, text: str) -> list[int]:
         ids: list[int] = []
         encode_piece = self._encode_piece
         for piece in self._pattern.findall(text):
@@ -335,12 +365,21 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
     return merges, line_numbers
 
 
-def find_file(model_dir: Path, names: Sequence[str]) -> Path:
-    """The first of ``names`` that exists in ``model_dir``."""
-    for name in names:
-        if (model_dir / name).exists():
-            return model_dir / name
+def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
+    """``(encoder.json, vocab.bpe)`` of an OpenAI folder or ``(vocab.json, merges.txt)`` of a Hugging
+    Face one; otherwise :class:`ModelFileError` naming the missing folder, the missing half of a pair,
+    or (no tokenizer file at all) ``encoder.json``."""
+    model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelFileError(model_dir, "model folder is missing")
-    alternatives = " or ".join(names[1:])
-    raise ModelFileError(model_dir / names[0], f"file is missing (and so is {alternatives})")
+    for pair in TOKENIZER_FILES:
+        paths = (model_dir / pair[0], model_dir / pair[1])
+        present = [p.exists() for p in paths]
+        if all(present):
+            return paths
+        if any(present):
+            raise ModelFileError(paths[present.index(False)], "file is missing (its tokenizer partner is here)")
+    raise ModelFileError(
+        model_dir / TOKENIZER_FILES[0][0],
+        "file is missing; no tokenizer here (expected encoder.json and vocab.bpe, or vocab.json and merges.txt)",
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.tokenizer.bpe import Encoder
+from app.tokenizer.bpe import ENDOFTEXT, Encoder
 
 
 def _files(path: str) -> list[Path]:
@@ -37,7 +37,6 @@ def load_chunks(path: str, enc: Encoder, *, combine: int = 50000, encoding: str 
     """Token arrays (``int32``) from ``path``: ``.npz`` files are taken as already encoded."""
     chunks: list[np.ndarray] = []
     raw = ""
-    eot = "<|endoftext|>"
     for f in tqdm(_files(path), desc="encoding", unit="file", disable=not progress):
         if f.suffix == ".npz":
             with np.load(f) as npz:
@@ -50,7 +49,7 @@ def load_chunks(path: str, enc: Encoder, *, combine: int = 50000, encoding: str 
         if len(raw) >= combine:
             chunks.append(_encode(enc, raw))
             raw = ""
-        raw += text + eot
+        raw += text + ENDOFTEXT
     if raw:
         chunks.append(_encode(enc, raw))
     chunks = [c for c in chunks if len(c)]
@@ -61,13 +60,7 @@ def load_chunks(path: str, enc: Encoder, *, combine: int = 50000, encoding: str 
 
 def _encode(enc: Encoder, text: str) -> np.ndarray:
     """Encode, mapping each literal ``<|endoftext|>`` to the special token (as files are joined by it)."""
-    ids: list[int] = []
-    parts = text.split("<|endoftext|>")
-    for i, part in enumerate(parts):
-        ids.extend(enc.encode(part))
-        if i < len(parts) - 1:
-            ids.append(enc.eot_token)
-    return np.asarray(ids, dtype=np.int32)
+    return np.asarray(enc.encode(text, allowed_special="all"), dtype=np.int32)
 
 
 def save_npz(path: str | Path, chunks: list[np.ndarray]) -> None:

@@ -1,8 +1,11 @@
-"""Turn a training run into a servable model folder (OpenAI's layout) with a model card."""
+"""Turn a training run into a servable model folder (OpenAI's layout), and write its model card.
+
+The card is written once, by :func:`write_model_card`, after the folder exists (so its samples can
+come from the exported folder itself).
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +16,7 @@ import tensorflow as tf
 from app.model.formats.openai_tf import write_openai_model
 from app.model.hparams import HParams, param_shapes
 from app.tokenizer.bundled import bundled_bpe_files
+from app.train.losslog import last_losses
 from app.train.trainer import Weights
 
 
@@ -23,21 +27,11 @@ def read_run(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def last_losses(run_dir: Path) -> tuple[int, float | None, float | None]:
-    """(steps, last training loss, last validation loss) from the run's ``losses.csv``."""
-    steps, loss, val = 0, None, None
-    path = run_dir / "losses.csv"
-    if path.is_file():
-        with path.open() as fh:
-            for row in csv.DictReader(fh):
-                steps, loss = int(row["step"]), float(row["loss"])
-                if row["val_loss"]:
-                    val = float(row["val_loss"])
-    return steps, loss, val
+def export_weights(run_dir: Path | str, name: str, models_dir: Path | str = "model_store") -> Path:
+    """Write the run's latest weights to ``models_dir/name`` (OpenAI layout); returns the folder.
 
-
-def export_run(run_dir: Path | str, name: str, models_dir: Path | str = "model_store") -> Path:
-    """Write the run's latest weights to ``models_dir/name`` (OpenAI layout) with ``MODEL_CARD.md``."""
+    The folder has no model card yet: :func:`write_model_card` adds it.
+    """
     run_dir = Path(run_dir)
     hp = HParams(**read_run(run_dir)["hparams"])
     latest = tf.train.latest_checkpoint(str(run_dir))
@@ -51,11 +45,11 @@ def export_run(run_dir: Path | str, name: str, models_dir: Path | str = "model_s
         raise ValueError(f"{dest} already exists; choose another --name or remove it")
     encoder_json, vocab_bpe = bundled_bpe_files()
     write_openai_model(dest, hp, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
-    write_model_card(dest, run_dir, name)
     return dest
 
 
 def write_model_card(dest: Path, run_dir: Path, name: str, samples: list[str] | None = None) -> Path:
+    """Write ``dest/MODEL_CARD.md`` describing run ``run_dir`` (and showing ``samples``); returns its path."""
     info = read_run(run_dir)
     steps, loss, val = last_losses(run_dir)
     path = dest / "MODEL_CARD.md"

@@ -16,10 +16,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from app.model.hparams import LAYER_PARAMS, HParams, param_shapes
+
+Layout = Literal["openai", "hf"]  # the folder layouts: OpenAI's release, Hugging Face's
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)
