@@ -156,17 +156,9 @@ def _encode(worker: ModelWorker, text: str) -> list[int]:
     """``<|endoftext|>`` is the end-of-text token (as OpenAI reads prompts), and an empty prompt is
     that token alone: generation starts a new document."""
     enc = worker.model.encoder
-    eot = enc.eot_token
-    if eot is None:
-        return enc.encode(text)
-    if not text:
-        return [eot]
-    ids: list[int] = []
-    for i, piece in enumerate(text.split(ENDOFTEXT)):
-        if i:
-            ids.append(eot)
-        ids.extend(enc.encode(piece))
-    return ids
+    if not text and enc.eot_token is not None:
+        return [enc.eot_token]
+    return enc.encode(text, allowed_special={ENDOFTEXT})
 
 
 def _sampling(req: TextRequest) -> SamplingParams:
