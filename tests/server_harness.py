@@ -24,8 +24,8 @@ A server in a child process (``gpt2-serve serve``, or any HTTP server: :func:`se
         httpx.get(f"{srv.url}/models")  # srv.proc is the Popen; the process is stopped on exit
 
 ``wait_ready`` is the one readiness loop of all of them. ``metric`` and ``wait_for_metric`` read
-``GET /metrics`` (Prometheus text). ``sse_events`` parses Server-Sent Events, ``check_message``
-checks a client-facing error message.
+``GET /metrics`` (Prometheus text). ``sse_events`` parses Server-Sent Events (``sse_frames`` also
+checks their framing), ``check_message`` checks a client-facing error message.
 
 The app (and TensorFlow) is imported only by what starts an app in this process, so bench/soak.py,
 a pure client, does not load it.
@@ -122,6 +122,21 @@ def sse_events(text_or_lines: str | Iterable[str]) -> list[dict]:
     """The JSON events of a whole stream (a body or its lines); ``[DONE]`` left out (see
     :func:`sse_payloads` to see it)."""
     return [json.loads(data) for data in sse_payloads(text_or_lines) if data != DONE]
+
+
+def sse_frames(body: str, *, prefix: str = "data:", done: bool = False) -> list[dict]:
+    """The JSON events of a whole SSE body, checking its framing on the way: every event one line
+    ``<prefix>{...}`` (TGI writes ``data:``, OpenAI ``data: ``) ended by a blank line, and with
+    ``done`` a last event ``data: [DONE]``, so the body ends exactly with ``data: [DONE]\n\n``."""
+    frames = body.split("\n\n")
+    assert len(frames) > 1 and frames[-1] == "", f"an SSE body ends with a blank line: {body[-200:]!r}"
+    frames = frames[:-1]
+    if done:
+        assert frames[-1] == f"data: {DONE}", f"the last event is not data: [DONE]: {body[-200:]!r}"
+        frames = frames[:-1]
+    for frame in frames:
+        assert frame.startswith(prefix + "{") and "\n" not in frame, f"not one {prefix!r} line of a JSON object: {frame!r}"
+    return [json.loads(frame[len(prefix) :]) for frame in frames]
 
 
 # ---- waiting for a server ----
@@ -251,6 +266,15 @@ class LiveServer:
         """A metric sample of this model (0 when absent)."""
         return metric(self.url, name, model=self.model, **labels) or 0.0
 
+    @contextmanager
+    def no_step_hook(self) -> Iterator[None]:
+        """The worker's ``step_hook`` cleared before and after: a test that sets one cannot leak it."""
+        self.worker.step_hook = None
+        try:
+            yield
+        finally:
+            self.worker.step_hook = None
+
 
 @contextmanager
 def live_server(settings: Settings, **options: Any) -> Iterator[LiveServer]:
@@ -303,9 +327,11 @@ def server_process(argv: list[str], *, port: int, env: dict[str, str] | None = N
     SIGKILL after ``stop_timeout`` seconds (then ``subprocess.TimeoutExpired`` is raised, unless the
     block is already raising); ``proc.returncode`` is then its exit status."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"} if env is None else env
-    log_file = open(log, "w") if log is not None else None  # noqa: SIM115 - closed below
-    streams = {"stdout": subprocess.DEVNULL, "stderr": log_file} if log_file else {}
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, **streams)
+    if log is None:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env)
+    else:
+        with open(log, "w") as log_file:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
 
     def stopped() -> str | None:
         if proc.poll() is None:
@@ -323,9 +349,6 @@ def server_process(argv: list[str], *, port: int, env: dict[str, str] | None = N
         raise
     else:
         _stop(proc, stop_timeout, strict=True)
-    finally:
-        if log_file:
-            log_file.close()
 
 
 def _stop(proc: subprocess.Popen, timeout: float, *, strict: bool) -> None:

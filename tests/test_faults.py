@@ -51,9 +51,8 @@ def server(tiny_dirs):
 
 @pytest.fixture(autouse=True)
 def no_hook(server):
-    server.worker.step_hook = None
-    yield
-    server.worker.step_hook = None
+    with server.no_step_hook():
+        yield
 
 
 def generate(url: str, inputs: str, n: int, **parameters) -> httpx.Response:

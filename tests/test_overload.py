@@ -59,9 +59,8 @@ def server(tiny_dirs):
 @pytest.fixture(autouse=True)
 def idle(server):
     """Every test starts and ends with an idle worker and no hook."""
-    server.worker.step_hook = None
-    yield
-    server.worker.step_hook = None
+    with server.no_step_hook():
+        yield
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL, timeout=30)
     wait_for_metric(server.url, "gpt2_queue_length", 0.0, model=MODEL, timeout=30)
 

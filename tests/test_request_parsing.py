@@ -20,7 +20,7 @@ from app.server.requests import build_request
 from app.server.schemas import openai as oa
 from app.server.schemas import tgi
 from app.server.worker import GenerationRequest
-from tests.server_harness import check_message, sse_events, tiny_settings, wait_ready
+from tests.server_harness import check_message, sse_frames, tiny_settings, wait_ready
 
 MODEL = "tiny-openai"
 LIMIT = 8  # max_new_tokens_limit: valid requests stay short
@@ -168,9 +168,8 @@ def check_tgi(r, path: str) -> None:
         assert set(body) == {"error", "error_type"} and body["error_type"] == "validation", body
         check_message(body["error"])
     elif r.headers["content-type"].startswith("text/event-stream"):
-        events = [line for line in r.text.split("\n\n") if line]
-        assert events and all(e.startswith("data:") for e in events), r.text
-        assert not any("error" in event for event in sse_events(r.text)), r.text
+        events = sse_frames(r.text)  # every event a "data:{...}" line
+        assert events and not any("error" in event for event in events), r.text
     elif path == "/tokenize":
         assert isinstance(r.json(), list)
     else:
@@ -200,6 +199,7 @@ def test_openai_bodies_are_answered_200_or_an_openai_error(client, body):
         check_message(payload["error"]["message"])
     elif body.get("stream"):
         assert r.text.endswith("data: [DONE]\n\n") and '"error"' not in r.text, r.text
+        assert all(e["object"] == "text_completion" for e in sse_frames(r.text, prefix="data: ", done=True)), r.text
     else:
         assert r.json()["object"] == "text_completion"
 
