@@ -25,14 +25,11 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import websockets
 
@@ -45,12 +42,7 @@ from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server_harness import serve_process  # noqa: E402
 
 
 def prompts(n: int, length: int, vocab: int) -> list[list[int]]:
@@ -104,20 +96,6 @@ def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float
     return sum(len(s.generated) for s in done) / (time.perf_counter() - t0)
 
 
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError("server not ready")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="32,1,8,64")
@@ -131,15 +109,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_model(Path(tmp) / "bench-124M", hp, seed=0)
-        port = free_port()
-        base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/stream"
-        cmd = [sys.executable, "-m", "app.cli.main", "serve", "--models", str(model_dir), "--port", str(port),
-               "--slots", str(args.slots), "--queue-size", "256", "--log-level", "warning"]  # fmt: skip
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT)
-        try:
-            wait_ready(base, proc)
+        flags = ["--slots", str(args.slots), "--queue-size", "256"]
+        with serve_process(model_dir, *flags, env=dict(os.environ), ready_timeout=600, stop_timeout=120) as srv:
+            url = srv.ws_url  # stopped (SIGTERM) when the block ends
             startup = time.perf_counter() - started
             print(f"server ready (every shape compiled) {startup:.1f} s after start", flush=True)
             model = load_model(model_dir, slots=args.slots)
@@ -156,9 +130,6 @@ def main() -> int:
                 served["ratio"] = served["tok_s"] / offline
                 rows.append(served)
                 print(f"clients {c}: {served['tok_s']:.1f} tok/s served, {offline:.1f} offline", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=120)
 
     print(f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
           f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}\n")  # fmt: skip

@@ -20,8 +20,6 @@ import asyncio
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
+from tests.server_harness import serve_process, sse_event  # noqa: E402
 
 WORDS = ["the", "king", "queen", "rode", "out", "at", "dawn", "with", "his", "knights", "and", "people", "of", "town", "came", "to", "gate", "see", "them", "go"]
 
@@ -96,9 +95,8 @@ async def sse_once(http: httpx.AsyncClient, body: dict, t: Tally) -> None:
             return
         indices, text, final = [], "", None
         async for line in r.aiter_lines():
-            if not line.startswith("data:"):
+            if (msg := sse_event(line)) is None:
                 continue
-            msg = json.loads(line[5:])
             if "error" in msg:
                 t.add(f"sse_error_{msg.get('error_type')}")
                 return
@@ -157,24 +155,10 @@ def main() -> int:
     hp = PRESETS["124M"] if args.model == "124M" else HParams(n_ctx=256, n_embd=64, n_head=4, n_layer=2)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_model(Path(tmp) / f"soak-{args.model}", hp, seed=0)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "app.cli.main", "serve", "--models", str(model_dir), "--port", str(port),
-               "--slots", str(args.slots), "--queue-size", str(args.queue_size), "--log-level", "warning"]  # fmt: skip
+        flags = ["--slots", str(args.slots), "--queue-size", str(args.queue_size)]
         env = {**os.environ, "GPT2_MAX_WEBSOCKETS": str(max(256, args.clients * 2))}
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-        try:
-            while True:
-                try:
-                    if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None:
-                    raise RuntimeError("server exited")
-                time.sleep(1)
+        with serve_process(model_dir, *flags, env=env, ready_timeout=600, stop_timeout=120) as srv:
+            base, proc = srv.url, srv.proc  # stopped (SIGTERM) when the block ends
             warm = Tally()
             asyncio.run(_run(base, min(args.clients, 64), 20.0, warm))  # compile the shapes, fill allocators
             rss0 = rss_bytes(proc.pid)
@@ -183,9 +167,7 @@ def main() -> int:
             asyncio.run(_run(base, args.clients, args.seconds, t))
             wall = time.monotonic() - t0
             rss1 = rss_bytes(proc.pid)
-        finally:
-            proc.terminate()
-            code = proc.wait(timeout=120)
+        code = proc.returncode
     growth = (rss1 - rss0) / rss0
     c = t.c
     failures = (c["lost_or_duplicated"] + c["count_mismatch"] + c["text_mismatch"] + c["terminal_missing"]

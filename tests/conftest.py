@@ -11,8 +11,7 @@ import pytest  # noqa: E402
 
 from app.model.hparams import HParams  # noqa: E402
 from app.model.random_init import random_params  # noqa: E402
-
-TINY = HParams(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
+from tests.server_harness import TINY  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,8 @@ import tensorflow as tf
 from app.engine.batcher import Batcher, Sequence, generate
 from app.engine.engine import Engine, EngineConfig, Piece
 from app.engine.sampling import SamplingParams, make_rng, sample, sample_batch
-from app.model.hparams import HParams
 from app.model.random_init import random_params
-
-HP = HParams(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)
+from tests.server_harness import TINY as HP
 
 
 @pytest.fixture(scope="module")

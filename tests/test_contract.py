@@ -11,6 +11,7 @@ the tests use its Python API: each operation's Hypothesis strategy (``as_strateg
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import httpx
@@ -33,15 +34,31 @@ def server_settings(model_dir):
                          max_body_bytes=64 * 1024)  # fmt: skip
 
 
-# The operations, known at collection time from the app's own document (no server needed for that;
-# the tests themselves load the document the running server serves).
-_DOC = create_app(server_settings("unused")).openapi()
-OPERATIONS = sorted((path, method.upper()) for path, item in _DOC["paths"].items() for method in item)
-# Negative (invalid) data exists only where there is a body to get wrong: the GETs take no input
-# or, like /v1/models/{model}, accept every string.
-CASES = [(p, m, GenerationMode.POSITIVE) for p, m in OPERATIONS] + [
-    (p, m, GenerationMode.NEGATIVE) for p, m in OPERATIONS if "requestBody" in _DOC["paths"][p][m.lower()]
-]
+@functools.cache
+def document() -> dict:
+    """The app's own OpenAPI document (no server, no model needed for it), built on first use:
+    when the contract cases are collected, not when this module is imported."""
+    return create_app(server_settings("unused")).openapi()
+
+
+def operations() -> list[tuple[str, str]]:
+    return sorted((path, method.upper()) for path, item in document()["paths"].items() for method in item)
+
+
+def cases() -> list[tuple[str, str, GenerationMode]]:
+    """Positive data for every operation. Negative (invalid) data exists only where there is a body
+    to get wrong: the GETs take no input or, like /v1/models/{model}, accept every string."""
+    doc = document()
+    return [(p, m, GenerationMode.POSITIVE) for p, m in operations()] + [
+        (p, m, GenerationMode.NEGATIVE) for p, m in operations() if "requestBody" in doc["paths"][p][m.lower()]
+    ]
+
+
+def pytest_generate_tests(metafunc):
+    """``test_contract`` runs once per case (the tests themselves load the document the running
+    server serves, and the ``api`` fixture checks it lists the same operations)."""
+    if metafunc.function is test_contract:
+        metafunc.parametrize(("path", "method", "mode"), cases(), ids=[f"{m} {p} {mode}" for p, m, mode in cases()])
 
 
 @dataclass
@@ -55,14 +72,14 @@ def api(tiny_dirs):
     settings_ = server_settings(tiny_dirs["openai"])
     with running_server(settings_) as url:
         served = httpx.get(f"{url}/openapi.json", timeout=10, trust_env=False).json()
-        assert sorted((p, m.upper()) for p, item in served["paths"].items() for m in item) == OPERATIONS
+        assert sorted((p, m.upper()) for p, item in served["paths"].items() for m in item) == operations()
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         yield Api(url, schema)
 
 
 def test_every_route_is_covered():
-    assert ("POST", "/generate") in {(m, p) for p, m in OPERATIONS}
-    assert {p for p, _ in OPERATIONS} >= {"/generate", "/generate_stream", "/", "/tokenize", "/info", "/health",
+    assert ("POST", "/generate") in {(m, p) for p, m in operations()}
+    assert {p for p, _ in operations()} >= {"/generate", "/generate_stream", "/", "/tokenize", "/info", "/health",
                                           "/ready", "/models", "/metrics", "/v1/completions", "/v1/models",
                                           "/v1/models/{model}"}  # fmt: skip
 
@@ -70,8 +87,7 @@ def test_every_route_is_covered():
 def test_error_responses_are_declared_with_the_family_shape():
     """What conformance checks an error body against: the route family's error model (FastAPI's
     default ``HTTPValidationError`` for 422 has no required field, so any body would pass it)."""
-    doc = create_app(server_settings("unused")).openapi()
-    for path, item in doc["paths"].items():
+    for path, item in document()["paths"].items():
         for method, op in item.items():
             family = "openai" if path.startswith("/v1/") else "tgi"
             for status, response in op["responses"].items():
@@ -83,7 +99,6 @@ def test_error_responses_are_declared_with_the_family_shape():
                 assert "422" in op["responses"], (method, path)
 
 
-@pytest.mark.parametrize(("path", "method", "mode"), CASES, ids=[f"{m} {p} {mode}" for p, m, mode in CASES])
 def test_contract(api, path, method, mode):
     operation = api.schema[path][method]
     seen: list[int] = []

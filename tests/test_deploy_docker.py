@@ -12,16 +12,15 @@ import fnmatch
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from app.cli.settings_flags import env_name
 from app.server.settings import Settings
+from tests.server_harness import free_port, server_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = [ROOT / "Dockerfile.cuda", ROOT / "deploy" / "Dockerfile.cpu"]
@@ -125,12 +124,6 @@ def test_dockerignore_lets_in_exactly_what_the_images_copy():
         assert docker_ignored(kept_out), kept_out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app.cli.main", "healthcheck"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -147,24 +140,20 @@ def test_image_configuration_serves_the_baked_model_and_passes_its_healthcheck(t
     env.update(GPT2_HOST="127.0.0.1", GPT2_PORT=str(port), GPT2_MODELS_DIR=str(store), GPT2_WARMUP="false",
                GPT2_SLOTS="2", PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")  # fmt: skip
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    server = subprocess.Popen([sys.executable, "-m", "app.cli.main", "serve"], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while (proc := healthcheck(env)).returncode != 0:
-            assert server.poll() is None, server.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, proc.stdout
-            time.sleep(0.5)
-        assert proc.stdout.strip() == "healthy"
+    def healthy(_client) -> bool | str:  # the image's HEALTHCHECK is the readiness probe
+        proc = healthcheck(env)
+        return proc.returncode == 0 or proc.stdout
+
+    with server_process([sys.executable, "-m", "app.cli.main", "serve"], port=port, env=env, cwd=tmp_path,
+                        ready=healthy, ready_timeout=120, poll=0.5, log=tmp_path / "server.log") as server:  # fmt: skip
+        proc = healthcheck(env)
+        assert proc.returncode == 0 and proc.stdout.strip() == "healthy"
         # The GPU image's promise: a GPU asked for but not used is unhealthy, with the reason.
         proc = healthcheck({**env, "CUDA_VISIBLE_DEVICES": "0"})
         assert proc.returncode == 1
         assert proc.stdout.startswith("unhealthy: GPU asked for (CUDA_VISIBLE_DEVICES=0) but every model runs on the CPU: ")
         assert "CPU-only build" in proc.stdout
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    assert server.returncode == 0
+    assert server.proc.returncode == 0
     proc = healthcheck(env)
     assert proc.returncode == 1 and "no answer" in proc.stdout
 

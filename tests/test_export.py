@@ -1,26 +1,44 @@
-"""encode -> train -> export -> serve, through the real commands."""
+"""encode -> train -> export -> serve, through the real commands. The exported folder holds
+exactly the weights training reached, and the server answers with them: its greedy tokens are
+those of Hugging Face's GPT-2 (tests/hf_reference.py) built from the trained weights."""
 
 from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
 
 import httpx
 import numpy as np
 
 from app.cli.main import main
 from app.model.loader import detect_layout, load_weights
-from app.model.random_init import write_random_model
-from tests.server_harness import running_server, tiny_settings
-from tests.test_train import HP, TEXT
+from app.model.random_init import random_params, write_random_model
+from app.tokenizer.bpe import Encoder
+from app.tokenizer.bundled import bundled_bpe_files
+from app.train.trainer import TrainConfig, Trainer
+from tests.hf_reference import hf_greedy, hf_model
+from tests.server_harness import STORY, TRAIN_HP, running_server, tiny_settings
 
 
-def test_encode_train_export_and_serve(tmp_path, capsys):
+def cli(args: list[str]) -> tuple[int, str, str]:
+    """``gpt2-serve ARGS`` in this process: exit status, stdout, stderr. (Not capsys: with uvicorn
+    started inside a capsys test, pytest's own capture failed at teardown, "I/O operation on closed
+    file", when this file ran alone; uvicorn's logging setup runs while capsys's stream is sys.stderr.)"""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_encode_train_export_and_serve(tmp_path):
     data = tmp_path / "texts"
     data.mkdir()
     for i in range(3):
-        (data / f"part{i}.txt").write_text(TEXT[i * 300 : (i + 1) * 300 + 2000])
-    base = write_random_model(tmp_path / "base", HP, seed=0)
+        (data / f"part{i}.txt").write_text(STORY[i * 300 : (i + 1) * 300 + 2000])
+    base = write_random_model(tmp_path / "base", TRAIN_HP, seed=0)
 
-    assert main(["encode", str(data), str(tmp_path / "data.npz"), "--model", str(base), "--combine", "100"]) == 0
-    assert "tokens in 3 chunks" in capsys.readouterr().out
+    code, out, _ = cli(["encode", str(data), str(tmp_path / "data.npz"), "--model", str(base), "--combine", "100"])
+    assert code == 0 and "tokens in 3 chunks" in out
     with np.load(tmp_path / "data.npz") as npz:
         assert len(npz.files) == 3 and all(npz[k].dtype == np.int32 for k in npz.files)
 
@@ -28,23 +46,36 @@ def test_encode_train_export_and_serve(tmp_path, capsys):
     args = ["train", "--dataset", str(tmp_path / "data.npz"), "--model", str(base), "--run-name", "r1",
             "--checkpoint-dir", str(ck), "--steps", "6", "--batch-size", "2", "--learning-rate", "3e-3",
             "--val-fraction", "0.2", "--val-every", "3", "--val-batches", "2", "--save-every", "3"]  # fmt: skip
-    assert main(args) == 0
+    assert cli(args)[0] == 0
     assert (ck / "r1" / "losses.csv").read_text().count("\n") == 7  # header + 6 steps
-    assert main([*args[:-4], "--steps", "8"]) == 0  # resumes at step 6
-    assert "restored" in capsys.readouterr().err
+    code, _, err = cli([*args[:-4], "--steps", "8"])
+    assert code == 0 and "restored" in err  # resumes at step 6
 
     models = tmp_path / "models"
-    assert main(["export", "r1", "--name", "mine", "--checkpoint-dir", str(ck), "--models-dir", str(models),
-                 "--samples", "2", "--sample-length", "5"]) == 0  # fmt: skip
+    assert cli(["export", "r1", "--name", "mine", "--checkpoint-dir", str(ck), "--models-dir", str(models),
+                 "--samples", "2", "--sample-length", "5"])[0] == 0  # fmt: skip
     folder = models / "mine"
     assert detect_layout(folder) == "openai"
     card = (folder / "MODEL_CARD.md").read_text()
     assert "Steps: 8" in card and "Validation loss:" in card and "Sample 2" in card
     hp, params = load_weights(folder)
-    assert hp == HP and not np.allclose(params["h0/mlp/c_fc/w"], load_weights(base)[1]["h0/mlp/c_fc/w"])
+    assert hp == TRAIN_HP and not np.allclose(params["h0/mlp/c_fc/w"], load_weights(base)[1]["h0/mlp/c_fc/w"])
+    # Exactly the weights of the run's last checkpoint, as the trainer itself restores them.
+    trained = Trainer(TRAIN_HP, random_params(TRAIN_HP, seed=99), TrainConfig(), ck / "r1")
+    assert trained.restore("latest") != "fresh" and int(trained.step.numpy()) == 8
+    assert sorted(params) == sorted(trained.params())
+    for name, value in trained.params().items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
 
+    enc = Encoder.from_files(*bundled_bpe_files())
+    prompt = enc.encode("The king")
+    expected = hf_greedy(hf_model(TRAIN_HP, trained.params()), prompt, 4)
+    if enc.eot_token in expected:  # the server stops at the end-of-text token, Hugging Face here does not
+        expected = expected[: expected.index(enc.eot_token) + 1]
     with running_server(tiny_settings("mine", models_dir=str(models))) as url:
         listed = httpx.get(f"{url}/models").json()["models"]
         assert [(m["name"], m["state"]) for m in listed] == [("mine", "ready")]
-        r = httpx.post(f"{url}/generate", json={"inputs": "The king", "parameters": {"max_new_tokens": 4}})
+        r = httpx.post(f"{url}/generate", json={"inputs": "The king", "parameters": {"max_new_tokens": 4, "details": True}})
         assert r.status_code == 200 and r.json()["generated_text"]
+        assert [t["id"] for t in r.json()["details"]["tokens"]] == expected
+        assert r.json()["generated_text"] == enc.decode([t for t in expected if t != enc.eot_token])

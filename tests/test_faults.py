@@ -16,44 +16,43 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from websockets.sync.client import connect
 
-from app.server.app import create_app
 from app.server.settings import Settings
 from app.server.worker import ModelWorker
-from tests.server_harness import LiveServer, running_server, tiny_settings
+from tests.server_harness import (
+    LEAKS,
+    check_message,
+    live_server,
+    running_server,
+    sse_events,
+    tiny_settings,
+)
 
 MODEL = "tiny-openai"
 STUCK = 0.5  # health_stuck_seconds of the test server
-LEAKS = re.compile(r'Traceback|File "|/work|/tmp|\.py|0x[0-9a-f]{6,}')
+FAILED = "generation failed: RuntimeError"  # what a client is told of INJECTED
 INJECTED = 'injected: File "/work/main/app/engine/secret.py", line 1, object at 0xdeadbeef00'
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dirs):
     settings = tiny_settings(tiny_dirs["openai"], slots=4, queue_size=4, health_stuck_seconds=STUCK)
-    app = create_app(settings)
-    with running_server(settings, app=app) as url:
-        generate(url, "Warm up", 4)  # compile before anything is timed
-        yield LiveServer(url, app)
+    with live_server(settings) as live:
+        generate(live.url, "Warm up", 4)  # compile before anything is timed
+        yield live
 
 
 @pytest.fixture(autouse=True)
 def no_hook(server):
-    server.worker.step_hook = None
-    yield
-    server.worker.step_hook = None
+    with server.no_step_hook():
+        yield
 
 
 def generate(url: str, inputs: str, n: int, **parameters) -> httpx.Response:
@@ -61,11 +60,11 @@ def generate(url: str, inputs: str, n: int, **parameters) -> httpx.Response:
                       timeout=60, trust_env=False)  # fmt: skip
 
 
-def sse_events(url: str, inputs: str, n: int) -> list[dict]:
+def stream(url: str, inputs: str, n: int) -> list[dict]:
     with httpx.stream("POST", f"{url}/generate_stream", json={"inputs": inputs, "parameters": {"max_new_tokens": n}},
                       timeout=60, trust_env=False) as r:  # fmt: skip
         assert r.status_code == 200
-        return [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+        return sse_events(r.iter_lines())
 
 
 def ws_messages(url: str, inputs: str, n: int) -> list[dict]:
@@ -82,11 +81,6 @@ def ws_messages(url: str, inputs: str, n: int) -> list[dict]:
             pass
         messages.append(after)
     return messages
-
-
-def check_message(message: str) -> None:
-    assert message == "generation failed: RuntimeError", message
-    assert not LEAKS.search(message)
 
 
 class FailOnce:
@@ -129,7 +123,7 @@ def test_exception_in_a_step_fails_that_steps_requests_only(server):
     server.worker.step_hook = hook
     with ThreadPoolExecutor(3) as pool:
         http = pool.submit(generate, server.url, "Break one", 20)
-        sse = pool.submit(sse_events, server.url, "Break two", 20)
+        sse = pool.submit(stream, server.url, "Break two", 20)
         ws = pool.submit(ws_messages, server.url, "Break three", 20)
         http, sse, ws = http.result(60), sse.result(60), ws.result(60)
     assert hook.fired.is_set()
@@ -138,18 +132,17 @@ def test_exception_in_a_step_fails_that_steps_requests_only(server):
     assert http.status_code == 424, http.text
     body = http.json()
     assert set(body) == {"error", "error_type"} and body["error_type"] == "generation"
-    check_message(body["error"])
+    check_message(body["error"], FAILED)
     # SSE: the tokens before the failed step, then one error event, then the end of the stream.
     *tokens, last = sse
     assert tokens and [t["index"] for t in tokens] == list(range(len(tokens)))
     assert all(t["generated_text"] is None for t in tokens)
     assert set(last) == {"error", "error_type"} and last["error_type"] == "generation", last
-    check_message(last["error"])
+    check_message(last["error"], FAILED)
     # WebSocket: tokens, one error message (the connection stays open: the next request is done).
     *ws_tokens, ws_error, after = ws
     assert all(m["type"] == "token" for m in ws_tokens)
-    assert ws_error == {"type": "error", "error_type": "generation", "request_id": "f",
-                        "message": "generation failed: RuntimeError"}  # fmt: skip
+    assert ws_error == {"type": "error", "error_type": "generation", "request_id": "f", "message": FAILED}
     assert after["type"] == "done"
 
     for route, before in errors_before.items():
@@ -159,7 +152,7 @@ def test_exception_in_a_step_fails_that_steps_requests_only(server):
     # The worker serves on, on every transport; health is unaffected by one failed step.
     assert server.worker.alive
     assert generate(server.url, "Later", 5).status_code == 200
-    *later, final = sse_events(server.url, "Later", 5)
+    *later, final = stream(server.url, "Later", 5)
     assert final["details"]["finish_reason"] in ("length", "eos_token")
     assert httpx.get(f"{server.url}/health", timeout=10, trust_env=False).json() == {"status": "ok"}
 
@@ -218,33 +211,10 @@ BROKEN = "broken"
 BROKEN_FILE = "model.ckpt.data-00000-of-00001"
 
 
-@contextmanager
-def serving(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
-    """Like ``running_server``, but ready once no model is still loading (``/ready`` stays 503
-    here by design)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=10))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert thread.is_alive(), "the server stopped while starting"
-            assert time.monotonic() < deadline, "models still loading"
-            try:
-                states = [m["state"] for m in httpx.get(f"{url}/models", timeout=5, trust_env=False).json()["models"]]
-                if "loading" not in states:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
+def none_loading(client: httpx.Client) -> bool | str:
+    """Ready once no model is still loading (``/ready`` stays 503 here by design)."""
+    states = [m["state"] for m in client.get("/models").json()["models"]]
+    return "loading" not in states or f"models still loading: {states}"
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +224,7 @@ def half_broken(tiny_dirs, tmp_path_factory):
     with open(broken / BROKEN_FILE, "r+b") as f:
         f.truncate(1000)  # a download cut short
     settings = Settings(models=[str(tiny_dirs["openai"]), str(broken)], warmup=False, slots=2, queue_size=2)
-    with serving(create_app(settings)) as url:
+    with running_server(settings, ready=none_loading) as url:
         yield url
 
 

@@ -22,13 +22,12 @@ from app.model.hparams import HParams, param_shapes
 from app.model.loader import OPENAI_FILES, load_weights
 from app.model.random_init import random_params
 from app.tokenizer.bundled import bundled_bpe_files
-
-TINY = HParams(n_layer=2, n_embd=64, n_head=4, n_ctx=128)  # real 50257-token vocabulary
+from tests.server_harness import TINY  # real 50257-token vocabulary
 
 
 @pytest.fixture(scope="module")
-def params() -> dict[str, np.ndarray]:
-    return random_params(TINY, seed=1, ln_noise=True)
+def params(tiny_params) -> dict[str, np.ndarray]:
+    return tiny_params  # tests/conftest.py's: every weight random, layer norms and biases included
 
 
 @pytest.fixture(scope="module")

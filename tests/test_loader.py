@@ -12,31 +12,22 @@ import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
 from app.model.errors import ModelFileError
-from app.model.formats.hf import write_hf_model
-from app.model.formats.openai_tf import write_openai_model
-from app.model.hparams import HParams
 from app.model.loader import detect_layout, load_weights, resolve_model_dir
-from app.model.random_init import random_params
 from app.tokenizer.bpe import tokenizer_files
-from app.tokenizer.bundled import bundled_bpe_files
+from tests.server_harness import TINY
 
-TINY = HParams(n_layer=2, n_embd=64, n_head=4, n_ctx=128)
 DATA = "model.ckpt.data-00000-of-00001"
 
 
 @pytest.fixture(scope="module")
-def params() -> dict[str, np.ndarray]:
-    return random_params(TINY, seed=2, ln_noise=True)
+def params(tiny_params) -> dict[str, np.ndarray]:
+    return tiny_params
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory, params) -> dict[str, Path]:
-    """One good folder per layout, written once; tests that break a folder break a copy."""
-    encoder_json, vocab_bpe = bundled_bpe_files()
-    root = tmp_path_factory.mktemp("models")
-    openai = write_openai_model(root / "openai", TINY, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
-    hf = write_hf_model(root / "hf", TINY, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
-    return {"openai": openai, "hf": hf}
+def written(tiny_dirs) -> dict[str, Path]:
+    """One good folder per layout (tests/conftest.py's, shared: tests that break a folder break a copy)."""
+    return {"openai": tiny_dirs["openai"], "hf": tiny_dirs["hf"]}
 
 
 @pytest.fixture

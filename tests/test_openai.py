@@ -11,7 +11,7 @@ import pytest
 
 from app.server.app import create_app
 from app.server.settings import Settings
-from tests.server_harness import metric, running_server
+from tests.server_harness import metric, running_server, sse_frames
 
 PROMPT = "The quick brown fox"
 OTHER = "Hello, world"
@@ -108,9 +108,9 @@ def test_stream_sse_wire_format(url, model):
                                                              "temperature": 0, "stream": True}, timeout=60) as r:  # fmt: skip
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         body = r.read().decode()
-    events = body.split("\n\n")
-    assert events[-1] == "" and events[-2] == "data: [DONE]"
-    assert all(e.startswith("data: {") for e in events[:-2])
+    assert body.endswith("data: [DONE]\n\n")
+    events = sse_frames(body, prefix="data: ", done=True)  # every other event "data: {...}"
+    assert events and all(e["object"] == "text_completion" for e in events), events
 
 
 def test_n_choices_with_seed_are_reproducible(client, model):

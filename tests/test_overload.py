@@ -29,9 +29,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from app.server.app import create_app
 from app.server.worker import ModelWorker
-from tests.server_harness import LiveServer, running_server, tiny_settings, wait_for_metric
+from tests.server_harness import (
+    LiveServer,
+    live_server,
+    sse_event,
+    sse_events,
+    tiny_settings,
+    wait_for_metric,
+)
 
 MODEL = "tiny-openai"
 SLOTS, QUEUE = 2, 2
@@ -43,20 +49,18 @@ FREED_WITHIN = 1.0  # seconds for a left request's slot to be free again (one 50
 @pytest.fixture(scope="module")
 def server(tiny_dirs):
     settings = tiny_settings(tiny_dirs["openai"], slots=SLOTS, queue_size=QUEUE)
-    app = create_app(settings)
-    with running_server(settings, app=app) as url:
+    with live_server(settings) as live:
         # Compile every shape a long request meets (both context buckets, the sliding window),
         # so no XLA compilation pauses the worker while a test times a disconnect.
-        via_generate(url, "Warm up", max_new_tokens=2 * 128)
-        yield LiveServer(url, app)
+        via_generate(live.url, "Warm up", max_new_tokens=2 * 128)
+        yield live
 
 
 @pytest.fixture(autouse=True)
 def idle(server):
     """Every test starts and ends with an idle worker and no hook."""
-    server.worker.step_hook = None
-    yield
-    server.worker.step_hook = None
+    with server.no_step_hook():
+        yield
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL, timeout=30)
     wait_for_metric(server.url, "gpt2_queue_length", 0.0, model=MODEL, timeout=30)
 
@@ -111,12 +115,10 @@ def via_sse(url: str, inputs: str, **parameters) -> tuple[list[int], str]:
     with httpx.stream("POST", f"{url}/generate_stream", json={"inputs": inputs, "parameters": parameters},
                       timeout=60, trust_env=False) as r:  # fmt: skip
         assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                event = json.loads(line[5:])
-                assert "error" not in event, event
-                ids.append(event["token"]["id"])
-                final = event["generated_text"]
+        for event in sse_events(r.iter_lines()):
+            assert "error" not in event, event
+            ids.append(event["token"]["id"])
+            final = event["generated_text"]
     return ids, final
 
 
@@ -251,8 +253,8 @@ def test_sse_closed_midway_frees_the_slot(server, path, extra):
         assert r.status_code == 200
         events = []
         for line in r.iter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line[5:]))
+            if (event := sse_event(line)) is not None:
+                events.append(event)
                 if len(events) == 3:
                     # Checked before leaving the loop: dropping the line iterator closes the stream.
                     assert server.count("gpt2_active_slots") == 1

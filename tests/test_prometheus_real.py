@@ -22,8 +22,6 @@ import json
 import math
 import re
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -34,8 +32,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from app.server.app import create_app
-from tests.server_harness import LiveServer, running_server, tiny_settings, wait_for_metric
+from tests.server_harness import (
+    LiveServer,
+    free_port,
+    live_server,
+    ready_200,
+    server_process,
+    tiny_settings,
+    wait_for_metric,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "gpt2-serve.json"
@@ -49,12 +54,6 @@ def prometheus_binary() -> str:
     if not found:
         pytest.fail("the prometheus server is not installed: `apt-get install -y prometheus` (.ci/run does it)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dashboard_exprs() -> list[str]:
@@ -87,12 +86,11 @@ def write_config(tmp: Path, target: str) -> Path:
 def server(tiny_dirs):
     # One slot and no queue: a second request while one runs is refused at once (429).
     settings = tiny_settings(tiny_dirs["openai"], slots=1, queue_size=0)
-    app = create_app(settings)
-    with running_server(settings, app=app) as url:
+    with live_server(settings) as live:
         # Compile every shape the traffic meets (both context buckets, the sliding window) before
         # Prometheus scrapes: a compiling worker on a busy machine could delay a 1 s scrape.
-        assert generate(url, max_new_tokens=300).status_code == 200
-        yield LiveServer(url, app)
+        assert generate(live.url, max_new_tokens=300).status_code == 200
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -100,27 +98,11 @@ def prometheus(server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = write_config(tmp, server.url.removeprefix("http://"))
-    proc = subprocess.Popen([prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=subprocess.DEVNULL, stderr=(tmp / "log").open("w"))  # fmt: skip
-    api = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(f"{api}/-/ready"):
-            assert proc.poll() is None, (tmp / "log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "prometheus not ready within 60 s"
-            time.sleep(0.2)
-        yield api
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-    except httpx.TransportError:
-        return False
+    argv = [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+    with server_process(argv, port=port, ready=ready_200("/-/ready"), ready_timeout=60, log=tmp / "log",
+                        stop_timeout=30) as srv:  # fmt: skip
+        yield srv.url
 
 
 def generate(url: str, max_new_tokens: int = 8) -> httpx.Response:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,11 +20,10 @@ from app.server.generation import validate
 from app.server.schemas import openai as oa
 from app.server.schemas import tgi
 from app.server.worker import GenerationRequest
-from tests.server_harness import tiny_settings
+from tests.server_harness import check_message, sse_frames, tiny_settings, wait_ready
 
 MODEL = "tiny-openai"
 LIMIT = 8  # max_new_tokens_limit: valid requests stay short
-LEAKS = re.compile(r'Traceback|File "|/work|/tmp|\.py|0x[0-9a-f]{6,}')
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
 
@@ -36,10 +33,7 @@ def client(tiny_dirs):
     app = create_app(tiny_settings(tiny_dirs["openai"], max_new_tokens_limit=LIMIT, default_max_new_tokens=2,
                                    max_body_bytes=64 * 1024))  # fmt: skip
     with TestClient(app, raise_server_exceptions=False) as c:  # the lifespan loads the model
-        deadline = time.monotonic() + 120
-        while c.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, "model did not load"
-            time.sleep(0.05)
+        wait_ready(c, timeout=120)
         yield c
 
 
@@ -167,11 +161,6 @@ def post(client: TestClient, path: str, body: object):
     return client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
 
 
-def check_message(message: object) -> None:
-    assert isinstance(message, str) and 0 < len(message) <= 300, message
-    assert not LEAKS.search(message), message
-
-
 def check_tgi(r, path: str) -> None:
     assert r.status_code in (200, 422), (r.status_code, r.text)
     if r.status_code == 422:
@@ -179,9 +168,8 @@ def check_tgi(r, path: str) -> None:
         assert set(body) == {"error", "error_type"} and body["error_type"] == "validation", body
         check_message(body["error"])
     elif r.headers["content-type"].startswith("text/event-stream"):
-        events = [line for line in r.text.split("\n\n") if line]
-        assert events and all(e.startswith("data:") for e in events), r.text
-        assert "error" not in r.text.splitlines()[-1][5:20], r.text
+        events = sse_frames(r.text)  # every event a "data:{...}" line
+        assert events and not any("error" in event for event in events), r.text
     elif path == "/tokenize":
         assert isinstance(r.json(), list)
     else:
@@ -211,6 +199,7 @@ def test_openai_bodies_are_answered_200_or_an_openai_error(client, body):
         check_message(payload["error"]["message"])
     elif body.get("stream"):
         assert r.text.endswith("data: [DONE]\n\n") and '"error"' not in r.text, r.text
+        assert all(e["object"] == "text_completion" for e in sse_frames(r.text, prefix="data: ", done=True)), r.text
     else:
         assert r.json()["object"] == "text_completion"
 

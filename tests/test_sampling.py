@@ -218,5 +218,22 @@ def test_invalid_params_raise_naming_the_field(kwargs, field):
 
 
 def test_valid_edges_are_accepted():
-    SamplingParams(temperature=0.0, top_k=0, top_p=1.0, seed=0)
-    SamplingParams(top_p=1e-12, seed=2**64 - 1)
+    """The edge values construct, are kept as given, and sample as they mean to: temperature 0 is
+    the argmax; a top_p of 1e-12 keeps the most likely token alone; the largest seed seeds the
+    generator, checked against the inverse CDF of EXPECTED at a uniform drawn independently."""
+    low = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, seed=0)
+    high = SamplingParams(top_p=1e-12, seed=2**64 - 1)
+    assert (low.temperature, low.top_k, low.top_p, low.seed) == (0.0, 0, 1.0, 0) and low.greedy
+    assert (high.temperature, high.top_k, high.top_p, high.seed) == (1.0, 0, 1e-12, 2**64 - 1) and not high.greedy
+    assert [sample(LOGITS5, low, make_rng(low.seed)) for _ in range(3)] == [0, 0, 0]
+    ids, probs = support(LOGITS5, high)
+    assert ids.tolist() == [0] and probs.tolist() == [1.0]
+    assert sample(LOGITS5, high, make_rng(high.seed)) == 0
+    # The largest seed, plain sampling: the tokens whose cumulative-probability interval holds each
+    # uniform of a PCG64 generator seeded here.
+    plain = SamplingParams(seed=2**64 - 1)
+    uniforms = np.random.Generator(np.random.PCG64(2**64 - 1)).random(200)
+    expected = np.searchsorted(np.cumsum(EXPECTED), uniforms, side="right").tolist()
+    rng = make_rng(plain.seed)
+    assert [sample(LOGITS5, plain, rng) for _ in range(200)] == expected
+    assert len(set(expected)) == 5  # every token drawn: a wrong generator or order would show

@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,8 +18,7 @@ from app.engine.batcher import Sequence, generate
 from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
 from app.model.random_init import write_random_model
-from tests.conftest import TINY
-from tests.server_harness import metric, running_server, tiny_settings
+from tests.server_harness import TINY, metric, running_server, serve_process, sse_event, tiny_settings
 
 TINY_NAME = "tiny-openai"  # the folder name tests/conftest.py writes, which is the model's name
 PROMPTS = ["Hello there", "The quick brown fox", "Once upon a time", "In 1984,", "def f(x):", "Здравствуй",
@@ -67,8 +60,7 @@ async def run_case(http: httpx.AsyncClient, ws_url: str, c: dict) -> tuple[list[
         async with http.stream("POST", "/generate_stream", json={"inputs": c["inputs"], "parameters": c["parameters"]}) as r:
             r.raise_for_status()
             async for line in r.aiter_lines():
-                if line.startswith("data:"):
-                    msg = json.loads(line[5:])
+                if (msg := sse_event(line)) is not None:
                     ids.append(msg["token"]["id"])
                     text += msg["token"]["text"]
                     if msg["generated_text"] is not None:
@@ -164,35 +156,15 @@ def test_info_and_tokenize_match_tgi_shapes(base_url):
     assert [(t["start"], t["stop"]) for t in toks] == [(0, 5), (5, 11)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_models_on_two_logical_devices_each_answer_for_themselves(tmp_path, tiny_dirs):
     """Two different models placed on CPU:0 and CPU:1 of one server process (the CPU split into
     logical devices must happen before TensorFlow starts, hence a separate process)."""
     write_random_model(tmp_path / "alpha", TINY, seed=21)
     write_random_model(tmp_path / "beta", TINY, seed=22, layout="hf")
-    port = free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "app.cli.main", "serve", "--models", "alpha,beta", "--models-dir", str(tmp_path),
-           "--placement", "alpha=CPU:0,beta=CPU:1", "--cpu-devices", "2", "--port", str(port), "--no-warmup",
-           "--slots", "2", "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parent.parent)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, "server exited"
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server not ready"
-            time.sleep(0.2)
+    flags = ["--models-dir", str(tmp_path), "--placement", "alpha=CPU:0,beta=CPU:1", "--cpu-devices", "2",
+             "--no-warmup", "--slots", "2"]  # fmt: skip
+    with serve_process("alpha,beta", *flags) as srv:
+        base = srv.url
         models = {m["name"]: m for m in httpx.get(f"{base}/models").json()["models"]}
         assert models["alpha"]["device"] == "/CPU:0" and models["beta"]["device"] == "/CPU:1"
         assert models["alpha"]["state"] == models["beta"]["state"] == "ready"
@@ -205,6 +177,4 @@ def test_two_models_on_two_logical_devices_each_answer_for_themselves(tmp_path, 
             assert got == expected, f"model {name} answered with another model's tokens"
         unknown = httpx.post(f"{base}/generate", json={"inputs": "x", "parameters": {"model": "gamma"}})
         assert unknown.status_code == 422 and unknown.json()["error_type"] == "validation"
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0
+    assert srv.proc.returncode == 0  # stopped by SIGTERM: a clean exit

@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +27,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -37,38 +34,19 @@ from websockets.sync.client import connect
 from app.model.random_init import write_random_model
 from app.server.app import create_app
 from app.server.shutdown import GracefulServer
-from tests.conftest import TINY
-from tests.server_harness import metric, running_server, tiny_settings, wait_for_metric
+from tests.server_harness import (
+    TINY,
+    live_server,
+    metric,
+    serve_process,
+    sse_event,
+    threaded_server,
+    tiny_settings,
+    wait_for_metric,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 100  # tokens per in-flight request: a couple of seconds on CPU, within the 128-token context
 DRAIN_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_dir: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "app.cli.main", "serve", "--models", str(model_dir), "--port", str(port),
-           "--no-warmup", "--slots", "2", "--queue-size", "4", "--drain-timeout", str(DRAIN_TIMEOUT),
-           "--log-level", "warning"]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-
-
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"the server exited with {proc.returncode} while starting"
-        try:
-            if httpx.get(f"{base}/ready", timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the server did not become ready"
-        time.sleep(0.2)
 
 
 async def ws_stream(ws, parameters: dict) -> tuple[list[dict], dict]:
@@ -87,8 +65,8 @@ async def sse_stream(http: httpx.AsyncClient, parameters: dict) -> list[dict]:
     async with http.stream("POST", "/generate_stream", json={"inputs": "Once upon a time", "parameters": parameters}) as r:
         assert r.status_code == 200, await r.aread()
         async for line in r.aiter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line[5:]))
+            if (event := sse_event(line)) is not None:
+                events.append(event)
     return events
 
 
@@ -164,20 +142,13 @@ async def sigterm_scenario(proc: subprocess.Popen, base: str) -> None:
 
 def test_sigterm_drains_requests_in_flight_then_exits_0(tmp_path):
     model_dir = write_random_model(tmp_path / "tiny", TINY)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(model_dir, port)
-    try:
-        wait_ready(proc, base)
+    flags = ["--no-warmup", "--slots", "2", "--queue-size", "4", "--drain-timeout", str(DRAIN_TIMEOUT)]
+    with serve_process(model_dir, *flags, stop_timeout=5) as srv:  # killed after 5 s if a check failed
         # Compile the shapes the scenario uses first, so the drain times only generation.
-        warm = httpx.post(f"{base}/generate", json={"inputs": "Warm up", "parameters": {"max_new_tokens": N}},
+        warm = httpx.post(f"{srv.url}/generate", json={"inputs": "Warm up", "parameters": {"max_new_tokens": N}},
                           timeout=180, trust_env=False)  # fmt: skip
         assert warm.status_code == 200, warm.text
-        asyncio.run(sigterm_scenario(proc, base))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        asyncio.run(sigterm_scenario(srv.proc, srv.url))
 
 
 # ---- the drain timeout and a second signal (GracefulServer in this process) ----
@@ -188,26 +159,12 @@ def graceful_server(settings) -> Iterator[tuple[str, GracefulServer, threading.T
     """GracefulServer on a free port in a thread (no signal handlers there: the test calls
     ``handle_exit`` as the signal would); yields once ready."""
     app = create_app(settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = GracefulServer(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=settings.drain_timeout + 5), app)  # fmt: skip
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert thread.is_alive() and time.monotonic() < deadline, "the server did not become ready"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ready", timeout=2, trust_env=False).status_code == 200:
-                    break
-            time.sleep(0.05)
-        yield url, server, thread
-    finally:
-        server.should_exit = server.force_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with threaded_server(app, server_class=lambda config: GracefulServer(config, app),
+                         graceful_timeout=settings.drain_timeout + 5) as live:  # fmt: skip
+        try:
+            yield live.url, live.server, live.thread
+        finally:
+            live.server.force_exit = True  # then the harness sets should_exit and joins
 
 
 def long_stream(url: str, tokens: int = 2000):
@@ -273,9 +230,8 @@ def not_reading_client(ws_url: str, port: int):
 
 def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs):
     settings = tiny_settings(tiny_dirs["openai"], slots=2, queue_size=2, ws_max_buffered_tokens=BUFFERED)
-    app = create_app(settings)
-    with running_server(settings, app=app, send_buffer=4096) as url:  # the slow client backs up in ~100 KB
-        ws_url = url.replace("http", "ws", 1) + "/stream"
+    with live_server(settings, send_buffer=4096) as live:  # the slow client backs up in ~100 KB
+        url, ws_url, app = live.url, live.ws_url, live.app
         port = int(url.rsplit(":", 1)[1])
         model = Path(tiny_dirs["openai"]).name
         warm = httpx.post(f"{url}/generate", json={"inputs": "Warm up", "parameters": {"max_new_tokens": 200}},

@@ -6,26 +6,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.model.hparams import HParams
 from app.model.random_init import random_params
 from app.tokenizer.bpe import Encoder
 from app.tokenizer.bundled import bundled_bpe_files
 from app.train.data import Sampler, load_chunks
 from app.train.trainer import TrainConfig, Trainer
-
-HP = HParams(n_vocab=50257, n_ctx=32, n_embd=32, n_head=2, n_layer=2)
-TEXT = (
-    "The king rode out at dawn with his knights, and the people of the town came to the gate to see "
-    "them go. The queen stood upon the wall and watched until the last banner was gone from the hill. "
-    "Then she turned to her maid and said that the summer would be long, and the harvest poor, and "
-    "that they must keep the granary shut until the king came home again. "
-) * 12
+from tests.server_harness import STORY, TRAIN_HP
 
 
 @pytest.fixture(scope="module")
 def sampler(tmp_path_factory) -> Sampler:
     path = tmp_path_factory.mktemp("data") / "story.txt"
-    path.write_text(TEXT)
+    path.write_text(STORY)
     return Sampler(load_chunks(str(path), Encoder.from_files(*bundled_bpe_files()), progress=False), seed=3)
 
 
@@ -33,7 +25,7 @@ DEFAULT = TrainConfig(batch_size=2, learning_rate=3e-3, save_every=1000)
 
 
 def make(run_dir, cfg: TrainConfig = DEFAULT) -> Trainer:
-    return Trainer(HP, random_params(HP, seed=0), cfg, run_dir)
+    return Trainer(TRAIN_HP, random_params(TRAIN_HP, seed=0), cfg, run_dir)
 
 
 def test_resuming_from_a_checkpoint_continues_exactly(tmp_path, sampler):

@@ -14,9 +14,14 @@ from pydantic import TypeAdapter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from app.server.app import create_app
 from app.server.schemas import ws as proto
-from tests.server_harness import LiveServer, metric, running_server, tiny_settings, wait_for_metric
+from tests.server_harness import (
+    LiveServer,
+    live_server,
+    metric,
+    tiny_settings,
+    wait_for_metric,
+)
 
 MODEL = "tiny-openai"  # the folder name of tiny_dirs["openai"]
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "ws-protocol.schema.json"
@@ -27,9 +32,8 @@ server_message = TypeAdapter(proto.ServerMessage)
 @pytest.fixture(scope="module")
 def server(tiny_dirs):
     settings = tiny_settings(tiny_dirs["openai"], slots=4, queue_size=2, max_websockets=8, max_body_bytes=4096)
-    app = create_app(settings)
-    with running_server(settings, app=app) as url:
-        yield LiveServer(url, app)
+    with live_server(settings) as live:
+        yield live
 
 
 @pytest.fixture
