@@ -71,6 +71,7 @@ class CompletionRequest(BaseModel):
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, list):
+            value = [[integral(i) for i in v] if isinstance(v, list) else integral(v) for v in value]
             if not value:
                 raise ValueError("must not be an empty list")
             if all(isinstance(v, str) for v in value) or all(_is_int(v) for v in value):
