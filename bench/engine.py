@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without the edi
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from app.engine.batcher import Batcher, Sequence  # noqa: E402
+from app.engine.batcher import Batcher, Entry  # noqa: E402
 from app.engine.engine import Engine, EngineConfig  # noqa: E402
 from app.engine.sampling import SamplingParams, make_rng, sample  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
@@ -141,9 +141,9 @@ def build_engine(hp: HParams, params: dict[str, np.ndarray], slots: int, specula
     return Engine(hp, params, EngineConfig(slots=slots, dtype="float32", speculative_tokens=speculative))
 
 
-def make_sequences(prompts: np.ndarray, new_tokens: int, *, greedy: bool = False) -> list[Sequence]:
+def make_sequences(prompts: np.ndarray, new_tokens: int, *, greedy: bool = False) -> list[Entry]:
     params = [SamplingParams(temperature=0) if greedy else SamplingParams(top_k=TOP_K, seed=i) for i in range(len(prompts))]
-    return [Sequence([int(t) for t in p], new_tokens, sp, stop_at_eos=False) for p, sp in zip(prompts, params)]
+    return [Entry([int(t) for t in p], new_tokens, sp, stop_at_eos=False) for p, sp in zip(prompts, params)]
 
 
 def ours_generate_once(engine: Engine, prompts: np.ndarray, new_tokens: int, **kw) -> GenResult:

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from app.engine.batcher import Sequence, generate  # noqa: E402
+from app.engine.batcher import Entry, generate  # noqa: E402
 from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
@@ -87,7 +87,7 @@ async def run_clients(url: str, c: int, all_prompts, new_tokens: int, decode) ->
 
 def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float:
     def seqs():
-        return [Sequence(all_prompts[i % len(all_prompts)], new_tokens, SamplingParams(top_k=40, seed=i),
+        return [Entry(all_prompts[i % len(all_prompts)], new_tokens, SamplingParams(top_k=40, seed=i),
                          stop_at_eos=False) for i in range(batch)]  # fmt: skip
 
     generate(model.engine, seqs(), eos_id=None)  # compile this batch's shapes

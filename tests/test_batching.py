@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.engine.batcher import Batcher, Sequence, generate
+from app.engine.batcher import Batcher, Entry, generate
 from app.engine.engine import Engine, EngineConfig, Piece
 from app.engine.sampling import SamplingParams, make_rng, sample, sample_batch
 from app.model.random_init import random_params
@@ -89,7 +89,7 @@ def test_sample_batch_gives_every_row_what_sample_gives_it():
 def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
     engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
     batcher = Batcher(engine, eos_id=None)
-    seqs = [Sequence(p, 3, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts([6, 9, 11, 4], seed=5)]
+    seqs = [Entry(p, 3, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts([6, 9, 11, 4], seed=5)]
     for seq in seqs:
         batcher.admit(seq)
     with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as spy:
@@ -103,10 +103,10 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
     engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32))
     batcher = Batcher(engine, eos_id=None)
     short_ids, long_ids = prompts([5, 100], seed=6)
-    running = Sequence(short_ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
+    running = Entry(short_ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
     batcher.admit(running)
     batcher.step()
-    long = Sequence(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)
+    long = Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)
     batcher.admit(long)
     rounds = 0
     while not long.generated:
@@ -116,7 +116,7 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
         assert len(running.generated) == before + 1
     assert rounds == 4 and long.prefilled == 100
     solo = generate(Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-                    [Sequence(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)  # fmt: skip
+                    [Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)  # fmt: skip
     while not long.finished:
         batcher.step()
     assert long.generated == solo[0].generated
@@ -132,7 +132,7 @@ def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
     lengths = [1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 100, 127, 128, 129, 300]
     for batch in (1, 2, 3, 4):
         ids = [rng.integers(0, 5000, size=n).tolist() for n in rng.choice(lengths, size=batch)]
-        seqs = [Sequence(p, 40, SamplingParams(top_k=5, seed=i), stop_at_eos=False) for i, p in enumerate(ids)]
+        seqs = [Entry(p, 40, SamplingParams(top_k=5, seed=i), stop_at_eos=False) for i, p in enumerate(ids)]
         generate(engine, seqs, eos_id=None)
     assert engine.trace_count() == traced
 
@@ -147,9 +147,9 @@ def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
     ids = phrase * 5 + phrase[:2]  # repetitive: drafts are found and often accepted
     plain = Engine(HP, params, EngineConfig(slots=1))
     spec = Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
-    want = generate(plain, [Sequence(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    want = generate(plain, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
     with mock.patch.object(spec, "verify", wraps=spec.verify) as verify:
-        got = generate(spec, [Sequence(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+        got = generate(spec, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
     assert verify.call_count > 0
     assert got.generated == want.generated
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)

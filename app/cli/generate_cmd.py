@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nsamples < 1 or args.batch_size < 1:
         raise ValueError("--nsamples and --batch-size must be >= 1")
     # Imported here: `gpt2-serve --help` should not wait for TensorFlow.
-    from app.engine.batcher import Sequence, generate
+    from app.engine.batcher import Entry, generate
     from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for prompt in _prompts(args):
         context = enc.encode(prompt) if prompt else [enc.eot_token]
         seqs = [
-            Sequence(context, length, SamplingParams(
+            Entry(context, length, SamplingParams(
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 seed=None if args.seed is None else args.seed + i,
             ), stop_at_eos=not args.ignore_eos)

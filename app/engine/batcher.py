@@ -1,6 +1,6 @@
 """Continuous batching over one :class:`~app.engine.engine.Engine`, with batched, chunked prefill.
 
-A :class:`Sequence` is one request's generation state. :meth:`Batcher.admit` gives it a free slot
+A :class:`Entry` is one request's generation state. :meth:`Batcher.admit` gives it a free slot
 (no compute); :meth:`Batcher.step` then does one round of work: one batched decode call that
 advances every sequence that already has tokens, and one prefill call. The prefill call packs the
 first pieces of several waiting prompts (up to the engine's ``prefill_chunk`` padded tokens), or
@@ -38,7 +38,7 @@ from app.engine.speculative import accept, propose
 
 
 @dataclass(eq=False)
-class Sequence:
+class Entry:
     """One request being generated. ``generated`` includes a final EOS token when it ended on one."""
 
     prompt_ids: list[int]
@@ -69,7 +69,7 @@ class Sequence:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    seq: Sequence
+    seq: Entry
     token_id: int
     logprob: float  # log-probability under the model (temperature 1)
     finish_reason: str | None  # set on the sequence's last token
@@ -79,7 +79,7 @@ class TokenEvent:
 class StepFailure:
     """A compute call failed: these sequences were ended with ``finish_reason == "error"``."""
 
-    seqs: list[Sequence]
+    seqs: list[Entry]
     error: Exception
     phase: str  # "decode" | "prefill"
 
@@ -94,18 +94,18 @@ class Batcher:
     def __init__(self, engine: Engine, *, eos_id: int | None):
         self.engine = engine
         self.eos_id = eos_id
-        self._slots: dict[int, Sequence] = {}  # slot -> admitted sequence (prefilling or decoding)
-        self._waiting: deque[Sequence] = deque()  # admitted, prompt not fully written, oldest first
+        self._slots: dict[int, Entry] = {}  # slot -> admitted sequence (prefilling or decoding)
+        self._waiting: deque[Entry] = deque()  # admitted, prompt not fully written, oldest first
         self.times = StepTimes()
 
     @property
-    def active(self) -> list[Sequence]:
+    def active(self) -> list[Entry]:
         return list(self._slots.values())
 
     def free_slots(self) -> int:
         return self.engine.slots - len(self._slots)
 
-    def admit(self, seq: Sequence) -> None:
+    def admit(self, seq: Entry) -> None:
         """Give ``seq`` the lowest free slot; its prompt is written by the next :meth:`step` calls."""
         if seq.finished or seq.slot is not None:
             raise ValueError("sequence was already admitted")
@@ -138,7 +138,7 @@ class Batcher:
             self.times.prefill_s = time.perf_counter() - t0
         return events
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: Entry, reason: str) -> None:
         """End ``seq`` now (stop sequence, cancellation, error) and free its slot."""
         if seq.finish_reason is None:
             seq.finish_reason = reason
@@ -146,7 +146,7 @@ class Batcher:
 
     # ---- prefill ----
 
-    def _window(self, seq: Sequence) -> list[int]:
+    def _window(self, seq: Entry) -> list[int]:
         # Sliding window from the start: a prompt longer than the context keeps its last tokens.
         return seq.prompt_ids[-self.engine.hp.n_ctx :]
 
@@ -179,7 +179,7 @@ class Batcher:
 
     # ---- speculative decoding (a lone stream) ----
 
-    def _draft(self, seq: Sequence) -> list[int]:
+    def _draft(self, seq: Entry) -> list[int]:
         """A prompt-lookup draft for the only decoding sequence, or [] when speculation is off, not
         allowed for it (repetition penalty: its distributions depend on the draft), or out of room."""
         k = self.engine.config.speculative_tokens
@@ -190,7 +190,7 @@ class Batcher:
             return []  # the window slides first (a plain step)
         return propose(context, k=k, min_ngram=2)  # a lone repeated token is too weak a hint
 
-    def _speculate(self, seq: Sequence, draft: list[int]) -> list[TokenEvent | StepFailure]:
+    def _speculate(self, seq: Entry, draft: list[int]) -> list[TokenEvent | StepFailure]:
         """Verify ``draft`` in one call and emit the tokens plain decoding would draw from the same
         random stream (:func:`~app.engine.speculative.accept`), cut at EOS or the token limit."""
         held = len(self.engine.window(seq.slot))
@@ -211,7 +211,7 @@ class Batcher:
 
     # ---- sampling ----
 
-    def _run(self, seqs: list[Sequence], call, *, phase: str, rows: list[int] | None = None) -> list[TokenEvent | StepFailure]:
+    def _run(self, seqs: list[Entry], call, *, phase: str, rows: list[int] | None = None) -> list[TokenEvent | StepFailure]:
         """Run one compute ``call`` for ``seqs`` and emit a token for ``rows`` of it (all by default);
         a failure ends all of ``seqs``."""
         try:
@@ -225,12 +225,12 @@ class Batcher:
             return []
         return self._emit([seqs[i] for i in rows], Scores(*(a[rows] for a in scores)))
 
-    def _emit(self, seqs: list[Sequence], scores: Scores) -> list[TokenEvent]:
+    def _emit(self, seqs: list[Entry], scores: Scores) -> list[TokenEvent]:
         tokens = self._sample(seqs, scores)
         return [self._append(seq, int(token), float(scores.logits[i, token] - scores.lse[i]))
                 for i, (seq, token) in enumerate(zip(seqs, tokens))]  # fmt: skip
 
-    def _append(self, seq: Sequence, token: int, logprob: float) -> TokenEvent:
+    def _append(self, seq: Entry, token: int, logprob: float) -> TokenEvent:
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         if seq.stop_at_eos and token == self.eos_id:
@@ -241,7 +241,7 @@ class Batcher:
             self._release(seq)
         return TokenEvent(seq, token, logprob, seq.finish_reason)
 
-    def _sample(self, seqs: list[Sequence], scores: Scores) -> np.ndarray:
+    def _sample(self, seqs: list[Entry], scores: Scores) -> np.ndarray:
         """Every row's token; rows with a repetition penalty sample from their penalised logits."""
         plain = [i for i, s in enumerate(seqs) if s.params.repetition_penalty == 1.0]
         out = np.empty(len(seqs), np.int64)
@@ -255,7 +255,7 @@ class Batcher:
                 out[i] = sample(row, seq.params, seq._rng)
         return out
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seq: Entry) -> None:
         if seq.slot is not None and self._slots.get(seq.slot) is seq:
             del self._slots[seq.slot]
             if seq in self._waiting:
@@ -281,7 +281,7 @@ class _Lazy(abc.Sequence):
         return self._cache[i]
 
 
-def generate(engine: Engine, seqs: Iterable[Sequence], *, eos_id: int | None) -> list[Sequence]:
+def generate(engine: Engine, seqs: Iterable[Entry], *, eos_id: int | None) -> list[Entry]:
     """Run ``seqs`` to completion with continuous batching; returns them, finished, in order."""
     seqs = list(seqs)
     pending = deque(seqs)

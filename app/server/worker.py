@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from app.engine.batcher import Batcher, Sequence, StepFailure, TokenEvent
+from app.engine.batcher import Batcher, Entry, StepFailure, TokenEvent
 from app.engine.load import LoadedModel
 from app.engine.sampling import SamplingParams
 from app.server.metrics import Metrics
@@ -117,7 +117,7 @@ class RequestHandle:
 @dataclass(eq=False)
 class _Active:
     handle: RequestHandle
-    seq: Sequence
+    seq: Entry
     text: TextStream
     last_token_at: float = 0.0
 
@@ -132,7 +132,7 @@ class ModelWorker:
         self._batcher = Batcher(model.engine, eos_id=model.encoder.eot_token)
         self._cond = threading.Condition()
         self._pending: deque[RequestHandle] = deque()
-        self._live: dict[Sequence, _Active] = {}
+        self._live: dict[Entry, _Active] = {}
         self._in_flight = 0  # accepted and not yet answered with Done/Failed
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
@@ -227,7 +227,7 @@ class ModelWorker:
             return
         req = handle.request
         try:
-            seq = Sequence(req.prompt_ids, req.max_new_tokens, req.sampling, stop_at_eos=req.stop_at_eos,
+            seq = Entry(req.prompt_ids, req.max_new_tokens, req.sampling, stop_at_eos=req.stop_at_eos,
                            speculate=req.speculative)
             live = _Active(handle, seq, TextStream(self.model.encoder, req.stop))
         except ValueError as exc:

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from app.engine import gpt2
-from app.engine.batcher import Sequence as Request
+from app.engine.batcher import Entry as Request
 from app.engine.batcher import generate
 from app.engine.engine import Engine, EngineConfig
 from app.engine.sampling import SamplingParams
