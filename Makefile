@@ -37,6 +37,7 @@ test: install
 # by tests/test_deploy_k8s.py) and the Prometheus config and rules (promtool: Debian's prometheus).
 lint: install
 	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
 	$(VENV)/bin/hadolint Dockerfile.cuda deploy/Dockerfile.cpu
 	$(VENV)/bin/yamllint -s .
 	$(VENV)/bin/kubernetes-validate -k 1.32.0 --strict --quiet --no-warn $$(find deploy/k8s -name '*.yaml' | sort)

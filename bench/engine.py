@@ -103,8 +103,9 @@ def machine_info(hf: bool) -> list[str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "?"
     intra = tf.config.threading.get_intra_op_parallelism_threads()
@@ -121,8 +122,10 @@ def machine_info(hf: bool) -> list[str]:
         import torch
         import transformers
 
-        lines.append(f"- torch {torch.__version__}, transformers {transformers.__version__}; torch threads: "
-                     f"intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")  # fmt: skip
+        lines.append(
+            f"- torch {torch.__version__}, transformers {transformers.__version__}; torch threads: "
+            f"intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}"
+        )
     return lines
 
 
@@ -142,7 +145,10 @@ def build_engine(hp: HParams, params: dict[str, np.ndarray], slots: int, specula
 
 
 def make_sequences(prompts: np.ndarray, new_tokens: int, *, greedy: bool = False) -> list[Entry]:
-    params = [SamplingParams(temperature=0) if greedy else SamplingParams(top_k=TOP_K, seed=i) for i in range(len(prompts))]
+    params = [
+        SamplingParams(temperature=0) if greedy else SamplingParams(top_k=TOP_K, seed=i)
+        for i in range(len(prompts))
+    ]
     return [Entry([int(t) for t in p], new_tokens, sp, stop_at_eos=False) for p, sp in zip(prompts, params)]
 
 
@@ -166,17 +172,23 @@ def ours_generate_once(engine: Engine, prompts: np.ndarray, new_tokens: int, **k
     return GenResult(len(prompts) * new_tokens / (t1 - t0), t1 - t0, decode)
 
 
-def bench_ours_generation(engine: Engine, prompts: np.ndarray, new_tokens: int, repeats: int, **kw) -> GenResult:
+def bench_ours_generation(
+    engine: Engine, prompts: np.ndarray, new_tokens: int, repeats: int, **kw
+) -> GenResult:
     ours_generate_once(engine, prompts, new_tokens, **kw)  # warm-up: compiles every shape the run uses
     traces = engine.trace_count()
-    best = min((ours_generate_once(engine, prompts, new_tokens, **kw) for _ in range(repeats)),
-               key=lambda r: r.seconds)  # fmt: skip
+    best = min(
+        (ours_generate_once(engine, prompts, new_tokens, **kw) for _ in range(repeats)),
+        key=lambda r: r.seconds,
+    )
     if engine.trace_count() != traces:
         print(f"  warning: the timed run compiled {engine.trace_count() - traces} new function(s)")
     return best
 
 
-def bench_ours_prefill(hp: HParams, params: dict[str, np.ndarray], prompt: np.ndarray, repeats: int) -> PrefillResult:
+def bench_ours_prefill(
+    hp: HParams, params: dict[str, np.ndarray], prompt: np.ndarray, repeats: int
+) -> PrefillResult:
     """Prefill tokens/s and time to first token (prefill + sample) of one prompt, batch 1."""
     engine = build_engine(hp, params, slots=1)
     ids = [int(t) for t in prompt]
@@ -208,13 +220,16 @@ def build_hf(hp: HParams, params: dict[str, np.ndarray]):
 
     from app.model.formats.hf import hf_key
 
-    config = GPT2Config(vocab_size=hp.n_vocab, n_positions=hp.n_ctx, n_embd=hp.n_embd,
-                        n_layer=hp.n_layer, n_head=hp.n_head)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=hp.n_vocab, n_positions=hp.n_ctx, n_embd=hp.n_embd, n_layer=hp.n_layer, n_head=hp.n_head
+    )
     model = GPT2LMHeadModel(config).eval()
     state = {f"transformer.{hf_key(n)}": torch.from_numpy(np.ascontiguousarray(a)) for n, a in params.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
-    assert all(k == "lm_head.weight" or k.endswith(".attn.bias") or k.endswith("masked_bias") for k in missing), missing
+    assert all(
+        k == "lm_head.weight" or k.endswith(".attn.bias") or k.endswith("masked_bias") for k in missing
+    ), missing
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr(), "lm_head is not tied"
     return model
 
@@ -223,9 +238,17 @@ def hf_generate(model, ids, new_tokens: int):
     import torch
 
     with torch.inference_mode():
-        return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=TOP_K,
-                              temperature=1.0, top_p=1.0, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, pad_token_id=EOS)  # fmt: skip
+        return model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            top_k=TOP_K,
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=EOS,
+        )
 
 
 def bench_hf_generation(model, prompts: np.ndarray, new_tokens: int, repeats: int) -> GenResult:
@@ -278,46 +301,65 @@ def verdict(ratio: float | None, target: float | None) -> str:
     return "n/a" if ratio is None else f">= {target:g}x {'met' if ratio >= target else 'NOT met'}"
 
 
-def report_table(gen: dict[int, tuple[GenResult, GenResult | None]], prefill: tuple[PrefillResult, PrefillResult | None],
-                 llama: dict | None) -> list[str]:  # fmt: skip
+def report_table(
+    gen: dict[int, tuple[GenResult, GenResult | None]],
+    prefill: tuple[PrefillResult, PrefillResult | None],
+    llama: dict | None,
+) -> list[str]:
     """Decode rows compare with llama.cpp's decode (prefill excluded on both sides); generate rows
     (prefill included) with transformers' generate."""
-    lines = ["| measurement (tok/s) | ours | llama.cpp | ours / llama.cpp | target | transformers "
-             "| ours / transformers | target |", "|---|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| measurement (tok/s) | ours | llama.cpp | ours / llama.cpp | target | transformers "
+        "| ours / transformers | target |",
+        "|---|---:|---:|---:|---|---:|---:|---|",
+    ]
     lc = (llama or {}).get("decode", {})
     for batch, (ours, theirs) in gen.items():
         r_l = ours.decode_tokens_per_s / lc[batch] if batch in lc and ours.decode_tokens_per_s else None
-        lines.append(f"| batch {batch} decode | {cell(ours.decode_tokens_per_s)} | {cell(lc.get(batch))} | "
-                     f"{cell(r_l, '{:.2f}x')} | {verdict(r_l, LLAMA_TARGETS.get(batch))} | | | |")  # fmt: skip
+        lines.append(
+            f"| batch {batch} decode | {cell(ours.decode_tokens_per_s)} | {cell(lc.get(batch))} | "
+            f"{cell(r_l, '{:.2f}x')} | {verdict(r_l, LLAMA_TARGETS.get(batch))} | | | |"
+        )
         r_t = ours.tokens_per_s / theirs.tokens_per_s if theirs else None
-        lines.append(f"| batch {batch} generate (incl. prefill) | {ours.tokens_per_s:.1f} | | | | "
-                     f"{cell(theirs and theirs.tokens_per_s)} | {cell(r_t, '{:.2f}x')} | {verdict(r_t, HF_TARGET)} |")  # fmt: skip
+        lines.append(
+            f"| batch {batch} generate (incl. prefill) | {ours.tokens_per_s:.1f} | | | | "
+            f"{cell(theirs and theirs.tokens_per_s)} | {cell(r_t, '{:.2f}x')} | {verdict(r_t, HF_TARGET)} |"
+        )
     ours, theirs = prefill
     lp = (llama or {}).get("prefill_b1")
     r_l = ours.tokens_per_s / lp if lp else None
     r_t = ours.tokens_per_s / theirs.tokens_per_s if theirs else None
-    lines.append(f"| prefill, batch 1 | {ours.tokens_per_s:.1f} | {cell(lp)} | {cell(r_l, '{:.2f}x')} | "
-                 f"{verdict(r_l, LLAMA_TARGETS['prefill'])} | {cell(theirs and theirs.tokens_per_s)} | "
-                 f"{cell(r_t, '{:.2f}x')} | {verdict(r_t, HF_TARGET)} |")  # fmt: skip
-    lines.append(f"| TTFT, batch 1 (ms) | {1e3 * ours.ttft_s:.1f} | | | | {cell(theirs and 1e3 * theirs.ttft_s)} | | |")
+    lines.append(
+        f"| prefill, batch 1 | {ours.tokens_per_s:.1f} | {cell(lp)} | {cell(r_l, '{:.2f}x')} | "
+        f"{verdict(r_l, LLAMA_TARGETS['prefill'])} | {cell(theirs and theirs.tokens_per_s)} | "
+        f"{cell(r_t, '{:.2f}x')} | {verdict(r_t, HF_TARGET)} |"
+    )
+    lines.append(
+        f"| TTFT, batch 1 (ms) | {1e3 * ours.ttft_s:.1f} | | | | {cell(theirs and 1e3 * theirs.ttft_s)} | | |"
+    )
     return lines
 
 
-def bench_speculative(hp: HParams, params: dict[str, np.ndarray], prompts: np.ndarray, new_tokens: int,
-                      repeats: int) -> list[str]:  # fmt: skip
+def bench_speculative(
+    hp: HParams, params: dict[str, np.ndarray], prompts: np.ndarray, new_tokens: int, repeats: int
+) -> list[str]:
     """Batch 1 with prompt-lookup speculation (4 drafted tokens) against plain decoding, on a
     repetitive prompt decoded greedily (a random model's greedy output loops, as small models'
     does on lists and code) and on random text sampled with top-k (drafts are rarely accepted)."""
     phrase = prompts[0, :16]
     repetitive = np.tile(phrase, (prompts.shape[1] + 15) // 16)[None, : prompts.shape[1]]
     lines = ["| batch 1 decode (tok/s) | plain | speculative (k=4) | ratio |", "|---|---:|---:|---:|"]
-    for label, rows, greedy in (("repetitive prompt, greedy", repetitive, True),
-                                ("random prompt, top-k 40", prompts[:1], False)):  # fmt: skip
+    for label, rows, greedy in (
+        ("repetitive prompt, greedy", repetitive, True),
+        ("random prompt, top-k 40", prompts[:1], False),
+    ):
         plain = bench_ours_generation(build_engine(hp, params, 1), rows, new_tokens, repeats, greedy=greedy)
         spec_engine = build_engine(hp, params, 1, speculative=4)
         spec = bench_ours_generation(spec_engine, rows, new_tokens, repeats, greedy=greedy)
         ratio = spec.decode_tokens_per_s / plain.decode_tokens_per_s
-        lines.append(f"| {label} | {plain.decode_tokens_per_s:.1f} | {spec.decode_tokens_per_s:.1f} | {ratio:.2f}x |")
+        lines.append(
+            f"| {label} | {plain.decode_tokens_per_s:.1f} | {spec.decode_tokens_per_s:.1f} | {ratio:.2f}x |"
+        )
         print(lines[-1], flush=True)
         del spec_engine
         gc.collect()
@@ -328,18 +370,27 @@ def bench_speculative(hp: HParams, params: dict[str, np.ndarray], prompts: np.nd
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="32 new tokens, batches 1 and 8 (unless given)")
-    ap.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=None,
-                    help="comma-separated batch sizes (default 1,8,32)")  # fmt: skip
+    ap.add_argument(
+        "--batches",
+        type=lambda s: [int(b) for b in s.split(",")],
+        default=None,
+        help="comma-separated batch sizes (default 1,8,32)",
+    )
     ap.add_argument("--new-tokens", type=int, default=None, help="tokens generated per sequence (128)")
     ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (128)")
     ap.add_argument("--prefill-repeats", type=int, default=8, help="prompts timed for prefill and TTFT (8)")
     ap.add_argument("--repeats", type=int, default=1, help="timed generations per batch; fastest kept (1)")
     ap.add_argument("--skip-hf", action="store_true", help="measure only this engine")
-    ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch.set_num_threads(N) for transformers (default: torch's own default)")  # fmt: skip
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads(N) for transformers (default: torch's own default)",
+    )
     ap.add_argument("--skip-llama", action="store_true", help="do not build or measure llama.cpp")
     ap.add_argument("--skip-speculative", action="store_true", help="no speculative-decoding rows")
     args = ap.parse_args(argv)
@@ -366,8 +417,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.torch_threads)
     print("# Engine benchmark: GPT-2 124M shape, random weights, float32, CPU\n")
     print("\n".join(machine_info(hf)))
-    print(f"- prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, top-k {TOP_K}, "
-          f"temperature 1; batches {','.join(map(str, args.batches))}\n", flush=True)  # fmt: skip
+    print(
+        f"- prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, top-k {TOP_K}, "
+        f"temperature 1; batches {','.join(map(str, args.batches))}\n",
+        flush=True,
+    )
 
     params = random_params(hp, seed=0)
     prompts = make_prompts(hp, max(args.batches), args.prompt_tokens)
@@ -380,15 +434,20 @@ def main(argv: list[str] | None = None) -> None:
         rows = prompts[:batch]
         engine = build_engine(hp, params, slots=batch)
         ours = bench_ours_generation(engine, rows, args.new_tokens, args.repeats)
-        print(f"batch {batch}: ours {ours.tokens_per_s:.1f} tok/s ({ours.seconds:.2f} s), "
-              f"decode only {ours.decode_tokens_per_s or 0:.1f} tok/s", flush=True)  # fmt: skip
+        print(
+            f"batch {batch}: ours {ours.tokens_per_s:.1f} tok/s ({ours.seconds:.2f} s), "
+            f"decode only {ours.decode_tokens_per_s or 0:.1f} tok/s",
+            flush=True,
+        )
         del engine
         gc.collect()
         theirs = None
         if model is not None:
             theirs = bench_hf_generation(model, rows, args.new_tokens, args.repeats)
-            print(f"batch {batch}: transformers {theirs.tokens_per_s:.1f} tok/s ({theirs.seconds:.2f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"batch {batch}: transformers {theirs.tokens_per_s:.1f} tok/s ({theirs.seconds:.2f} s)",
+                flush=True,
+            )
         gen[batch] = (ours, theirs)
 
     ours_pf = bench_ours_prefill(hp, params, prompts[0], args.prefill_repeats)
@@ -399,11 +458,17 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_llama:
         import llamacpp  # bench/llamacpp.py, beside this file
 
-        llama = llamacpp.baseline(threads=2, prompt=args.prompt_tokens, gen=args.new_tokens, batches=args.batches)
+        llama = llamacpp.baseline(
+            threads=2, prompt=args.prompt_tokens, gen=args.new_tokens, batches=args.batches
+        )
         if llama:
-            print(f"llama.cpp {llama['version']}: decode {llama['decode']}, prefill {llama['prefill_b1']:.1f}",
-                  flush=True)  # fmt: skip
-    spec = [] if args.skip_speculative else bench_speculative(hp, params, prompts, args.new_tokens, args.repeats)
+            print(
+                f"llama.cpp {llama['version']}: decode {llama['decode']}, prefill {llama['prefill_b1']:.1f}",
+                flush=True,
+            )
+    spec = (
+        [] if args.skip_speculative else bench_speculative(hp, params, prompts, args.new_tokens, args.repeats)
+    )
 
     print()
     print("\n".join(report_table(gen, (ours_pf, theirs_pf), llama)))

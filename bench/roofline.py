@@ -341,8 +341,10 @@ def tf_ways(inner: Callable, shared: Sequence, per_copy: dict[bool, list], engin
         for out_in in (True, False):
             body = functools.partial(inner, out_in=out_in)
             name = f"{'XLA' if xla else 'graph'}, {'[out,in]' if out_in else '[in,out]'}"
-            ways[name] = (over_copies(jit(body) if xla else body, shared, per_copy[out_in]),
-                          xla and out_in == engine_out_in)  # fmt: skip
+            ways[name] = (
+                over_copies(jit(body) if xla else body, shared, per_copy[out_in]),
+                xla and out_in == engine_out_in,
+            )
     return ways
 
 
@@ -363,7 +365,9 @@ class Weights:
                 arrays = []
                 for name in names:
                     a = self.params[f"h{layer}/{name}"]
-                    arrays.append(np.array(a.T if out_in and name.endswith("/w") else a, order="C", copy=True))
+                    arrays.append(
+                        np.array(a.T if out_in and name.endswith("/w") else a, order="C", copy=True)
+                    )
                 np_pool[out_in].append(arrays)
                 tf_pool[out_in].append([tf.Variable(a, trainable=False) for a in arrays])
         return tf_pool, np_pool
@@ -372,9 +376,18 @@ class Weights:
 # ---------------------------------------------------------------- parts
 
 
-def linear_rows(name: str, timer: Timer, weights: Weights, x_args: Sequence[np.ndarray], names: Sequence[str],
-                tf_body: Callable, np_body: Callable, nbytes: float, flops: float,
-                extra: dict[str, Callable] | None = None) -> list[Row]:  # fmt: skip
+def linear_rows(
+    name: str,
+    timer: Timer,
+    weights: Weights,
+    x_args: Sequence[np.ndarray],
+    names: Sequence[str],
+    tf_body: Callable,
+    np_body: Callable,
+    nbytes: float,
+    flops: float,
+    extra: dict[str, Callable] | None = None,
+) -> list[Row]:
     """Rows for a per-layer linear part: 4 TF ways, numpy in both layouts, and ``extra`` TF ways
     (``{way: inner taking out_in=True weights}``)."""
     hp = weights.hp
@@ -386,7 +399,9 @@ def linear_rows(name: str, timer: Timer, weights: Weights, x_args: Sequence[np.n
     for way, (fn, is_engine) in tf_ways(tf_body, shared, tf_pool).items():
         rows.append(Row(name, way, timer.graph(fn, scale), nbytes, flops, engine=is_engine))
     for way, inner in (extra or {}).items():
-        rows.append(Row(name, way, timer.graph(over_copies(inner, shared, tf_pool[True]), scale), nbytes, flops))
+        rows.append(
+            Row(name, way, timer.graph(over_copies(inner, shared, tf_pool[True]), scale), nbytes, flops)
+        )
     for out_in in (True, False):
         pool = np_pool[out_in]
 
@@ -418,16 +433,39 @@ def layer_linear_rows(hp: HParams, bsz: int, timer: Timer, weights: Weights, rng
     a = rng.standard_normal((bsz, c), dtype=np.float32)
     act = bsz * c * F32
     rows = linear_rows(
-        "QKV", timer, weights, [x], ["ln_1/g", "ln_1/b", "attn/c_attn/w", "attn/c_attn/b"], qkv_part, np_qkv,
-        nbytes=n * ((3 * c * c + 5 * c) * F32 + 4 * act), flops=n * (2 * bsz * c * 3 * c + 8 * bsz * c))
+        "QKV",
+        timer,
+        weights,
+        [x],
+        ["ln_1/g", "ln_1/b", "attn/c_attn/w", "attn/c_attn/b"],
+        qkv_part,
+        np_qkv,
+        nbytes=n * ((3 * c * c + 5 * c) * F32 + 4 * act),
+        flops=n * (2 * bsz * c * 3 * c + 8 * bsz * c),
+    )
     rows += linear_rows(
-        "out proj", timer, weights, [a, x], ["attn/c_proj/w", "attn/c_proj/b"], proj_part, np_proj,
-        nbytes=n * ((c * c + c) * F32 + 3 * act), flops=n * (2 * bsz * c * c + 2 * bsz * c))
+        "out proj",
+        timer,
+        weights,
+        [a, x],
+        ["attn/c_proj/w", "attn/c_proj/b"],
+        proj_part,
+        np_proj,
+        nbytes=n * ((c * c + c) * F32 + 3 * act),
+        flops=n * (2 * bsz * c * c + 2 * bsz * c),
+    )
     rows += linear_rows(
-        "MLP", timer, weights, [x], ["ln_2/g", "ln_2/b", "mlp/c_fc/w", "mlp/c_fc/b", "mlp/c_proj/w", "mlp/c_proj/b"],
-        mlp_part, np_mlp, nbytes=n * ((8 * c * c + 7 * c) * F32 + 2 * act),
+        "MLP",
+        timer,
+        weights,
+        [x],
+        ["ln_2/g", "ln_2/b", "mlp/c_fc/w", "mlp/c_fc/b", "mlp/c_proj/w", "mlp/c_proj/b"],
+        mlp_part,
+        np_mlp,
+        nbytes=n * ((8 * c * c + 7 * c) * F32 + 2 * act),
         flops=n * (16 * bsz * c * c + 4 * c * bsz * 10 + 8 * bsz * c),
-        extra={"XLA, [out,in], unfused (4 programs)": mlp_unfused(True)})  # fmt: skip
+        extra={"XLA, [out,in], unfused (4 programs)": mlp_unfused(True)},
+    )
     return rows
 
 
@@ -439,10 +477,13 @@ class Caches:
         self.n = n
         tok = [bsz, hp.n_ctx + 1, hp.n_embd]
         head = [bsz, hp.n_head, hp.n_ctx + 1, hp.head_dim]
-        self.token_major = [tuple(tf.Variable(tf.random.uniform(tok, -1, 1), trainable=False) for _ in "kv")
-                            for _ in range(n)]  # fmt: skip
-        self.head_major = [tuple(tf.Variable(tf.random.uniform(head, -1, 1), trainable=False) for _ in "kv")
-                           for _ in range(n)]  # fmt: skip
+        self.token_major = [
+            tuple(tf.Variable(tf.random.uniform(tok, -1, 1), trainable=False) for _ in "kv") for _ in range(n)
+        ]
+        self.head_major = [
+            tuple(tf.Variable(tf.random.uniform(head, -1, 1), trainable=False) for _ in "kv")
+            for _ in range(n)
+        ]
         self.numpy = [tuple(rng.uniform(-1, 1, head).astype(np.float32) for _ in "kv") for _ in range(n)]
 
 
@@ -455,10 +496,12 @@ def write_rows(hp: HParams, bsz: int, timer: Timer, caches: Caches, pos: np.ndar
     nbytes = hp.n_layer * 4 * bsz * c * F32  # read k and v, write them into the cache
     out = []
     head_major = functools.partial(write_head_major, hp=hp)
-    for way, inner, pool, is_engine in (("XLA scatter", jit(write_part), caches.token_major, True),
-                                        ("graph scatter", write_part, caches.token_major, False),
-                                        ("XLA scatter, head-major cache", jit(head_major), caches.head_major, False),
-                                        ("graph scatter, head-major cache", head_major, caches.head_major, False)):  # fmt: skip
+    for way, inner, pool, is_engine in (
+        ("XLA scatter", jit(write_part), caches.token_major, True),
+        ("graph scatter", write_part, caches.token_major, False),
+        ("XLA scatter, head-major cache", jit(head_major), caches.head_major, False),
+        ("graph scatter, head-major cache", head_major, caches.head_major, False),
+    ):
         fn = over_copies(inner, [rows_idx, k, v], [(kc, vc) for kc, vc in pool[:n]])
         out.append(Row("cache write", way, timer.graph(fn, scale), nbytes, 0.0, engine=is_engine))
     kn, vn = k.numpy().reshape(bsz, hp.n_head, hp.head_dim), v.numpy().reshape(bsz, hp.n_head, hp.head_dim)
@@ -469,8 +512,11 @@ def write_rows(hp: HParams, bsz: int, timer: Timer, caches: Caches, pos: np.ndar
             kc[b_idx, :, pos] = kn
             vc[b_idx, :, pos] = vn
 
-    out.append(Row("cache write", "numpy, head-major cache", timer.host(np_write, scale), nbytes, 0.0,
-                   in_stack=False))  # fmt: skip
+    out.append(
+        Row(
+            "cache write", "numpy, head-major cache", timer.host(np_write, scale), nbytes, 0.0, in_stack=False
+        )
+    )
     return out
 
 
@@ -485,20 +531,36 @@ def attention_rows(hp: HParams, bsz: int, ctx_len: int, timer: Timer, caches: Ca
     flops = hp.n_layer * (4 * bsz * ctx_len * c + 5 * bsz * hp.n_head * ctx_len)
     shared = [tf.constant(q), tf.constant(pos)]
     out = []
-    for way, body, pool, is_engine in (("mul-reduce", attn_mul_reduce, caches.token_major, True),
-                                       ("einsum", attn_einsum, caches.token_major, False),
-                                       ("head-major cache, batched matmul", attn_head_major, caches.head_major,
-                                        False),
-                                       ("head-major cache, mul-reduce", attn_head_major_mul_reduce,
-                                        caches.head_major, False)):  # fmt: skip
+    for way, body, pool, is_engine in (
+        ("mul-reduce", attn_mul_reduce, caches.token_major, True),
+        ("einsum", attn_einsum, caches.token_major, False),
+        ("head-major cache, batched matmul", attn_head_major, caches.head_major, False),
+        ("head-major cache, mul-reduce", attn_head_major_mul_reduce, caches.head_major, False),
+    ):
         inner = functools.partial(_attend_args, functools.partial(body, hp=hp, ctx_len=ctx_len))
         for xla in (True, False):
             fn = over_copies(jit(inner) if xla else inner, shared, pool[:n])
-            out.append(Row("attention", f"{'XLA' if xla else 'graph'}, {way}", timer.graph(fn, scale), nbytes, flops,
-                           engine=is_engine and xla))  # fmt: skip
+            out.append(
+                Row(
+                    "attention",
+                    f"{'XLA' if xla else 'graph'}, {way}",
+                    timer.graph(fn, scale),
+                    nbytes,
+                    flops,
+                    engine=is_engine and xla,
+                )
+            )
     np_fn = functools.partial(np_attention, hp=hp, ctx_len=ctx_len)
-    out.append(Row("attention", "numpy, head-major cache", timer.host(
-        lambda: [np_fn(q, kc, vc, pos) for kc, vc in caches.numpy[:n]], scale), nbytes, flops, in_stack=False))
+    out.append(
+        Row(
+            "attention",
+            "numpy, head-major cache",
+            timer.host(lambda: [np_fn(q, kc, vc, pos) for kc, vc in caches.numpy[:n]], scale),
+            nbytes,
+            flops,
+            in_stack=False,
+        )
+    )
     return out
 
 
@@ -506,7 +568,9 @@ def _attend_args(body: Callable, q, pos, kc, vc):
     return body(q, kc, vc, pos)
 
 
-def once_rows(hp: HParams, bsz: int, timer: Timer, params: dict[str, np.ndarray], rng) -> tuple[list[Row], dict]:
+def once_rows(
+    hp: HParams, bsz: int, timer: Timer, params: dict[str, np.ndarray], rng
+) -> tuple[list[Row], dict]:
     """Embedding, LM head, top-k, host transfer, sampling; also returns host-side arrays for sampling."""
     c, v = hp.n_embd, hp.n_vocab
     out = [Row("graph call", "tf.function call (once per step)", timer.floor, 0.0, 0.0, engine=True)]
@@ -516,8 +580,16 @@ def once_rows(hp: HParams, bsz: int, timer: Timer, params: dict[str, np.ndarray]
     positions = tf.constant(np.full([bsz], 100, np.int32))
     emb_bytes = 3 * bsz * c * F32
     for way, fn, is_engine in (("graph", tf.function(gpt2.embed), True), ("XLA", jit(gpt2.embed), False)):
-        out.append(Row("embedding", way, timer.graph(lambda fn=fn: fn(wte, wpe, tokens, positions)), emb_bytes, 0.0,
-                       engine=is_engine))  # fmt: skip
+        out.append(
+            Row(
+                "embedding",
+                way,
+                timer.graph(lambda fn=fn: fn(wte, wpe, tokens, positions)),
+                emb_bytes,
+                0.0,
+                engine=is_engine,
+            )
+        )
 
     # LM head: final norm, x @ wte^T, log-sum-exp
     x = rng.standard_normal((bsz, c), dtype=np.float32)
@@ -532,36 +604,89 @@ def once_rows(hp: HParams, bsz: int, timer: Timer, params: dict[str, np.ndarray]
             body = functools.partial(head_part, out_in=out_in)
             fn = jit(body) if xla else tf.function(body)
             way = f"{'XLA' if xla else 'graph'}, {'wte [V,C]' if out_in else 'copy wte^T [C,V]'}"
-            out.append(Row("LM head", way, timer.graph(lambda fn=fn, w=w: fn(*args, w)), head_bytes, head_flops,
-                           engine=xla and out_in))  # fmt: skip
+            out.append(
+                Row(
+                    "LM head",
+                    way,
+                    timer.graph(lambda fn=fn, w=w: fn(*args, w)),
+                    head_bytes,
+                    head_flops,
+                    engine=xla and out_in,
+                )
+            )
     wte_np = params["wte"]
-    for way, w, out_in in (("numpy, x @ wte.T (no lse)", wte_np, True), ("numpy, x @ wte^T copy (no lse)", wte_t_np,
-                                                                           False)):  # fmt: skip
-        out.append(Row("LM head", way, timer.host(lambda w=w, o=out_in: np_mm(np_norm(x, g, b), w, o)), head_bytes,
-                       head_flops, in_stack=False))  # fmt: skip
+    for way, w, out_in in (
+        ("numpy, x @ wte.T (no lse)", wte_np, True),
+        ("numpy, x @ wte^T copy (no lse)", wte_t_np, False),
+    ):
+        out.append(
+            Row(
+                "LM head",
+                way,
+                timer.host(lambda w=w, o=out_in: np_mm(np_norm(x, g, b), w, o)),
+                head_bytes,
+                head_flops,
+                in_stack=False,
+            )
+        )
 
     # top-k candidates of the logits
     logits_np = (np_norm(x, g, b) @ wte_np.T).astype(np.float32) * 50  # spread like a real model's logits
     logits = tf.constant(logits_np)
     topk_bytes = bsz * v * F32
     top = functools.partial(tf.math.top_k, k=CANDIDATES, sorted=True)
-    for way, fn, is_engine in (("graph tf.math.top_k", tf.function(top), True), ("XLA top_k", jit(top), False)):
-        out.append(Row("top-k", way, timer.graph(lambda fn=fn: fn(logits)), topk_bytes, 0.0, engine=is_engine))
-    out.append(Row("top-k", "numpy argpartition + sort", timer.host(lambda: _np_topk(logits_np)), topk_bytes, 0.0,
-                   in_stack=False))  # fmt: skip
+    for way, fn, is_engine in (
+        ("graph tf.math.top_k", tf.function(top), True),
+        ("XLA top_k", jit(top), False),
+    ):
+        out.append(
+            Row("top-k", way, timer.graph(lambda fn=fn: fn(logits)), topk_bytes, 0.0, engine=is_engine)
+        )
+    out.append(
+        Row(
+            "top-k",
+            "numpy argpartition + sort",
+            timer.host(lambda: _np_topk(logits_np)),
+            topk_bytes,
+            0.0,
+            in_stack=False,
+        )
+    )
 
     # host transfer of what a step returns
     lse = tf.reduce_logsumexp(logits, axis=-1)
     top_logits, top_ids = tf.math.top_k(logits, k=CANDIDATES)
     outputs = (logits, lse, top_ids, top_logits)
     cand_bytes = bsz * (1 + 2 * CANDIDATES) * F32
-    out.append(Row("host transfer", "logits, lse, candidates: t[:rows].numpy() (engine's _numpy_scores)",
-                   timer.host(lambda: [t[:bsz].numpy() for t in outputs]), topk_bytes + cand_bytes, 0.0,
-                   engine=True))  # fmt: skip
-    out.append(Row("host transfer", "same, t.numpy() (no slice)", timer.host(lambda: [t.numpy() for t in outputs]),
-                   topk_bytes + cand_bytes, 0.0))  # fmt: skip
-    out.append(Row("host transfer", "lse and candidates only", timer.host(lambda: [t.numpy() for t in outputs[1:]]),
-                   cand_bytes, 0.0, note="only for requests that need no full row (top-k <= 64, no penalty)"))
+    out.append(
+        Row(
+            "host transfer",
+            "logits, lse, candidates: t[:rows].numpy() (engine's _numpy_scores)",
+            timer.host(lambda: [t[:bsz].numpy() for t in outputs]),
+            topk_bytes + cand_bytes,
+            0.0,
+            engine=True,
+        )
+    )
+    out.append(
+        Row(
+            "host transfer",
+            "same, t.numpy() (no slice)",
+            timer.host(lambda: [t.numpy() for t in outputs]),
+            topk_bytes + cand_bytes,
+            0.0,
+        )
+    )
+    out.append(
+        Row(
+            "host transfer",
+            "lse and candidates only",
+            timer.host(lambda: [t.numpy() for t in outputs[1:]]),
+            cand_bytes,
+            0.0,
+            note="only for requests that need no full row (top-k <= 64, no penalty)",
+        )
+    )
     host = {"logits": logits_np, "top_ids": top_ids.numpy(), "top_logits": top_logits.numpy()}
     return out, host
 
@@ -578,14 +703,36 @@ def sampling_rows(bsz: int, timer: Timer, host: dict) -> list[Row]:
     rngs = [sampling.make_rng(i) for i in range(bsz)]
     full = logits.nbytes
     batch = getattr(sampling, "sample_batch", None)
-    out = [Row("sampling", "sample() per row, full logits", timer.host(
-        lambda: [sampling.sample(logits[i], params[i], rngs[i]) for i in range(bsz)]), full, 0.0, engine=batch is None)]
+    out = [
+        Row(
+            "sampling",
+            "sample() per row, full logits",
+            timer.host(lambda: [sampling.sample(logits[i], params[i], rngs[i]) for i in range(bsz)]),
+            full,
+            0.0,
+            engine=batch is None,
+        )
+    ]
     if batch is not None:
-        out.append(Row("sampling", "sample_batch, full logits", timer.host(lambda: batch(logits, params, rngs)), full,
-                       0.0))  # fmt: skip
-        out.append(Row("sampling", "sample_batch, top candidates", timer.host(
-            lambda: batch(logits, params, rngs, top_ids=top_ids, top_logits=top_logits)),
-            top_ids.nbytes + top_logits.nbytes, 0.0, engine=True))  # fmt: skip
+        out.append(
+            Row(
+                "sampling",
+                "sample_batch, full logits",
+                timer.host(lambda: batch(logits, params, rngs)),
+                full,
+                0.0,
+            )
+        )
+        out.append(
+            Row(
+                "sampling",
+                "sample_batch, top candidates",
+                timer.host(lambda: batch(logits, params, rngs, top_ids=top_ids, top_logits=top_logits)),
+                top_ids.nbytes + top_logits.nbytes,
+                0.0,
+                engine=True,
+            )
+        )
     return out
 
 
@@ -600,8 +747,9 @@ class EngineTimes:
     prefill_seconds: float
 
 
-def engine_times(engine: Engine, hp: HParams, bsz: int, ctx_len: int, repeats: int, full_prefill: bool,
-                 rng) -> EngineTimes:  # fmt: skip
+def engine_times(
+    engine: Engine, hp: HParams, bsz: int, ctx_len: int, repeats: int, full_prefill: bool, rng
+) -> EngineTimes:
     """The real step in the ``(bsz, ctx_len)`` bucket; see the module docstring."""
     steps = min(repeats + 1, ctx_len // 2 - 1)  # all positions stay in (ctx_len/2, ctx_len]: one bucket
     start = time.perf_counter()
@@ -694,8 +842,10 @@ def part_table(rows: list[Row]) -> list[str]:
             mark = f"{mark} {r.note}".strip()
         ref = eng.get(r.part)
         ratio = f"{ref.seconds / r.seconds:.2f}x" if ref and r.seconds > 0 else "–"
-        lines.append(f"| {r.part} | {r.way} | {r.seconds * 1e3:.3f} | {fmt_rate(r.nbytes, r.seconds)} | "
-                     f"{fmt_rate(r.flops, r.seconds)} | {ratio} | {mark} |")  # fmt: skip
+        lines.append(
+            f"| {r.part} | {r.way} | {r.seconds * 1e3:.3f} | {fmt_rate(r.nbytes, r.seconds)} | "
+            f"{fmt_rate(r.flops, r.seconds)} | {ratio} | {mark} |"
+        )
     return lines
 
 
@@ -717,12 +867,22 @@ def summarize(bsz: int, ctx_len: int, rows: list[Row], et: EngineTimes) -> Summa
     eng, best = engine_rows(rows), best_rows(rows)
     engine_sum = sum(eng[p].seconds for p in steps_parts if p in eng)
     best_sum = sum(best[p].seconds for p in steps_parts if p in best)
-    gaps = sorted(((eng[p].seconds - best[p].seconds, p) for p in (*steps_parts, "sampling") if p in eng),
-                  reverse=True)  # fmt: skip
+    gaps = sorted(
+        ((eng[p].seconds - best[p].seconds, p) for p in (*steps_parts, "sampling") if p in eng), reverse=True
+    )
     gap_s, part = gaps[0]
     gap = f"{part}: {best[part].way} saves {gap_s * 1e3:.2f} ms" if gap_s > 0 else "none"
-    return Summary(bsz, ctx_len, et, engine_sum, best_sum, eng["sampling"].seconds, best["sampling"].seconds, gap,
-                   outside_gap(rows))  # fmt: skip
+    return Summary(
+        bsz,
+        ctx_len,
+        et,
+        engine_sum,
+        best_sum,
+        eng["sampling"].seconds,
+        best["sampling"].seconds,
+        gap,
+        outside_gap(rows),
+    )
 
 
 def outside_gap(rows: list[Row]) -> str:
@@ -763,16 +923,20 @@ def step_lines(s: Summary) -> list[str]:
 
 
 def summary_table(summaries: list[Summary]) -> list[str]:
-    lines = ["| B | L | step ms | tok/s | decode call ms | host ms | Σ engine parts | Σ best parts | step/best "
-             "| best tok/s | sampling ms | biggest in-stack gap | furthest from numpy |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    lines = [
+        "| B | L | step ms | tok/s | decode call ms | host ms | Σ engine parts | Σ best parts | step/best "
+        "| best tok/s | sampling ms | biggest in-stack gap | furthest from numpy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for s in summaries:
         et = s.engine
         call = _ms(et.decode_call)
         host = _ms(et.step - et.decode_call if et.decode_call is not None else None)
-        lines.append(f"| {s.bsz} | {s.ctx_len} | {et.step * 1e3:.2f} | {s.bsz / et.step:.0f} | {call} | {host} | "
-                     f"{s.engine_sum * 1e3:.2f} | {s.best_sum * 1e3:.2f} | {et.step / s.best_sum:.2f}x | "
-                     f"{s.bsz / s.best_sum:.0f} | {s.sampling_engine * 1e3:.2f} | {s.gap} | {s.outside} |")  # fmt: skip
+        lines.append(
+            f"| {s.bsz} | {s.ctx_len} | {et.step * 1e3:.2f} | {s.bsz / et.step:.0f} | {call} | {host} | "
+            f"{s.engine_sum * 1e3:.2f} | {s.best_sum * 1e3:.2f} | {et.step / s.best_sum:.2f}x | "
+            f"{s.bsz / s.best_sum:.0f} | {s.sampling_engine * 1e3:.2f} | {s.gap} | {s.outside} |"
+        )
     return lines
 
 
@@ -781,7 +945,9 @@ def environment_lines() -> list[str]:
     flags = ""
     with contextlib.suppress(OSError, StopIteration):
         text = Path("/proc/cpuinfo").read_text()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), cpu)
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), cpu
+        )
         have = set(next(ln for ln in text.splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
         flags = " ".join(f for f in ("avx2", "fma", "avx512f", "amx_tile") if f in have)
     intra = tf.config.threading.get_intra_op_parallelism_threads()
@@ -792,19 +958,32 @@ def environment_lines() -> list[str]:
         f"- TF threads: intra-op {intra or f'default ({os.cpu_count()})'}, inter-op {inter or 'default'}",
         f"- numpy BLAS: {_blas_name()}",
     ]
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                      "OMP_NUM_THREADS", "TF_ENABLE_ONEDNN_OPTS") if k in os.environ}  # fmt: skip
+    env = {
+        k: os.environ[k]
+        for k in (
+            "OPENBLAS_CORETYPE",
+            "OPENBLAS_L2_SIZE",
+            "OPENBLAS_NUM_THREADS",
+            "OMP_NUM_THREADS",
+            "TF_ENABLE_ONEDNN_OPTS",
+        )
+        if k in os.environ
+    }
     if env:
         lines.append("- environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
     if "OPENBLAS_CORETYPE" in env or "OPENBLAS_L2_SIZE" in env:
-        lines.append("  - OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: they slow numpy's OpenBLAS; its rows are "
-                     "only an outside reference (not changed here)")  # fmt: skip
+        lines.append(
+            "  - OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set: they slow numpy's OpenBLAS; its rows are "
+            "only an outside reference (not changed here)"
+        )
     try:
         from threadpoolctl import threadpool_info
 
         for pool in threadpool_info():
-            lines.append(f"- threadpoolctl: {pool.get('internal_api')} {pool.get('version')}, "
-                         f"{pool.get('num_threads')} threads, kernel {pool.get('architecture')}")  # fmt: skip
+            lines.append(
+                f"- threadpoolctl: {pool.get('internal_api')} {pool.get('version')}, "
+                f"{pool.get('num_threads')} threads, kernel {pool.get('architecture')}"
+            )
     except ImportError:
         lines.append("- threadpoolctl not installed: OpenBLAS kernel not reported")
     return lines
@@ -841,14 +1020,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_batch(hp: HParams, params, bsz: int, contexts: list[int], timer: Timer, weights: Weights,
-              full_prefill: bool) -> list[Summary]:  # fmt: skip
+def run_batch(
+    hp: HParams, params, bsz: int, contexts: list[int], timer: Timer, weights: Weights, full_prefill: bool
+) -> list[Summary]:
     rng = np.random.default_rng(bsz)
-    print(f"\n## B={bsz}: per-layer linear parts, head, top-k, transfer, sampling (independent of L)", flush=True)
+    print(
+        f"\n## B={bsz}: per-layer linear parts, head, top-k, transfer, sampling (independent of L)",
+        flush=True,
+    )
     common = layer_linear_rows(hp, bsz, timer, weights, rng)
     once, host = once_rows(hp, bsz, timer, params, rng)
     common += once + sampling_rows(bsz, timer, host)
-    n_caches = max(copies_for(2 * bsz * ctx * hp.n_embd * F32, hp.n_layer, MAX_CACHE_COPIES) for ctx in contexts)
+    n_caches = max(
+        copies_for(2 * bsz * ctx * hp.n_embd * F32, hp.n_layer, MAX_CACHE_COPIES) for ctx in contexts
+    )
     caches = Caches(hp, bsz, n_caches, rng)
     common += write_rows(hp, bsz, timer, caches, np.full([bsz], min(contexts) - 1, np.int32), rng)
     per_ctx = {ctx: attention_rows(hp, bsz, ctx, timer, caches, rng) for ctx in contexts}
@@ -883,8 +1068,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = random_params(hp, seed=0)
     timer = Timer(args.repeats)
     timer.floor = call_floor(args.repeats)
-    print(f"- one tf.function call costs {timer.floor * 1e6:.0f} µs (subtracted from each TF row, counted once "
-          f"per step as 'graph call'); sampling API: {'sample_batch' if hasattr(sampling, 'sample_batch') else 'sample per row'}")  # fmt: skip
+    print(
+        f"- one tf.function call costs {timer.floor * 1e6:.0f} µs (subtracted from each TF row, counted once "
+        f"per step as 'graph call'); sampling API: {'sample_batch' if hasattr(sampling, 'sample_batch') else 'sample per row'}"
+    )
     weights = Weights(hp, params)
     summaries = []
     for bsz in args.batches:

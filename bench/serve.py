@@ -58,8 +58,20 @@ async def one_client(url: str, ids: list[int], new_tokens: int, seed: int, decod
     text = decode(ids)
     async with websockets.connect(url, max_size=None) as ws:
         t0 = time.perf_counter()
-        await ws.send(json.dumps({"type": "generate", "inputs": text, "parameters": {
-            "max_new_tokens": new_tokens, "do_sample": True, "top_k": 40, "seed": seed}}))  # fmt: skip
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "generate",
+                    "inputs": text,
+                    "parameters": {
+                        "max_new_tokens": new_tokens,
+                        "do_sample": True,
+                        "top_k": 40,
+                        "seed": seed,
+                    },
+                }
+            )
+        )
         stamps, done = [], None
         async for raw in ws:
             msg = json.loads(raw)
@@ -75,20 +87,36 @@ async def one_client(url: str, ids: list[int], new_tokens: int, seed: int, decod
 
 async def run_clients(url: str, c: int, all_prompts, new_tokens: int, decode) -> dict:
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(one_client(url, all_prompts[i % len(all_prompts)], new_tokens, i, decode)
-                                     for i in range(c)))  # fmt: skip
+    results = await asyncio.gather(
+        *(one_client(url, all_prompts[i % len(all_prompts)], new_tokens, i, decode) for i in range(c))
+    )
     wall = time.perf_counter() - t0
     tokens = sum(len(r["stamps"]) for r in results)
     ttft = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
     itl = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
-    return {"clients": c, "tokens": tokens, "wall": wall, "tok_s": tokens / wall,
-            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99)}  # fmt: skip
+    return {
+        "clients": c,
+        "tokens": tokens,
+        "wall": wall,
+        "tok_s": tokens / wall,
+        "ttft_p50": pct(ttft, 50),
+        "ttft_p99": pct(ttft, 99),
+        "itl_p50": pct(itl, 50),
+        "itl_p99": pct(itl, 99),
+    }
 
 
 def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float:
     def seqs():
-        return [Entry(all_prompts[i % len(all_prompts)], new_tokens, SamplingParams(top_k=40, seed=i),
-                         stop_at_eos=False) for i in range(batch)]  # fmt: skip
+        return [
+            Entry(
+                all_prompts[i % len(all_prompts)],
+                new_tokens,
+                SamplingParams(top_k=40, seed=i),
+                stop_at_eos=False,
+            )
+            for i in range(batch)
+        ]
 
     generate(model.engine, seqs(), eos_id=None)  # compile this batch's shapes
     t0 = time.perf_counter()
@@ -102,7 +130,9 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--tiny", action="store_true", help="2-layer model instead of the 124M shape (quick check)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="2-layer model instead of the 124M shape (quick check)"
+    )
     args = ap.parse_args()
     hp = HParams(n_ctx=256, n_embd=128, n_head=4, n_layer=2) if args.tiny else PRESETS["124M"]
     counts = [int(c) for c in args.clients.split(",")]
@@ -112,7 +142,9 @@ def main() -> int:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         started = time.perf_counter()
         flags = ["--slots", str(args.slots), "--queue-size", "256"]
-        with serve_process(model_dir, *flags, env=dict(os.environ), ready_timeout=600, stop_timeout=120) as srv:
+        with serve_process(
+            model_dir, *flags, env=dict(os.environ), ready_timeout=600, stop_timeout=120
+        ) as srv:
             url = srv.ws_url  # stopped (SIGTERM) when the block ends
             startup = time.perf_counter() - started
             print(f"server ready (every shape compiled) {startup:.1f} s after start", flush=True)
@@ -131,23 +163,33 @@ def main() -> int:
                 rows.append(served)
                 print(f"clients {c}: {served['tok_s']:.1f} tok/s served, {offline:.1f} offline", flush=True)
 
-    print(f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
-          f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}\n")  # fmt: skip
-    print("| clients | served tok/s | offline tok/s (batch) | ratio | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |")
+    print(
+        f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
+        f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}\n"
+    )
+    print(
+        "| clients | served tok/s | offline tok/s (batch) | ratio | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clients']} | {r['tok_s']:.1f} | {r['offline_tok_s']:.1f} ({min(r['clients'], args.slots)}) | "
-              f"{r['ratio']:.2f} | {r['ttft_p50'] * 1e3:.0f} ms | {r['ttft_p99'] * 1e3:.0f} ms | "
-              f"{r['itl_p50'] * 1e3:.0f} ms | {r['itl_p99'] * 1e3:.0f} ms |")  # fmt: skip
+        print(
+            f"| {r['clients']} | {r['tok_s']:.1f} | {r['offline_tok_s']:.1f} ({min(r['clients'], args.slots)}) | "
+            f"{r['ratio']:.2f} | {r['ttft_p50'] * 1e3:.0f} ms | {r['ttft_p99'] * 1e3:.0f} ms | "
+            f"{r['itl_p50'] * 1e3:.0f} ms | {r['itl_p99'] * 1e3:.0f} ms |"
+        )
     print(f"\nserver start-up to ready, every shape compiled: {startup:.1f} s (target < 60 s for 124M)")
     for r in rows:
         if r["clients"] in (8, 32, 64):
-            print(f"served/offline at {r['clients']} clients: {r['ratio']:.2f} (target >= 0.9: "
-                  f"{'met' if r['ratio'] >= 0.9 else 'NOT met'})")
+            print(
+                f"served/offline at {r['clients']} clients: {r['ratio']:.2f} (target >= 0.9: "
+                f"{'met' if r['ratio'] >= 0.9 else 'NOT met'})"
+            )
         if r["clients"] == 32:
-            print(f"TTFT p50 at 32 clients: {r['ttft_p50']:.2f} s (target <= 1 s: "
-                  f"{'met' if r['ttft_p50'] <= 1 else 'NOT met'}); ITL p99 / p50: "
-                  f"{r['itl_p99'] / r['itl_p50']:.2f} (target <= 3: {'met' if r['itl_p99'] <= 3 * r['itl_p50'] else 'NOT met'})")
+            print(
+                f"TTFT p50 at 32 clients: {r['ttft_p50']:.2f} s (target <= 1 s: "
+                f"{'met' if r['ttft_p50'] <= 1 else 'NOT met'}); ITL p99 / p50: "
+                f"{r['itl_p99'] / r['itl_p50']:.2f} (target <= 3: {'met' if r['itl_p99'] <= 3 * r['itl_p50'] else 'NOT met'})"
+            )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -37,7 +37,28 @@ from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
 from tests.server_harness import serve_process, sse_event  # noqa: E402
 
-WORDS = ["the", "king", "queen", "rode", "out", "at", "dawn", "with", "his", "knights", "and", "people", "of", "town", "came", "to", "gate", "see", "them", "go"]
+WORDS = [
+    "the",
+    "king",
+    "queen",
+    "rode",
+    "out",
+    "at",
+    "dawn",
+    "with",
+    "his",
+    "knights",
+    "and",
+    "people",
+    "of",
+    "town",
+    "came",
+    "to",
+    "gate",
+    "see",
+    "them",
+    "go",
+]
 
 
 def rss_bytes(pid: int) -> int:
@@ -170,18 +191,38 @@ def main() -> int:
         code = proc.returncode
     growth = (rss1 - rss0) / rss0
     c = t.c
-    failures = (c["lost_or_duplicated"] + c["count_mismatch"] + c["text_mismatch"] + c["terminal_missing"]
-                + sum(v for k, v in c.items() if k.startswith("status_5") or "error_generation" in k
-                      or k.startswith("transport_error")))  # fmt: skip
-    print(f"\nsoak: {args.clients} clients, {wall:.0f} s, model {args.model} ({hp.n_layer} layers), "
-          f"server slots {args.slots}, queue {args.queue_size}")  # fmt: skip
-    print(f"requests completed: {c['requests_ok']}  (sent: ws {c['sent_ws']}, sse {c['sent_sse']}, http {c['sent_http']})")
+    failures = (
+        c["lost_or_duplicated"]
+        + c["count_mismatch"]
+        + c["text_mismatch"]
+        + c["terminal_missing"]
+        + sum(
+            v
+            for k, v in c.items()
+            if k.startswith("status_5") or "error_generation" in k or k.startswith("transport_error")
+        )
+    )
+    print(
+        f"\nsoak: {args.clients} clients, {wall:.0f} s, model {args.model} ({hp.n_layer} layers), "
+        f"server slots {args.slots}, queue {args.queue_size}"
+    )
+    print(
+        f"requests completed: {c['requests_ok']}  (sent: ws {c['sent_ws']}, sse {c['sent_sse']}, http {c['sent_http']})"
+    )
     print(f"tokens received: {c['tokens']}  ({c['tokens'] / wall:.0f} tok/s)")
     print(f"lost or duplicated tokens (streams with a gap or repeat): {c['lost_or_duplicated']}")
-    print(f"count/text mismatches: {c['count_mismatch']} / {c['text_mismatch']}; missing terminal: {c['terminal_missing']}")
-    others = {k: v for k, v in sorted(c.items()) if k.startswith(("status_", "ws_error", "sse_error", "transport_error"))}
+    print(
+        f"count/text mismatches: {c['count_mismatch']} / {c['text_mismatch']}; missing terminal: {c['terminal_missing']}"
+    )
+    others = {
+        k: v
+        for k, v in sorted(c.items())
+        if k.startswith(("status_", "ws_error", "sse_error", "transport_error"))
+    }
     print(f"non-200 and errors by type: {others or 'none'}")
-    print(f"server RSS: {rss0 / 2**20:.0f} MiB after warm-up -> {rss1 / 2**20:.0f} MiB at the end ({growth * 100:+.1f} %)")
+    print(
+        f"server RSS: {rss0 / 2**20:.0f} MiB after warm-up -> {rss1 / 2**20:.0f} MiB at the end ({growth * 100:+.1f} %)"
+    )
     print(f"server exit code after SIGTERM: {code}")
     ok = failures == 0 and growth < 0.05 and code == 0
     print("RESULT:", "pass" if ok else "FAIL")

@@ -35,6 +35,8 @@ def tiny_dirs(tmp_path_factory, tiny_params) -> dict[str, object]:
     enc, bpe = bundled_bpe_files()
     root = tmp_path_factory.mktemp("models")
     return {
-        "openai": write_openai_model(root / "tiny-openai", TINY, tiny_params, encoder_json=enc, vocab_bpe=bpe),
+        "openai": write_openai_model(
+            root / "tiny-openai", TINY, tiny_params, encoder_json=enc, vocab_bpe=bpe
+        ),
         "hf": write_hf_model(root / "tiny-hf", TINY, tiny_params, encoder_json=enc, vocab_bpe=bpe),
     }

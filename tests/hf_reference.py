@@ -12,13 +12,23 @@ from app.model.hparams import HParams
 
 
 def hf_model(hp: HParams, params: dict[str, np.ndarray]) -> GPT2LMHeadModel:
-    config = GPT2Config(vocab_size=hp.n_vocab, n_positions=hp.n_ctx, n_embd=hp.n_embd,
-                        n_layer=hp.n_layer, n_head=hp.n_head, attn_implementation="eager")  # fmt: skip
+    config = GPT2Config(
+        vocab_size=hp.n_vocab,
+        n_positions=hp.n_ctx,
+        n_embd=hp.n_embd,
+        n_layer=hp.n_layer,
+        n_head=hp.n_head,
+        attn_implementation="eager",
+    )
     model = GPT2LMHeadModel(config).eval()
-    state = {f"transformer.{hf_key(name)}": torch.from_numpy(np.ascontiguousarray(a)) for name, a in params.items()}
+    state = {
+        f"transformer.{hf_key(name)}": torch.from_numpy(np.ascontiguousarray(a)) for name, a in params.items()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
-    assert all(k == "lm_head.weight" or k.endswith(".attn.bias") or k.endswith("masked_bias") for k in missing), missing
+    assert all(
+        k == "lm_head.weight" or k.endswith(".attn.bias") or k.endswith("masked_bias") for k in missing
+    ), missing
     return model
 
 
@@ -30,7 +40,12 @@ def hf_logits(model: GPT2LMHeadModel, ids: list[int]) -> np.ndarray:
 
 def hf_greedy(model: GPT2LMHeadModel, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=50256,
-                             eos_token_id=None)  # fmt: skip
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=50256,
+            eos_token_id=None,
+        )
+    return out[0, len(ids) :].tolist()

@@ -65,7 +65,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- the test models' shapes and data ----
 
 TINY = HParams(n_vocab=50257, n_ctx=128, n_embd=64, n_head=4, n_layer=2)  # tests/conftest.py's tiny model
-TRAIN_HP = HParams(n_vocab=50257, n_ctx=32, n_embd=32, n_head=2, n_layer=2)  # fine-tuning tests: smaller still
+TRAIN_HP = HParams(
+    n_vocab=50257, n_ctx=32, n_embd=32, n_head=2, n_layer=2
+)  # fine-tuning tests: smaller still
 STORY = (
     "The king rode out at dawn with his knights, and the people of the town came to the gate to see "
     "them go. The queen stood upon the wall and watched until the last banner was gone from the hill. "
@@ -135,7 +137,9 @@ def sse_frames(body: str, *, prefix: str = "data:", done: bool = False) -> list[
         assert frames[-1] == f"data: {DONE}", f"the last event is not data: [DONE]: {body[-200:]!r}"
         frames = frames[:-1]
     for frame in frames:
-        assert frame.startswith(prefix + "{") and "\n" not in frame, f"not one {prefix!r} line of a JSON object: {frame!r}"
+        assert frame.startswith(prefix + "{") and "\n" not in frame, (
+            f"not one {prefix!r} line of a JSON object: {frame!r}"
+        )
     return [json.loads(frame[len(prefix) :]) for frame in frames]
 
 
@@ -162,8 +166,14 @@ def ready_200(path: str = "/ready") -> Callable[[httpx.Client], bool | str]:
 READY = ready_200("/ready")
 
 
-def wait_ready(client: httpx.Client, *, timeout: float, ready: Callable[[httpx.Client], bool | str] = READY,
-               stopped: Callable[[], str | None] = lambda: None, poll: float = 0.05) -> None:  # fmt: skip
+def wait_ready(
+    client: httpx.Client,
+    *,
+    timeout: float,
+    ready: Callable[[httpx.Client], bool | str] = READY,
+    stopped: Callable[[], str | None] = lambda: None,
+    poll: float = 0.05,
+) -> None:
     """Poll ``ready(client)`` until it returns True (anything else is what was seen, for the error);
     a transport error counts as not ready yet. ``stopped()`` says why the server is gone (None while
     it runs): RuntimeError at once. TimeoutError with the last answer after ``timeout`` seconds."""
@@ -196,10 +206,16 @@ class ThreadedServer:
 
 
 @contextmanager
-def threaded_server(app: FastAPI, *, server_class: Callable[[uvicorn.Config], uvicorn.Server] | None = None,
-                    ready: Callable[[httpx.Client], bool | str] = READY, ready_timeout: float = 120.0,
-                    log_level: str = "warning", graceful_timeout: float = 10, send_buffer: int | None = None,
-                    ) -> Iterator[ThreadedServer]:  # fmt: skip
+def threaded_server(
+    app: FastAPI,
+    *,
+    server_class: Callable[[uvicorn.Config], uvicorn.Server] | None = None,
+    ready: Callable[[httpx.Client], bool | str] = READY,
+    ready_timeout: float = 120.0,
+    log_level: str = "warning",
+    graceful_timeout: float = 10,
+    send_buffer: int | None = None,
+) -> Iterator[ThreadedServer]:
     """Serve ``app`` on a free port in a daemon thread (``server_class(config)``, default
     ``uvicorn.Server``); yield once ``ready`` holds. On exit: ``should_exit``, join the thread.
 
@@ -214,15 +230,23 @@ def threaded_server(app: FastAPI, *, server_class: Callable[[uvicorn.Config], uv
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=graceful_timeout)
+    config = uvicorn.Config(
+        app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=graceful_timeout
+    )
     server = (server_class or uvicorn.Server)(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
+    )
     thread.start()
     live = ThreadedServer(f"http://127.0.0.1:{port}", server, thread)
     try:
         with httpx.Client(base_url=live.url, timeout=5.0, trust_env=False) as client:
-            wait_ready(client, timeout=ready_timeout, ready=ready,
-                       stopped=lambda: None if thread.is_alive() else "its thread ended (see the log above)")  # fmt: skip
+            wait_ready(
+                client,
+                timeout=ready_timeout,
+                ready=ready,
+                stopped=lambda: None if thread.is_alive() else "its thread ended (see the log above)",
+            )
         yield live
     finally:
         server.should_exit = True
@@ -315,10 +339,18 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(argv: list[str], *, port: int, env: dict[str, str] | None = None, cwd: str | Path = ROOT,
-                   ready: Callable[[httpx.Client], bool | str] = READY, ready_timeout: float = 180.0,
-                   poll: float = 0.2, log: Path | None = None, stop_timeout: float = 60.0,
-                   ) -> Iterator[ServerProcess]:  # fmt: skip
+def server_process(
+    argv: list[str],
+    *,
+    port: int,
+    env: dict[str, str] | None = None,
+    cwd: str | Path = ROOT,
+    ready: Callable[[httpx.Client], bool | str] = READY,
+    ready_timeout: float = 180.0,
+    poll: float = 0.2,
+    log: Path | None = None,
+    stop_timeout: float = 60.0,
+) -> Iterator[ServerProcess]:
     """Start ``argv`` (a server that listens on ``port``), yield once ``ready`` holds.
 
     ``env`` is the whole environment (default: this one with TensorFlow's C++ log quiet). With
@@ -366,8 +398,19 @@ def _stop(proc: subprocess.Popen, timeout: float, *, strict: bool) -> None:
 
 def serve_argv(models: str | Path, port: int, *flags: str) -> list[str]:
     """``gpt2-serve serve`` (this Python, this checkout) for ``models`` on ``port``; ``flags`` last."""
-    return [sys.executable, "-m", "app.cli.main", "serve", "--models", str(models), "--port", str(port),
-            "--log-level", "warning", *flags]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "app.cli.main",
+        "serve",
+        "--models",
+        str(models),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *flags,
+    ]
 
 
 @contextmanager

@@ -49,7 +49,9 @@ def url(tiny_dirs):
 @pytest.fixture(scope="module")
 def strict_url(tiny_dirs):
     """API keys, /metrics protected, CORS for one origin."""
-    settings = tiny_settings(tiny_dirs["openai"], api_keys=[KEY], protect_metrics=True, cors_origins=[ALLOWED])
+    settings = tiny_settings(
+        tiny_dirs["openai"], api_keys=[KEY], protect_metrics=True, cors_origins=[ALLOWED]
+    )
     with running_server(settings) as base:
         yield base
 
@@ -101,8 +103,14 @@ def test_missing_or_wrong_key_is_401(url, method, path, body, auth):
     assert r.headers["www-authenticate"] == "Bearer"
     assert r.headers["content-type"].startswith("application/json")
     if path.startswith("/v1/"):
-        assert r.json() == {"error": {"message": "missing or invalid API key", "type": "authentication_error",
-                                      "param": None, "code": "unauthorized"}}  # fmt: skip
+        assert r.json() == {
+            "error": {
+                "message": "missing or invalid API key",
+                "type": "authentication_error",
+                "param": None,
+                "code": "unauthorized",
+            }
+        }
     else:
         assert r.json() == {"error": "missing or invalid API key", "error_type": "unauthorized"}
     assert KEY not in r.text and WRONG not in r.text
@@ -121,7 +129,9 @@ def test_scheme_is_case_insensitive(url):
 
 
 def test_a_key_in_the_query_string_is_not_a_key(url):
-    r = httpx.post(f"{url}/tokenize", params={"api_key": KEY}, json={"inputs": "Hi"}, timeout=30, trust_env=False)
+    r = httpx.post(
+        f"{url}/tokenize", params={"api_key": KEY}, json={"inputs": "Hi"}, timeout=30, trust_env=False
+    )
     assert r.status_code == 401
 
 
@@ -142,13 +152,16 @@ def test_websocket_handshake_without_the_key_is_refused(url, headers):
     # The middleware closes before accepting; uvicorn answers the handshake with HTTP 403, so the
     # client never opens a connection (it does not see a 1008 close).
     with pytest.raises(InvalidStatus) as exc:
-        connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10, additional_headers=headers)
+        connect(
+            url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10, additional_headers=headers
+        )
     assert exc.value.response.status_code == 403
 
 
 def test_websocket_with_the_key_works(url):
-    with connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10,
-                 additional_headers=bearer(KEY)) as ws:  # fmt: skip
+    with connect(
+        url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10, additional_headers=bearer(KEY)
+    ) as ws:
         ws.send(json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
         while (message := json.loads(ws.recv(timeout=30)))["type"] == "token":
             pass
@@ -179,14 +192,22 @@ def test_keys_never_reach_the_logs(url, caplog):
             for headers in (bearer(KEY), bearer(OTHER_KEY), bearer(WRONG), {"authorization": KEY}):
                 for method, path, body in ROUTES[:8]:
                     call(url, method, path, body, {**headers, "x-request-id": "log-probe"})
-            with connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10,
-                         additional_headers=bearer(KEY)) as ws:  # fmt: skip
+            with connect(
+                url.replace("http", "ws", 1) + "/stream",
+                proxy=None,
+                open_timeout=10,
+                additional_headers=bearer(KEY),
+            ) as ws:
                 ws.send(json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 1}}))
                 while json.loads(ws.recv(timeout=30))["type"] == "token":
                     pass
             with pytest.raises(InvalidStatus):
-                connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10,
-                        additional_headers=bearer(WRONG))  # fmt: skip
+                connect(
+                    url.replace("http", "ws", 1) + "/stream",
+                    proxy=None,
+                    open_timeout=10,
+                    additional_headers=bearer(WRONG),
+                )
     finally:
         for lg, level in zip(loggers, levels):
             lg.removeHandler(caplog.handler)
@@ -195,7 +216,9 @@ def test_keys_never_reach_the_logs(url, caplog):
     # The server's records (this process also runs the clients, whose own debug logs show what they send).
     client = ("websockets.client", "httpx", "httpcore", "openai", "hpack")
     server = [r for r in caplog.records if not r.name.startswith(client)]
-    assert any(r.name == "uvicorn.error" and r.levelno == logging.DEBUG for r in server), "no server debug log"
+    assert any(r.name == "uvicorn.error" and r.levelno == logging.DEBUG for r in server), (
+        "no server debug log"
+    )
     text = "\n".join(f"{r.name} {r.getMessage()}" for r in server)
     for secret in (KEY, OTHER_KEY, WRONG):
         assert secret not in text
@@ -206,19 +229,35 @@ def test_keys_never_reach_the_logs(url, caplog):
 
 def test_no_cors_headers_unless_configured(url, open_url):
     for base, headers in ((url, bearer(KEY)), (open_url, {})):
-        r = httpx.post(f"{base}/tokenize", json={"inputs": "Hi"}, headers={**headers, "origin": ALLOWED}, timeout=30,
-                       trust_env=False)  # fmt: skip
+        r = httpx.post(
+            f"{base}/tokenize",
+            json={"inputs": "Hi"},
+            headers={**headers, "origin": ALLOWED},
+            timeout=30,
+            trust_env=False,
+        )
         assert r.status_code == 200
         assert not any(h.startswith("access-control-") for h in r.headers), r.headers
-        pre = httpx.options(f"{base}/generate", headers={"origin": ALLOWED, "access-control-request-method": "POST"},
-                            timeout=30, trust_env=False)  # fmt: skip
+        pre = httpx.options(
+            f"{base}/generate",
+            headers={"origin": ALLOWED, "access-control-request-method": "POST"},
+            timeout=30,
+            trust_env=False,
+        )
         assert not any(h.startswith("access-control-") for h in pre.headers), pre.headers
 
 
 def preflight(base: str, origin: str) -> httpx.Response:
-    return httpx.options(f"{base}/generate", timeout=30, trust_env=False,
-                         headers={"origin": origin, "access-control-request-method": "POST",
-                                  "access-control-request-headers": "authorization, content-type"})  # fmt: skip
+    return httpx.options(
+        f"{base}/generate",
+        timeout=30,
+        trust_env=False,
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type",
+        },
+    )
 
 
 def test_cors_preflight_from_an_allowed_origin(strict_url):
@@ -236,11 +275,21 @@ def test_cors_preflight_from_another_origin(strict_url):
 
 
 def test_cors_simple_requests(strict_url):
-    ok = httpx.post(f"{strict_url}/tokenize", json={"inputs": "Hi"}, headers={**bearer(KEY), "origin": ALLOWED},
-                    timeout=30, trust_env=False)  # fmt: skip
+    ok = httpx.post(
+        f"{strict_url}/tokenize",
+        json={"inputs": "Hi"},
+        headers={**bearer(KEY), "origin": ALLOWED},
+        timeout=30,
+        trust_env=False,
+    )
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ALLOWED
-    other = httpx.post(f"{strict_url}/tokenize", json={"inputs": "Hi"}, headers={**bearer(KEY), "origin": FOREIGN},
-                       timeout=30, trust_env=False)  # fmt: skip
+    other = httpx.post(
+        f"{strict_url}/tokenize",
+        json={"inputs": "Hi"},
+        headers={**bearer(KEY), "origin": FOREIGN},
+        timeout=30,
+        trust_env=False,
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
@@ -273,12 +322,17 @@ RESPONSES = [  # (method, path, body or raw bytes, headers, expected status)
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "headers", "status"), RESPONSES,
-                         ids=[f"{m} {p} {s}" for m, p, _, _, s in RESPONSES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status"),
+    RESPONSES,
+    ids=[f"{m} {p} {s}" for m, p, _, _, s in RESPONSES],
+)
 def test_every_response_carries_a_request_id(url, method, path, body, headers, status):
     def send(extra: dict) -> httpx.Response:
         kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
-        return httpx.request(method, url + path, headers={**headers, **extra}, timeout=60, trust_env=False, **kwargs)
+        return httpx.request(
+            method, url + path, headers={**headers, **extra}, timeout=60, trust_env=False, **kwargs
+        )
 
     r = send({})
     assert r.status_code == status, r.text
@@ -294,6 +348,10 @@ def test_every_response_carries_a_request_id(url, method, path, body, headers, s
 
 
 def test_websocket_handshake_carries_a_request_id(url):
-    with connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10,
-                 additional_headers={**bearer(KEY), "x-request-id": "ws-7"}) as ws:  # fmt: skip
+    with connect(
+        url.replace("http", "ws", 1) + "/stream",
+        proxy=None,
+        open_timeout=10,
+        additional_headers={**bearer(KEY), "x-request-id": "ws-7"},
+    ) as ws:
         assert ws.response.headers["x-request-id"] == "ws-7"

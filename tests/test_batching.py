@@ -72,24 +72,36 @@ def test_sample_batch_gives_every_row_what_sample_gives_it():
     logits[3] = np.round(logits[3])  # many ties, at the top-k boundary too
     logits[4, :] = 1.0  # all equal
     params = [
-        SamplingParams(temperature=0), SamplingParams(top_k=1), SamplingParams(temperature=0.7),
-        SamplingParams(top_k=5, temperature=1.3), SamplingParams(top_k=7), SamplingParams(top_p=0.8),
-        SamplingParams(top_k=40, top_p=0.5, temperature=0.9), SamplingParams(top_k=300),
+        SamplingParams(temperature=0),
+        SamplingParams(top_k=1),
+        SamplingParams(temperature=0.7),
+        SamplingParams(top_k=5, temperature=1.3),
+        SamplingParams(top_k=7),
+        SamplingParams(top_p=0.8),
+        SamplingParams(top_k=40, top_p=0.5, temperature=0.9),
+        SamplingParams(top_k=300),
         SamplingParams(temperature=1e-310),
-    ]  # fmt: skip
+    ]
     k = 64
     top_vals, top_ids = tf.math.top_k(tf.constant(logits), k=k)
     for seed in range(20):
         expected = [sample(row, p, make_rng(seed + i)) for i, (row, p) in enumerate(zip(logits, params))]
-        got = sample_batch(logits, params, [make_rng(seed + i) for i in range(len(params))],
-                           top_ids=top_ids.numpy(), top_logits=top_vals.numpy())  # fmt: skip
+        got = sample_batch(
+            logits,
+            params,
+            [make_rng(seed + i) for i in range(len(params))],
+            top_ids=top_ids.numpy(),
+            top_logits=top_vals.numpy(),
+        )
         assert got.tolist() == expected, seed
 
 
 def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
     engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
     batcher = Batcher(engine, eos_id=None)
-    seqs = [Entry(p, 3, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts([6, 9, 11, 4], seed=5)]
+    seqs = [
+        Entry(p, 3, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts([6, 9, 11, 4], seed=5)
+    ]
     for seq in seqs:
         batcher.admit(seq)
     with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as spy:
@@ -115,8 +127,11 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
         rounds += 1
         assert len(running.generated) == before + 1
     assert rounds == 4 and long.prefilled == 100
-    solo = generate(Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-                    [Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)  # fmt: skip
+    solo = generate(
+        Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
+        [Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)],
+        eos_id=None,
+    )
     while not long.finished:
         batcher.step()
     assert long.generated == solo[0].generated
@@ -137,8 +152,15 @@ def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
     assert engine.trace_count() == traced
 
 
-@pytest.mark.parametrize("sp", [SamplingParams(temperature=0), SamplingParams(top_k=2, seed=3),
-                                SamplingParams(top_k=3, temperature=0.5, seed=4), SamplingParams(top_k=4, top_p=0.6, seed=5)])  # fmt: skip
+@pytest.mark.parametrize(
+    "sp",
+    [
+        SamplingParams(temperature=0),
+        SamplingParams(top_k=2, seed=3),
+        SamplingParams(top_k=3, temperature=0.5, seed=4),
+        SamplingParams(top_k=4, top_p=0.6, seed=5),
+    ],
+)
 def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
     """Prompt-lookup drafts verified k+1 at a time: the same tokens as one at a time, for greedy and
     seeded sampling (accept() draws each position from the same random stream)."""

@@ -32,8 +32,14 @@ CAPACITY = 4 + 64  # slots + queue_size of server_settings
 
 
 def server_settings(model_dir):
-    return tiny_settings(model_dir, slots=4, queue_size=64, max_new_tokens_limit=16, default_max_new_tokens=4,
-                         max_body_bytes=64 * 1024)  # fmt: skip
+    return tiny_settings(
+        model_dir,
+        slots=4,
+        queue_size=64,
+        max_new_tokens_limit=16,
+        default_max_new_tokens=4,
+        max_body_bytes=64 * 1024,
+    )
 
 
 @functools.cache
@@ -52,7 +58,9 @@ def cases() -> list[tuple[str, str, GenerationMode]]:
     to get wrong: the GETs take no input or, like /v1/models/{model}, accept every string."""
     doc = document()
     return [(p, m, GenerationMode.POSITIVE) for p, m in operations()] + [
-        (p, m, GenerationMode.NEGATIVE) for p, m in operations() if "requestBody" in doc["paths"][p][m.lower()]
+        (p, m, GenerationMode.NEGATIVE)
+        for p, m in operations()
+        if "requestBody" in doc["paths"][p][m.lower()]
     ]
 
 
@@ -60,7 +68,9 @@ def pytest_generate_tests(metafunc):
     """``test_contract`` runs once per case (the tests themselves load the document the running
     server serves, and the ``api`` fixture checks it lists the same operations)."""
     if metafunc.function is test_contract:
-        metafunc.parametrize(("path", "method", "mode"), cases(), ids=[f"{m} {p} {mode}" for p, m, mode in cases()])
+        metafunc.parametrize(
+            ("path", "method", "mode"), cases(), ids=[f"{m} {p} {mode}" for p, m, mode in cases()]
+        )
 
 
 @dataclass
@@ -81,9 +91,20 @@ def api(tiny_dirs):
 
 def test_every_route_is_covered():
     assert ("POST", "/generate") in {(m, p) for p, m in operations()}
-    assert {p for p, _ in operations()} >= {"/generate", "/generate_stream", "/", "/tokenize", "/info", "/health",
-                                          "/ready", "/models", "/metrics", "/v1/completions", "/v1/models",
-                                          "/v1/models/{model}"}  # fmt: skip
+    assert {p for p, _ in operations()} >= {
+        "/generate",
+        "/generate_stream",
+        "/",
+        "/tokenize",
+        "/info",
+        "/health",
+        "/ready",
+        "/models",
+        "/metrics",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/models/{model}",
+    }
 
 
 def test_error_responses_are_declared_with_the_family_shape():
@@ -104,9 +125,16 @@ def test_error_responses_are_declared_with_the_family_shape():
                 continue
             assert {"400", "401", "503"} <= set(op["responses"]) or method == "get", (method, path)
 
-    for path, method in (("/generate", "post"), ("/", "post"), ("/tokenize", "post"), ("/v1/completions", "post")):
+    for path, method in (
+        ("/generate", "post"),
+        ("/", "post"),
+        ("/tokenize", "post"),
+        ("/v1/completions", "post"),
+    ):
         declared = set(document()["paths"][path][method]["responses"])
-        assert {"401", "413", "503"} <= declared and ({"400"} if path.startswith("/v1") else {"422"}) <= declared, path
+        assert {"401", "413", "503"} <= declared and (
+            {"400"} if path.startswith("/v1") else {"422"}
+        ) <= declared, path
 
 
 @pytest.mark.parametrize("method", ["TRACE", "PUT", "DELETE", "PATCH"])
@@ -116,7 +144,10 @@ def test_undeclared_methods_answer_405_in_the_family_shape(api, method):
         assert r.status_code == 405, (method, path, r.status_code, r.text)
         body = r.json()
         if path.startswith("/v1/"):
-            assert body["error"]["code"] == "method_not_allowed" and body["error"]["type"] == "invalid_request_error"
+            assert (
+                body["error"]["code"] == "method_not_allowed"
+                and body["error"]["type"] == "invalid_request_error"
+            )
         else:
             assert body == {"error": "Method Not Allowed", "error_type": "method_not_allowed"}, body
 
@@ -136,8 +167,13 @@ def test_contract(api, path, method, mode):
     seen: list[int] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case):
         assume(not beyond_capacity(path, case.body))
         response = case.call_and_validate(base_url=api.url, checks=CHECKS, timeout=60)

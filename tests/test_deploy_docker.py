@@ -71,7 +71,9 @@ def test_runtime_stage_shape(dockerfile):
     stage = runtime_stage(dockerfile)
     words = dict(stage)
     user = words["USER"]
-    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), "numeric non-root user (Kubernetes runAsNonRoot checks it)"
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), (
+        "numeric non-root user (Kubernetes runAsNonRoot checks it)"
+    )
     assert words["EXPOSE"] == "8000" and words["VOLUME"] == '["/app/model_store"]'
     assert words["ENTRYPOINT"] == '["gpt2-serve"]' and words["CMD"] == '["serve"]'
     assert words["HEALTHCHECK"].endswith('CMD ["gpt2-serve", "healthcheck"]')
@@ -84,11 +86,15 @@ def test_runtime_stage_shape(dockerfile):
 
 def test_cuda_image_installs_the_pinned_tensorflow_gpu_build():
     # pyproject's gpu extra, e.g. gpu = ["tensorflow[and-cuda]==2.21.0"]
-    version = re.search(r'^gpu = \["tensorflow\[and-cuda\]==([\d.]+)"\]', (ROOT / "pyproject.toml").read_text(), re.M)[1]
+    version = re.search(
+        r'^gpu = \["tensorflow\[and-cuda\]==([\d.]+)"\]', (ROOT / "pyproject.toml").read_text(), re.M
+    )[1]
     ins = instructions(ROOT / "Dockerfile.cuda")
     assert ("ARG", f"TF_VERSION={version}") in ins
     install = next(args for word, args in ins if word == "RUN" and "and-cuda" in args)
-    assert install.index("pip uninstall -y tensorflow-cpu") < install.index('"tensorflow[and-cuda]==${TF_VERSION}"')
+    assert install.index("pip uninstall -y tensorflow-cpu") < install.index(
+        '"tensorflow[and-cuda]==${TF_VERSION}"'
+    )
     base = next(args for word, args in ins if word == "ARG" and args.startswith("CUDA_BASE="))
     # Ubuntu 22.04's python3 is 3.10: the venv paths in the build check and XLA_FLAGS depend on it.
     assert base.endswith("-base-ubuntu22.04")
@@ -106,7 +112,9 @@ def docker_ignored(path: str) -> bool:
         pattern = pattern.lstrip("!").rstrip("/")
         parts = path.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, pattern.replace("**/", "")) for p in prefixes):
+        if any(
+            fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, pattern.replace("**/", "")) for p in prefixes
+        ):
             ignored = not negate
     return ignored
 
@@ -117,16 +125,30 @@ def test_dockerignore_lets_in_exactly_what_the_images_copy():
             if word == "COPY" and "--from=" not in args:
                 for source in [a for a in args.split() if not a.startswith("--")][:-1]:
                     assert (ROOT / source).exists(), source
-                    assert not docker_ignored(source), f"{dockerfile.name} copies {source}, which .dockerignore drops"
+                    assert not docker_ignored(source), (
+                        f"{dockerfile.name} copies {source}, which .dockerignore drops"
+                    )
     assert not docker_ignored("app/server/app.py") and not docker_ignored("model_store/demo/hparams.json")
-    for kept_out in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "model_store/124M/hparams.json",
-                     "checkpoint/run1/x", "app/__pycache__/x.pyc"):  # fmt: skip
+    for kept_out in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/conftest.py",
+        "model_store/124M/hparams.json",
+        "checkpoint/run1/x",
+        "app/__pycache__/x.pyc",
+    ):
         assert docker_ignored(kept_out), kept_out
 
 
 def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli.main", "healthcheck"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "healthcheck"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_image_configuration_serves_the_baked_model_and_passes_its_healthcheck(tmp_path):
@@ -137,21 +159,39 @@ def test_image_configuration_serves_the_baked_model_and_passes_its_healthcheck(t
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPT2_")}
     env.update(image_env(ROOT / "deploy" / "Dockerfile.cpu"))
-    env.update(GPT2_HOST="127.0.0.1", GPT2_PORT=str(port), GPT2_MODELS_DIR=str(store), GPT2_WARMUP="false",
-               GPT2_SLOTS="2", PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")  # fmt: skip
+    env.update(
+        GPT2_HOST="127.0.0.1",
+        GPT2_PORT=str(port),
+        GPT2_MODELS_DIR=str(store),
+        GPT2_WARMUP="false",
+        GPT2_SLOTS="2",
+        PYTHONPATH=str(ROOT),
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+    )
     env.pop("CUDA_VISIBLE_DEVICES", None)
+
     def healthy(_client) -> bool | str:  # the image's HEALTHCHECK is the readiness probe
         proc = healthcheck(env)
         return proc.returncode == 0 or proc.stdout
 
-    with server_process([sys.executable, "-m", "app.cli.main", "serve"], port=port, env=env, cwd=tmp_path,
-                        ready=healthy, ready_timeout=120, poll=0.5, log=tmp_path / "server.log") as server:  # fmt: skip
+    with server_process(
+        [sys.executable, "-m", "app.cli.main", "serve"],
+        port=port,
+        env=env,
+        cwd=tmp_path,
+        ready=healthy,
+        ready_timeout=120,
+        poll=0.5,
+        log=tmp_path / "server.log",
+    ) as server:
         proc = healthcheck(env)
         assert proc.returncode == 0 and proc.stdout.strip() == "healthy"
         # The GPU image's promise: a GPU asked for but not used is unhealthy, with the reason.
         proc = healthcheck({**env, "CUDA_VISIBLE_DEVICES": "0"})
         assert proc.returncode == 1
-        assert proc.stdout.startswith("unhealthy: GPU asked for (CUDA_VISIBLE_DEVICES=0) but every model runs on the CPU: ")
+        assert proc.stdout.startswith(
+            "unhealthy: GPU asked for (CUDA_VISIBLE_DEVICES=0) but every model runs on the CPU: "
+        )
         assert "CPU-only build" in proc.stdout
     assert server.proc.returncode == 0
     proc = healthcheck(env)
@@ -190,5 +230,5 @@ def test_readme_docker_commands_match_the_dockerfiles():
                 assert f'["{c[i + 1].split(":")[1]}"]' == words["VOLUME"]
             if word == "-e":
                 assert c[i + 1].split("=")[0] in {env_name(f) for f in Settings.model_fields}
-        rest = c[c.index(image) + 1:]
+        rest = c[c.index(image) + 1 :]
         assert not rest or rest[0] in subcommands, rest

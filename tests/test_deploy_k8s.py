@@ -68,12 +68,18 @@ def test_crd_schemas_reject_what_the_real_crds_reject():
     monitor = json.loads(json.dumps(resources("ServiceMonitor")[0]))
     monitor["spec"]["endpoints"][0]["intervall"] = "15s"
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(monitor, json.loads(CRD_SCHEMAS["monitoring.coreos.com/v1", "ServiceMonitor"].read_text()))
+        jsonschema.validate(
+            monitor, json.loads(CRD_SCHEMAS["monitoring.coreos.com/v1", "ServiceMonitor"].read_text())
+        )
 
 
 def test_yamllint():
-    proc = subprocess.run([sys.executable, "-m", "yamllint", "-s", "-c", str(ROOT / ".yamllint.yaml"), "."],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "yamllint", "-s", "-c", str(ROOT / ".yamllint.yaml"), "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -106,8 +112,12 @@ def test_one_deployment_per_size_sized_from_the_memory_plan(size):
     assert requests["nvidia.com/gpu"] == limits["nvidia.com/gpu"] == 1
     gpu_free = memory.parse_size(deployment["metadata"]["annotations"]["gpt2-serve/gpu-memory"])
     plan = memory.plan(preset(size), slots=int(env["GPT2_SLOTS"]), dtype=env["GPT2_DTYPE"])
-    assert plan.total_bytes <= gpu_free, f"{size}: {plan.total_bytes / GIB:.2f} GiB on {gpu_free / GIB:.0f} GiB"
-    assert f"= {plan.total_bytes / GIB:.2f} GiB" in (K8S / f"gpt2-{size.lower()}.yaml").read_text()  # the comment
+    assert plan.total_bytes <= gpu_free, (
+        f"{size}: {plan.total_bytes / GIB:.2f} GiB on {gpu_free / GIB:.0f} GiB"
+    )
+    assert (
+        f"= {plan.total_bytes / GIB:.2f} GiB" in (K8S / f"gpt2-{size.lower()}.yaml").read_text()
+    )  # the comment
     host = memory.plan(preset(size), slots=0, dtype="float32").weights_bytes + GIB
     assert quantity(requests["memory"]) >= host and limits["memory"] == requests["memory"]
 
@@ -126,7 +136,9 @@ def test_probes_shutdown_and_user(size):
     assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
     uid = re.search(r"^USER (\d+):", (ROOT / "Dockerfile.cuda").read_text(), re.M)[1]
     assert pod["securityContext"]["runAsNonRoot"] is True and str(pod["securityContext"]["runAsUser"]) == uid
-    assert container["ports"][0]["containerPort"] == int(container_env(by_name("Deployment")[f"gpt2-{size.lower()}"])["GPT2_PORT"])
+    assert container["ports"][0]["containerPort"] == int(
+        container_env(by_name("Deployment")[f"gpt2-{size.lower()}"])["GPT2_PORT"]
+    )
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -82,12 +82,15 @@ SCRIPT = textwrap.dedent(
 
 def test_two_models_on_two_logical_cpus(tiny_dirs):
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": str(root)}  # fmt: skip
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root)}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tiny_dirs["openai"])],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["cpus"] == ["/CPU:0", "/CPU:1"] and out["gpus"] == []

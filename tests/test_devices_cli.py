@@ -24,8 +24,14 @@ def devices(*argv: str, cvd: str | None) -> subprocess.CompletedProcess:
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     if cvd is not None:
         env["CUDA_VISIBLE_DEVICES"] = cvd
-    return subprocess.run([sys.executable, "-m", "app.cli.main", "devices", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "devices", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cpu_machine_report(tiny_dirs):
@@ -48,7 +54,9 @@ def test_text_report_with_gpus_hidden(tiny_dirs):
     assert lines[0].startswith("TensorFlow ") and "CPU-only build" in lines[0]
     assert lines[1] == "GPUs: none (CUDA_VISIBLE_DEVICES=-1 hides them)"
     assert lines[2].startswith("CPU: ") and "cores" in lines[2]
-    assert lines[3] == "Models:" and lines[4].startswith("  tiny-hf -> /CPU:0 (") and lines[4].endswith(": fits")
+    assert (
+        lines[3] == "Models:" and lines[4].startswith("  tiny-hf -> /CPU:0 (") and lines[4].endswith(": fits")
+    )
     assert len(lines) == 5  # no complaint: hiding the GPUs was asked for
 
 
@@ -57,15 +65,18 @@ def test_gpu_asked_for_but_not_visible_says_why_in_one_line(tiny_dirs):
     assert proc.returncode == 1
     last = proc.stdout.splitlines()[-1]
     # This machine runs tensorflow-cpu, so that is the first cause a user would fix.
-    assert last == ("GPU asked for (CUDA_VISIBLE_DEVICES=0) but TensorFlow sees none: this TensorFlow is a "
-                    "CPU-only build (tensorflow-cpu): install the gpu extra (tensorflow[and-cuda]==2.21.0) "
-                    "or use the Dockerfile.cuda image")  # fmt: skip
+    assert last == (
+        "GPU asked for (CUDA_VISIBLE_DEVICES=0) but TensorFlow sees none: this TensorFlow is a "
+        "CPU-only build (tensorflow-cpu): install the gpu extra (tensorflow[and-cuda]==2.21.0) "
+        "or use the Dockerfile.cuda image"
+    )
 
 
 def test_empty_visible_devices_and_gpu_placement(tiny_dirs):
     proc = devices("--models", str(tiny_dirs["openai"]), cvd="")
     assert proc.returncode == 1 and proc.stdout.splitlines()[-1].endswith(
-        "CUDA_VISIBLE_DEVICES is set but empty, which hides every GPU (unset it or list indices, e.g. 0,1)")
+        "CUDA_VISIBLE_DEVICES is set but empty, which hides every GPU (unset it or list indices, e.g. 0,1)"
+    )
     proc = devices("--models", str(tiny_dirs["openai"]), "--placement", "tiny-openai=GPU:0", cvd=None)
     assert proc.returncode == 1
     assert "placement: device 'GPU:0' is not available; TensorFlow sees: /CPU:0" in proc.stdout
@@ -101,7 +112,9 @@ def test_each_reason(changes, expected):
 
 def test_first_cause_wins():
     # No driver and a CPU build: installing a driver would not help yet, so the build is named.
-    facts = GpuFacts(None, cuda_build=False, driver=False, missing_libraries=("libcudart.so.12",), driver_gpus=None)
+    facts = GpuFacts(
+        None, cuda_build=False, driver=False, missing_libraries=("libcudart.so.12",), driver_gpus=None
+    )
     assert "CPU-only build" in why_no_gpu(facts)
 
 

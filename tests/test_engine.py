@@ -69,7 +69,9 @@ def test_cached_decoding_in_every_slot_of_a_shared_batch(loaded, reference):
             break
         out = engine.step({s: seqs[s][pos[s]] for s in live})
         for row, s in enumerate(live):
-            np.testing.assert_allclose(out[row], refs[s][pos[s]], atol=TOL, rtol=0, err_msg=f"slot {s} pos {pos[s]}")
+            np.testing.assert_allclose(
+                out[row], refs[s][pos[s]], atol=TOL, rtol=0, err_msg=f"slot {s} pos {pos[s]}"
+            )
             pos[s] += 1
     for s in range(4):
         engine.release(s)
@@ -124,12 +126,16 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
 def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     (ids,) = prompts(tiny_hp.n_vocab, [8], seed=6)
-    free_run = generate(engine, [Entry(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)
+    free_run = generate(
+        engine, [Entry(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
+    )
     eos = free_run[0].generated[2]  # pretend the third greedy token is <|endoftext|>
     stopped = generate(engine, [Entry(ids, 6, SamplingParams(temperature=0))], eos_id=eos)[0]
     assert stopped.generated == free_run[0].generated[: free_run[0].generated.index(eos) + 1]
     assert stopped.finish_reason == "eos_token"
-    ignored = generate(engine, [Entry(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=eos)[0]
+    ignored = generate(engine, [Entry(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=eos)[
+        0
+    ]
     assert ignored.generated == free_run[0].generated and ignored.finish_reason == "length"
     assert engine.free_slots() == [0, 1]
 
@@ -151,8 +157,11 @@ def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params):
     assert batcher.free_slots() == 1
     while not long.finished:
         batcher.step()
-    solo = generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=1)),
-                    [Entry(a, 30, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)  # fmt: skip
+    solo = generate(
+        Engine(tiny_hp, tiny_params, EngineConfig(slots=1)),
+        [Entry(a, 30, SamplingParams(temperature=0), stop_at_eos=False)],
+        eos_id=None,
+    )
     assert long.generated == solo[0].generated
 
 
@@ -164,7 +173,9 @@ def test_sliding_window_runs_past_the_context(tiny_params):
     reference = hf_model(hp, params)
     engine = Engine(hp, params, EngineConfig(slots=2, window_keep=24))
     (ids,) = prompts(hp.n_vocab, [10], seed=10)
-    seq = generate(engine, [Entry(ids, 200, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)[0]
+    seq = generate(engine, [Entry(ids, 200, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)[
+        0
+    ]
     assert len(seq.generated) == 200
 
     window, expected = list(ids), []

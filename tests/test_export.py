@@ -37,23 +37,64 @@ def test_encode_train_export_and_serve(tmp_path):
         (data / f"part{i}.txt").write_text(STORY[i * 300 : (i + 1) * 300 + 2000])
     base = write_random_model(tmp_path / "base", TRAIN_HP, seed=0)
 
-    code, out, _ = cli(["encode", str(data), str(tmp_path / "data.npz"), "--model", str(base), "--combine", "100"])
+    code, out, _ = cli(
+        ["encode", str(data), str(tmp_path / "data.npz"), "--model", str(base), "--combine", "100"]
+    )
     assert code == 0 and "tokens in 3 chunks" in out
     with np.load(tmp_path / "data.npz") as npz:
         assert len(npz.files) == 3 and all(npz[k].dtype == np.int32 for k in npz.files)
 
     ck = tmp_path / "checkpoint"
-    args = ["train", "--dataset", str(tmp_path / "data.npz"), "--model", str(base), "--run-name", "r1",
-            "--checkpoint-dir", str(ck), "--steps", "6", "--batch-size", "2", "--learning-rate", "3e-3",
-            "--val-fraction", "0.2", "--val-every", "3", "--val-batches", "2", "--save-every", "3"]  # fmt: skip
+    args = [
+        "train",
+        "--dataset",
+        str(tmp_path / "data.npz"),
+        "--model",
+        str(base),
+        "--run-name",
+        "r1",
+        "--checkpoint-dir",
+        str(ck),
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "3e-3",
+        "--val-fraction",
+        "0.2",
+        "--val-every",
+        "3",
+        "--val-batches",
+        "2",
+        "--save-every",
+        "3",
+    ]
     assert cli(args)[0] == 0
     assert (ck / "r1" / "losses.csv").read_text().count("\n") == 7  # header + 6 steps
     code, _, err = cli([*args[:-4], "--steps", "8"])
     assert code == 0 and "restored" in err  # resumes at step 6
 
     models = tmp_path / "models"
-    assert cli(["export", "r1", "--name", "mine", "--checkpoint-dir", str(ck), "--models-dir", str(models),
-                 "--samples", "2", "--sample-length", "5"])[0] == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "export",
+                "r1",
+                "--name",
+                "mine",
+                "--checkpoint-dir",
+                str(ck),
+                "--models-dir",
+                str(models),
+                "--samples",
+                "2",
+                "--sample-length",
+                "5",
+            ]
+        )[0]
+        == 0
+    )
     folder = models / "mine"
     assert detect_layout(folder) == "openai"
     card = (folder / "MODEL_CARD.md").read_text()
@@ -75,7 +116,10 @@ def test_encode_train_export_and_serve(tmp_path):
     with running_server(tiny_settings("mine", models_dir=str(models))) as url:
         listed = httpx.get(f"{url}/models").json()["models"]
         assert [(m["name"], m["state"]) for m in listed] == [("mine", "ready")]
-        r = httpx.post(f"{url}/generate", json={"inputs": "The king", "parameters": {"max_new_tokens": 4, "details": True}})
+        r = httpx.post(
+            f"{url}/generate",
+            json={"inputs": "The king", "parameters": {"max_new_tokens": 4, "details": True}},
+        )
         assert r.status_code == 200 and r.json()["generated_text"]
         assert [t["id"] for t in r.json()["details"]["tokens"]] == expected
         assert r.json()["generated_text"] == enc.decode([t for t in expected if t != enc.eot_token])

@@ -56,13 +56,22 @@ def no_hook(server):
 
 
 def generate(url: str, inputs: str, n: int, **parameters) -> httpx.Response:
-    return httpx.post(f"{url}/generate", json={"inputs": inputs, "parameters": {"max_new_tokens": n, **parameters}},
-                      timeout=60, trust_env=False)  # fmt: skip
+    return httpx.post(
+        f"{url}/generate",
+        json={"inputs": inputs, "parameters": {"max_new_tokens": n, **parameters}},
+        timeout=60,
+        trust_env=False,
+    )
 
 
 def stream(url: str, inputs: str, n: int) -> list[dict]:
-    with httpx.stream("POST", f"{url}/generate_stream", json={"inputs": inputs, "parameters": {"max_new_tokens": n}},
-                      timeout=60, trust_env=False) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        f"{url}/generate_stream",
+        json={"inputs": inputs, "parameters": {"max_new_tokens": n}},
+        timeout=60,
+        trust_env=False,
+    ) as r:
         assert r.status_code == 200
         return sse_events(r.iter_lines())
 
@@ -117,8 +126,10 @@ class FailOnce:
 
 
 def test_exception_in_a_step_fails_that_steps_requests_only(server):
-    errors_before = {route: server.count("gpt2_requests_total", route=route, outcome="error")
-                     for route in ("/generate", "/generate_stream", "/stream")}  # fmt: skip
+    errors_before = {
+        route: server.count("gpt2_requests_total", route=route, outcome="error")
+        for route in ("/generate", "/generate_stream", "/stream")
+    }
     hook = FailOnce(server.worker, batch=3)
     server.worker.step_hook = hook
     with ThreadPoolExecutor(3) as pool:
@@ -245,12 +256,19 @@ def test_failed_model_leaves_the_server_up(half_broken):
         assert "Traceback" not in reason and not re.search(r"0x[0-9a-f]{6,}", reason)
 
         # The good model serves (it is the default, and by name).
-        assert http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}).status_code == 200
-        ok = http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "model": MODEL}})
+        assert (
+            http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}).status_code
+            == 200
+        )
+        ok = http.post(
+            "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "model": MODEL}}
+        )
         assert ok.status_code == 200, ok.text
 
         # The failed one is unavailable, in each family's shape, without the server's paths.
-        r = http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "model": BROKEN}})
+        r = http.post(
+            "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "model": BROKEN}}
+        )
         assert r.status_code == 503, r.text
         body = r.json()
         assert set(body) == {"error", "error_type"} and body["error_type"] == "unavailable"

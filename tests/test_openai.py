@@ -48,8 +48,11 @@ def model(tiny_dirs) -> str:
 
 def generate(url: str, inputs: str, max_new_tokens: int = N_TOKENS) -> dict:
     """Our TGI route, greedy: the reference text."""
-    r = httpx.post(f"{url}/generate", json={"inputs": inputs, "parameters": {"max_new_tokens": max_new_tokens,
-                                                                            "details": True}}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        f"{url}/generate",
+        json={"inputs": inputs, "parameters": {"max_new_tokens": max_new_tokens, "details": True}},
+        timeout=60,
+    )
     r.raise_for_status()
     return r.json()
 
@@ -84,8 +87,9 @@ def test_default_max_tokens_is_16(client, model):
 
 
 def test_stream_concatenates_to_the_same_text(client, model, greedy):
-    chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
-                                            stream=True))  # fmt: skip
+    chunks = list(
+        client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, stream=True)
+    )
     assert chunks and all(c.object == "text_completion" and c.usage is None for c in chunks)
     assert len({c.id for c in chunks}) == 1
     assert "".join(c.choices[0].text for c in chunks) == greedy
@@ -94,8 +98,16 @@ def test_stream_concatenates_to_the_same_text(client, model, greedy):
 
 
 def test_stream_include_usage(client, model, greedy):
-    chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    chunks = list(
+        client.completions.create(
+            model=model,
+            prompt=PROMPT,
+            max_tokens=N_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     *text_chunks, last = chunks
     assert last.choices == [] and last.usage.completion_tokens > 0
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
@@ -104,8 +116,12 @@ def test_stream_include_usage(client, model, greedy):
 
 
 def test_stream_sse_wire_format(url, model):
-    with httpx.stream("POST", f"{url}/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": 3,
-                                                             "temperature": 0, "stream": True}, timeout=60) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/completions",
+        json={"model": model, "prompt": PROMPT, "max_tokens": 3, "temperature": 0, "stream": True},
+        timeout=60,
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         body = r.read().decode()
     assert body.endswith("data: [DONE]\n\n")
@@ -124,7 +140,9 @@ def test_n_choices_with_seed_are_reproducible(client, model):
     # Choice j uses seed + j: the same as asking for it alone.
     alone = client.completions.create(**{**kw, "n": 1, "seed": 1234 + 2})
     assert alone.choices[0].text == texts[2]
-    assert first.usage.completion_tokens == 3 * N_TOKENS or any(c.finish_reason == "stop" for c in first.choices)
+    assert first.usage.completion_tokens == 3 * N_TOKENS or any(
+        c.finish_reason == "stop" for c in first.choices
+    )
 
 
 def test_n_choices_streamed(client, model):
@@ -149,21 +167,27 @@ def test_stop_sequence(client, url, model):
     out = client.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0, stop=stop)
     assert out.choices[0].text == reference[: reference.find(stop)]
     assert out.choices[0].finish_reason == "stop"
-    listed = client.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0,
-                                       stop=["\x00never", stop])  # fmt: skip
+    listed = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=12, temperature=0, stop=["\x00never", stop]
+    )
     assert listed.choices[0].text == out.choices[0].text
 
 
 def test_echo(client, model, greedy):
     out = client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, echo=True)
     assert out.choices[0].text == PROMPT + greedy
-    chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
-                                            echo=True, stream=True))  # fmt: skip
+    chunks = list(
+        client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, echo=True, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks) == PROMPT + greedy
 
 
 def test_logprobs(client, url, model, greedy):
-    out = client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, logprobs=1)
+    out = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, logprobs=1
+    )
     choice = out.choices[0]
     lp = choice.logprobs
     n = out.usage.completion_tokens
@@ -178,8 +202,11 @@ def test_logprobs(client, url, model, greedy):
     tgi = generate(url, PROMPT)["details"]["tokens"]
     assert lp.token_logprobs == pytest.approx([t["logprob"] for t in tgi], abs=1e-5)
     # Streamed: one token per chunk, same values.
-    chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
-                                            logprobs=0, stream=True))  # fmt: skip
+    chunks = list(
+        client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, logprobs=0, stream=True
+        )
+    )
     streamed = [v for c in chunks for v in c.choices[0].logprobs.token_logprobs]
     assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
     assert [o for c in chunks for o in c.choices[0].logprobs.text_offset] == lp.text_offset
@@ -273,8 +300,17 @@ def test_refusals(client, model):
 
 
 def test_neutral_values_of_unsupported_parameters_are_accepted(client, model):
-    out = client.completions.create(model=model, prompt=PROMPT, max_tokens=2, temperature=0, best_of=1,
-                                    presence_penalty=0, frequency_penalty=0.0, logit_bias={}, user="me")  # fmt: skip
+    out = client.completions.create(
+        model=model,
+        prompt=PROMPT,
+        max_tokens=2,
+        temperature=0,
+        best_of=1,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        logit_bias={},
+        user="me",
+    )
     assert len(out.choices) == 1
 
 
@@ -289,8 +325,9 @@ def test_failure_mid_stream_is_an_error_event(client, model, worker):
     worker.step_hook = boom
     try:
         with pytest.raises(openai.APIError) as exc:
-            for _ in client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0,
-                                               stream=True):  # fmt: skip
+            for _ in client.completions.create(
+                model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, stream=True
+            ):
                 pass
     finally:
         worker.step_hook = None
@@ -334,7 +371,9 @@ def test_client_leaving_a_stream_frees_its_slots(url, model, worker):
 def test_metrics_count_requests(url, model, client):
     before = metric(url, "gpt2_requests_total", route="/v1/completions", model=model, outcome="ok") or 0.0
     client.completions.create(model=model, prompt=PROMPT, max_tokens=2, temperature=0)
-    assert metric(url, "gpt2_requests_total", route="/v1/completions", model=model, outcome="ok") == before + 1
+    assert (
+        metric(url, "gpt2_requests_total", route="/v1/completions", model=model, outcome="ok") == before + 1
+    )
 
 
 def test_client_leaving_before_the_answer_cancels_every_choice(url, model, worker):

@@ -43,7 +43,9 @@ MODEL = "tiny-openai"
 SLOTS, QUEUE = 2, 2
 CAPACITY = SLOTS + QUEUE
 LONG = 2000  # tokens: still generating when the test acts on it
-FREED_WITHIN = 1.0  # seconds for a left request's slot to be free again (one 50 ms poll and a step, plus slack)
+FREED_WITHIN = (
+    1.0  # seconds for a left request's slot to be free again (one 50 ms poll and a step, plus slack)
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +105,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def via_generate(url: str, inputs: str, **parameters) -> tuple[list[int], str]:
-    r = httpx.post(f"{url}/generate", json={"inputs": inputs, "parameters": {**parameters, "details": True}},
-                   timeout=60, trust_env=False)  # fmt: skip
+    r = httpx.post(
+        f"{url}/generate",
+        json={"inputs": inputs, "parameters": {**parameters, "details": True}},
+        timeout=60,
+        trust_env=False,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     return [t["id"] for t in body["details"]["tokens"]], body["generated_text"]
@@ -112,8 +118,13 @@ def via_generate(url: str, inputs: str, **parameters) -> tuple[list[int], str]:
 
 def via_sse(url: str, inputs: str, **parameters) -> tuple[list[int], str]:
     ids, final = [], None
-    with httpx.stream("POST", f"{url}/generate_stream", json={"inputs": inputs, "parameters": parameters},
-                      timeout=60, trust_env=False) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        f"{url}/generate_stream",
+        json={"inputs": inputs, "parameters": parameters},
+        timeout=60,
+        trust_env=False,
+    ) as r:
         assert r.status_code == 200, r.read()
         for event in sse_events(r.iter_lines()):
             assert "error" not in event, event
@@ -123,8 +134,13 @@ def via_sse(url: str, inputs: str, **parameters) -> tuple[list[int], str]:
 
 
 def via_openai(url: str, inputs: str, **parameters) -> tuple[None, str]:
-    body = {"model": MODEL, "prompt": inputs, "max_tokens": parameters["max_new_tokens"],
-            "temperature": parameters.get("temperature", 0), "seed": parameters.get("seed")}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "prompt": inputs,
+        "max_tokens": parameters["max_new_tokens"],
+        "temperature": parameters.get("temperature", 0),
+        "seed": parameters.get("seed"),
+    }
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=60, trust_env=False)
     assert r.status_code == 200, r.text
     return None, r.json()["choices"][0]["text"]
@@ -153,8 +169,12 @@ ACCEPTED: list[tuple[Callable, str, dict]] = [
 
 def refused_generate(url: str) -> float:
     started = time.monotonic()
-    r = httpx.post(f"{url}/generate", json={"inputs": "extra", "parameters": {"max_new_tokens": 2}}, timeout=10,
-                   trust_env=False)  # fmt: skip
+    r = httpx.post(
+        f"{url}/generate",
+        json={"inputs": "extra", "parameters": {"max_new_tokens": 2}},
+        timeout=10,
+        trust_env=False,
+    )
     took = time.monotonic() - started
     assert r.status_code == 429, r.text
     body = r.json()
@@ -164,8 +184,12 @@ def refused_generate(url: str) -> float:
 
 def refused_sse(url: str) -> float:
     started = time.monotonic()
-    r = httpx.post(f"{url}/generate_stream", json={"inputs": "extra", "parameters": {"max_new_tokens": 2}},
-                   timeout=10, trust_env=False)  # fmt: skip
+    r = httpx.post(
+        f"{url}/generate_stream",
+        json={"inputs": "extra", "parameters": {"max_new_tokens": 2}},
+        timeout=10,
+        trust_env=False,
+    )
     took = time.monotonic() - started
     assert r.status_code == 429 and r.headers["content-type"].startswith("application/json"), r.text
     assert r.json()["error_type"] == "overloaded"
@@ -174,8 +198,12 @@ def refused_sse(url: str) -> float:
 
 def refused_openai(url: str) -> float:
     started = time.monotonic()
-    r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "extra", "max_tokens": 2}, timeout=10,
-                   trust_env=False)  # fmt: skip
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": MODEL, "prompt": "extra", "max_tokens": 2},
+        timeout=10,
+        trust_env=False,
+    )
     took = time.monotonic() - started
     assert r.status_code == 429, r.text
     err = r.json()["error"]
@@ -214,7 +242,9 @@ def test_capacity_plus_k_refuses_exactly_k(server):
         took = [refuse(server.url) for refuse in REFUSED]
         assert max(took) < 1.0, took
         assert not any(f.done() for f in accepted), "the accepted requests were held"
-        assert server.count("gpt2_rejected_requests_total", reason="overloaded") == rejected_before + len(REFUSED)
+        assert server.count("gpt2_rejected_requests_total", reason="overloaded") == rejected_before + len(
+            REFUSED
+        )
 
         gate.released.set()
         together = [f.result(timeout=60) for f in accepted]
@@ -232,8 +262,12 @@ def test_generate_client_timeout_frees_the_slot(server):
     outcome = server.count("gpt2_requests_total", route="/generate", outcome="cancelled")
     generated = server.count("gpt2_generated_tokens_total")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/generate", json={"inputs": "Leave early", "parameters": {"max_new_tokens": LONG}},
-                   timeout=httpx.Timeout(10, read=1.0), trust_env=False)  # fmt: skip
+        httpx.post(
+            f"{server.url}/generate",
+            json={"inputs": "Leave early", "parameters": {"max_new_tokens": LONG}},
+            timeout=httpx.Timeout(10, read=1.0),
+            trust_env=False,
+        )
     left = time.monotonic()
     assert server.count("gpt2_generated_tokens_total") > generated + 1  # it was decoding when the client left
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL, timeout=FREED_WITHIN)
@@ -243,8 +277,11 @@ def test_generate_client_timeout_frees_the_slot(server):
     assert 0 < server.count("gpt2_generated_tokens_total") - generated < LONG  # it ran, and stopped early
 
 
-@pytest.mark.parametrize(("path", "extra"), [("/generate_stream", {}), ("/", {"stream": True})],
-                         ids=["generate_stream", "compat-stream"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [("/generate_stream", {}), ("/", {"stream": True})],
+    ids=["generate_stream", "compat-stream"],
+)
 def test_sse_closed_midway_frees_the_slot(server, path, extra):
     cancelled = server.count("gpt2_cancelled_requests_total")
     outcome = server.count("gpt2_requests_total", route=path, outcome="cancelled")
@@ -264,7 +301,9 @@ def test_sse_closed_midway_frees_the_slot(server, path, extra):
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL, timeout=FREED_WITHIN)
     assert time.monotonic() - left < FREED_WITHIN
     assert server.count("gpt2_cancelled_requests_total") == cancelled + 1
-    wait_for_metric(server.url, "gpt2_requests_total", outcome + 1, model=MODEL, route=path, outcome="cancelled")
+    wait_for_metric(
+        server.url, "gpt2_requests_total", outcome + 1, model=MODEL, route=path, outcome="cancelled"
+    )
 
 
 # ---- abandoned while queued ----
@@ -272,8 +311,12 @@ def test_sse_closed_midway_frees_the_slot(server, path, extra):
 
 def abandon_generate(server: LiveServer) -> None:
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/generate", json={"inputs": "Never mind", "parameters": {"max_new_tokens": 8}},
-                   timeout=httpx.Timeout(10, read=0.5), trust_env=False)  # fmt: skip
+        httpx.post(
+            f"{server.url}/generate",
+            json={"inputs": "Never mind", "parameters": {"max_new_tokens": 8}},
+            timeout=httpx.Timeout(10, read=0.5),
+            trust_env=False,
+        )
 
 
 def abandon_sse(server: LiveServer) -> None:
@@ -289,16 +332,28 @@ def abandon_ws(server: LiveServer) -> None:
         wait_for_metric(server.url, "gpt2_queue_length", 1.0, model=MODEL)
 
 
-@pytest.mark.parametrize(("abandon", "route"), [(abandon_generate, "/generate"), (abandon_sse, "/generate_stream"),
-                                                (abandon_ws, "/stream")], ids=["generate", "sse", "websocket"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("abandon", "route"),
+    [(abandon_generate, "/generate"), (abandon_sse, "/generate_stream"), (abandon_ws, "/stream")],
+    ids=["generate", "sse", "websocket"],
+)
 def test_request_abandoned_in_the_queue_is_never_prefilled(server, abandon, route):
     with held(server) as gate, ThreadPoolExecutor(SLOTS) as pool:
-        holders = [pool.submit(via_generate, server.url, f"Holder {i}", max_new_tokens=8) for i in range(SLOTS)]
+        holders = [
+            pool.submit(via_generate, server.url, f"Holder {i}", max_new_tokens=8) for i in range(SLOTS)
+        ]
         wait_for_metric(server.url, "gpt2_active_slots", float(SLOTS), model=MODEL, timeout=30)
         wait_until(lambda: server.worker.prefilling == 0)
         # Both holders are prefilled; from here on, nothing else may be.
-        before = {name: server.count(name) for name in ("gpt2_prompt_tokens_total", "gpt2_prefill_seconds_count",
-                                                         "gpt2_queue_wait_seconds_count", "gpt2_cancelled_requests_total")}  # fmt: skip
+        before = {
+            name: server.count(name)
+            for name in (
+                "gpt2_prompt_tokens_total",
+                "gpt2_prefill_seconds_count",
+                "gpt2_queue_wait_seconds_count",
+                "gpt2_cancelled_requests_total",
+            )
+        }
         outcome = server.count("gpt2_requests_total", route=route, outcome="cancelled")
 
         abandon(server)
@@ -310,7 +365,9 @@ def test_request_abandoned_in_the_queue_is_never_prefilled(server, abandon, rout
         gate.released.set()
         for h in holders:
             h.result(timeout=60)
-    wait_for_metric(server.url, "gpt2_requests_total", outcome + 1, model=MODEL, route=route, outcome="cancelled")
+    wait_for_metric(
+        server.url, "gpt2_requests_total", outcome + 1, model=MODEL, route=route, outcome="cancelled"
+    )
     wait_for_metric(server.url, "gpt2_queue_length", 0.0, model=MODEL)
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL)
     after = {name: server.count(name) for name in before}

@@ -38,12 +38,20 @@ def test_124m_and_1558m_on_6gib_match_the_hand_computation(capsys):
     assert len(rows) == 6 and all(r["memory_bytes"] == GIB6 for r in rows)
 
     r = by["124M", "float32"]
-    assert (r["weights_bytes"], r["cache_bytes_per_slot"], r["overhead_bytes"]) == (497_759_232, 75_571_200, 318_211_379)
+    assert (r["weights_bytes"], r["cache_bytes_per_slot"], r["overhead_bytes"]) == (
+        497_759_232,
+        75_571_200,
+        318_211_379,
+    )
     assert (r["max_slots"], r["slots"], r["fits"]) == (74, 32, True)
     assert r["total_bytes"] == 497_759_232 + 32 * 75_571_200 + 318_211_379
 
     r = by["1558M", "float16"]
-    assert (r["weights_bytes"], r["cache_bytes_per_slot"], r["overhead_bytes"]) == (3_115_222_400, 314_880_000, 579_957_696)
+    assert (r["weights_bytes"], r["cache_bytes_per_slot"], r["overhead_bytes"]) == (
+        3_115_222_400,
+        314_880_000,
+        579_957_696,
+    )
     assert (r["max_slots"], r["slots"], r["fits"]) == (8, 4, True)
     assert by["1558M", "bfloat16"]["max_slots"] == 8
 
@@ -58,9 +66,29 @@ def test_text_table_shows_the_same_figures(capsys):
     rows = {tuple(line.split()[2:4]): line for line in lines[1:]}
     assert len(rows) == 4
     # 497,759,232 B = 475 MiB; 75,571,200 B = 72 MiB; 74 fit; 32 at start; 3.01 GiB in all.
-    assert rows["124M", "float32"].split()[4:13] == ["475", "MiB", "72", "MiB", "74", "32", "3.01", "GiB", "yes"]
+    assert rows["124M", "float32"].split()[4:13] == [
+        "475",
+        "MiB",
+        "72",
+        "MiB",
+        "74",
+        "32",
+        "3.01",
+        "GiB",
+        "yes",
+    ]
     # 3,115,222,400 B = 2.90 GiB; 314,880,000 B = 300 MiB; 8 fit; 4 at start; 4.61 GiB in all.
-    assert rows["1558M", "float16"].split()[4:13] == ["2.90", "GiB", "300", "MiB", "8", "4", "4.61", "GiB", "yes"]
+    assert rows["1558M", "float16"].split()[4:13] == [
+        "2.90",
+        "GiB",
+        "300",
+        "MiB",
+        "8",
+        "4",
+        "4.61",
+        "GiB",
+        "yes",
+    ]
     assert rows["1558M", "float32"].endswith("no: weights alone too big")
 
 
@@ -69,7 +97,9 @@ def test_more_memory_more_slots_and_slots_flag(capsys):
     assert [r["fits"] for r in rows] == [False, True]
     # 24 GiB: spare 25,769,803,776 - 6,230,444,800 - 891,479,936 = 18,647,879,040; / 629,760,000 -> 29
     assert rows[1]["max_slots"] == 29 and rows[1]["slots"] == 14
-    fixed = plan_json(capsys, "--models", "124M", "--gpu-memory", "1GiB", "--dtype", "float32", "--slots", "8")
+    fixed = plan_json(
+        capsys, "--models", "124M", "--gpu-memory", "1GiB", "--dtype", "float32", "--slots", "8"
+    )
     assert fixed[0]["slots"] == 8 and fixed[0]["fits"] is False  # 0.46 + 8 x 0.07 + 0.30 GiB > 1 GiB
 
 

@@ -50,9 +50,13 @@ CONDITION = re.compile(r"^(?P<base>.+?)\s*(==|!=|>=|<=|>|<)\s*(?P<threshold>-?[\
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    found = shutil.which("prometheus") or (
+        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
+    )
     if not found:
-        pytest.fail("the prometheus server is not installed: `apt-get install -y prometheus` (.ci/run does it)")
+        pytest.fail(
+            "the prometheus server is not installed: `apt-get install -y prometheus` (.ci/run does it)"
+        )
     return found
 
 
@@ -67,8 +71,10 @@ def rules() -> tuple[dict[str, str], dict[str, str]]:
     """``({recorded name: expr}, {alert name: expr})`` of alerts.yml."""
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     every = [r for g in groups for r in g["rules"]]
-    return ({r["record"]: r["expr"] for r in every if "record" in r},
-            {r["alert"]: r["expr"] for r in every if "alert" in r})  # fmt: skip
+    return (
+        {r["record"]: r["expr"] for r in every if "record" in r},
+        {r["alert"]: r["expr"] for r in every if "alert" in r},
+    )
 
 
 def write_config(tmp: Path, target: str) -> Path:
@@ -98,15 +104,24 @@ def prometheus(server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = write_config(tmp, server.url.removeprefix("http://"))
-    argv = [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
-    with server_process(argv, port=port, ready=ready_200("/-/ready"), ready_timeout=60, log=tmp / "log",
-                        stop_timeout=30) as srv:  # fmt: skip
+    argv = [
+        prometheus_binary(),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with server_process(
+        argv, port=port, ready=ready_200("/-/ready"), ready_timeout=60, log=tmp / "log", stop_timeout=30
+    ) as srv:
         yield srv.url
 
 
 def generate(url: str, max_new_tokens: int = 8) -> httpx.Response:
-    body = {"inputs": "Hello there", "parameters": {"max_new_tokens": max_new_tokens, "do_sample": True, "seed": 1}}
+    body = {
+        "inputs": "Hello there",
+        "parameters": {"max_new_tokens": max_new_tokens, "do_sample": True, "seed": 1},
+    }
     return httpx.post(f"{url}/generate", json=body, timeout=60, trust_env=False)
 
 
@@ -119,8 +134,16 @@ def traffic(server: LiveServer) -> None:
     server.worker.step_hook = lambda: gate.wait(30)
     try:
         with connect(server.ws_url) as ws:
-            ws.send(json.dumps({"type": "generate", "id": "long", "inputs": "Once upon a time",
-                                "parameters": {"max_new_tokens": 500}}))  # fmt: skip
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "generate",
+                        "id": "long",
+                        "inputs": "Once upon a time",
+                        "parameters": {"max_new_tokens": 500},
+                    }
+                )
+            )
             wait_for_metric(server.url, "gpt2_active_slots", 1.0, model=server.model)
             assert generate(server.url).status_code == 429
             ws.send(json.dumps({"type": "cancel"}))
@@ -191,10 +214,20 @@ def test_dashboard_and_rules_name_only_exported_metrics(server):
     generate(server.url)  # every family has samples once a request ran
     names = exported(server.url)
     dashboard = DASHBOARD.read_text()
-    used = set(re.findall(r"\bgpt2_[a-z0-9_]+", dashboard)) | set(re.findall(r"\bgpt2_[a-z0-9_]+", ALERTS.read_text()))
+    used = set(re.findall(r"\bgpt2_[a-z0-9_]+", dashboard)) | set(
+        re.findall(r"\bgpt2_[a-z0-9_]+", ALERTS.read_text())
+    )
     assert used and used <= names, f"not exported by the server: {sorted(used - names)}"
     # And the dashboard covers what the issue lists, per model.
-    for metric in ("gpt2_requests_total", "gpt2_generated_tokens_total", "gpt2_time_to_first_token_seconds_bucket",
-                   "gpt2_inter_token_latency_seconds_bucket", "gpt2_queue_length", "gpt2_batch_occupancy_sum",
-                   "gpt2_active_slots", "gpt2_cancelled_requests_total", "gpt2_rejected_requests_total"):  # fmt: skip
+    for metric in (
+        "gpt2_requests_total",
+        "gpt2_generated_tokens_total",
+        "gpt2_time_to_first_token_seconds_bucket",
+        "gpt2_inter_token_latency_seconds_bucket",
+        "gpt2_queue_length",
+        "gpt2_batch_occupancy_sum",
+        "gpt2_active_slots",
+        "gpt2_cancelled_requests_total",
+        "gpt2_rejected_requests_total",
+    ):
         assert metric in dashboard, metric

@@ -27,7 +27,11 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args",
-    [("check", "config", "prometheus.yml"), ("check", "rules", "alerts.yml"), ("test", "rules", "alerts_test.yml")],
+    [
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts_test.yml"),
+    ],
     ids=" ".join,
 )
 def test_promtool(args):
@@ -37,14 +41,24 @@ def test_promtool(args):
 
 
 def test_every_alert_has_a_unit_test_that_fires_it():
-    alerts = {r["alert"] for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"]
-              for r in g["rules"] if "alert" in r}  # fmt: skip
+    alerts = {
+        r["alert"]
+        for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     tests = yaml.safe_load((PROM / "alerts_test.yml").read_text())["tests"]
     fired = {t["alertname"] for case in tests for t in case.get("alert_rule_test", []) if t["exp_alerts"]}
     assert alerts == fired
     # The list: not ready, queue saturated, error rate, TTFT, inter-token latency, stuck.
-    assert {"GPT2NotReady", "GPT2QueueSaturated", "GPT2HighErrorRate", "GPT2SlowFirstToken",
-            "GPT2SlowTokens", "GPT2WorkerStuck"} <= alerts  # fmt: skip
+    assert {
+        "GPT2NotReady",
+        "GPT2QueueSaturated",
+        "GPT2HighErrorRate",
+        "GPT2SlowFirstToken",
+        "GPT2SlowTokens",
+        "GPT2WorkerStuck",
+    } <= alerts
 
 
 def test_grafana_provisioning_loads_the_dashboard_from_prometheus():
@@ -53,7 +67,9 @@ def test_grafana_provisioning_loads_the_dashboard_from_prometheus():
     assert source["datasources"][0]["type"] == "prometheus"
     assert source["datasources"][0]["url"] == "http://prometheus:9090"  # the compose service
     provider = yaml.safe_load((grafana / "provisioning" / "dashboards" / "gpt2-serve.yml").read_text())
-    mounted = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["grafana"]["volumes"]
+    mounted = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["grafana"][
+        "volumes"
+    ]
     assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounted
     dashboard = json.loads((grafana / "dashboards" / "gpt2-serve.json").read_text())
     ids = [p["id"] for p in dashboard["panels"]]

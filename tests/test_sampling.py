@@ -224,7 +224,12 @@ def test_valid_edges_are_accepted():
     low = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, seed=0)
     high = SamplingParams(top_p=1e-12, seed=2**64 - 1)
     assert (low.temperature, low.top_k, low.top_p, low.seed) == (0.0, 0, 1.0, 0) and low.greedy
-    assert (high.temperature, high.top_k, high.top_p, high.seed) == (1.0, 0, 1e-12, 2**64 - 1) and not high.greedy
+    assert (high.temperature, high.top_k, high.top_p, high.seed) == (
+        1.0,
+        0,
+        1e-12,
+        2**64 - 1,
+    ) and not high.greedy
     assert [sample(LOGITS5, low, make_rng(low.seed)) for _ in range(3)] == [0, 0, 0]
     ids, probs = support(LOGITS5, high)
     assert ids.tolist() == [0] and probs.tolist() == [1.0]

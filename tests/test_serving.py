@@ -21,8 +21,16 @@ from app.model.random_init import write_random_model
 from tests.server_harness import TINY, metric, running_server, serve_process, sse_event, tiny_settings
 
 TINY_NAME = "tiny-openai"  # the folder name tests/conftest.py writes, which is the model's name
-PROMPTS = ["Hello there", "The quick brown fox", "Once upon a time", "In 1984,", "def f(x):", "Здравствуй",
-           "日本語のテキスト", "A B C D E F G"]  # fmt: skip
+PROMPTS = [
+    "Hello there",
+    "The quick brown fox",
+    "Once upon a time",
+    "In 1984,",
+    "def f(x):",
+    "Здравствуй",
+    "日本語のテキスト",
+    "A B C D E F G",
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +65,9 @@ async def run_case(http: httpx.AsyncClient, ws_url: str, c: dict) -> tuple[list[
         return [t["id"] for t in out["details"]["tokens"]], out["generated_text"]
     if c["transport"] == "sse":
         ids, text, final = [], "", None
-        async with http.stream("POST", "/generate_stream", json={"inputs": c["inputs"], "parameters": c["parameters"]}) as r:
+        async with http.stream(
+            "POST", "/generate_stream", json={"inputs": c["inputs"], "parameters": c["parameters"]}
+        ) as r:
             r.raise_for_status()
             async for line in r.aiter_lines():
                 if (msg := sse_event(line)) is not None:
@@ -135,7 +145,9 @@ def test_request_arriving_mid_generation_starts_before_the_others_finish(base_ur
 def test_tgi_python_client_works_unchanged(base_url):
     client = Client(base_url, timeout=60)
     resp = client.generate("Hello there", max_new_tokens=8, do_sample=False)
-    direct = httpx.post(f"{base_url}/generate", json={"inputs": "Hello there", "parameters": {"max_new_tokens": 8}}).json()
+    direct = httpx.post(
+        f"{base_url}/generate", json={"inputs": "Hello there", "parameters": {"max_new_tokens": 8}}
+    ).json()
     assert resp.generated_text == direct["generated_text"]
     assert resp.details.finish_reason.value in ("length", "eos_token")
     assert len(resp.details.tokens) == resp.details.generated_tokens
@@ -143,8 +155,12 @@ def test_tgi_python_client_works_unchanged(base_url):
     assert "".join(r.token.text for r in streamed) == resp.generated_text
     assert streamed[-1].generated_text == resp.generated_text and streamed[-1].details is not None
     assert all(r.details is None for r in streamed[:-1])
-    sampled = client.generate("Hello there", max_new_tokens=8, do_sample=True, seed=5, top_k=10, stop_sequences=["\n"])
-    again = client.generate("Hello there", max_new_tokens=8, do_sample=True, seed=5, top_k=10, stop_sequences=["\n"])
+    sampled = client.generate(
+        "Hello there", max_new_tokens=8, do_sample=True, seed=5, top_k=10, stop_sequences=["\n"]
+    )
+    again = client.generate(
+        "Hello there", max_new_tokens=8, do_sample=True, seed=5, top_k=10, stop_sequences=["\n"]
+    )
     assert sampled.generated_text == again.generated_text and sampled.details.seed == 5
 
 
@@ -161,16 +177,31 @@ def test_two_models_on_two_logical_devices_each_answer_for_themselves(tmp_path, 
     logical devices must happen before TensorFlow starts, hence a separate process)."""
     write_random_model(tmp_path / "alpha", TINY, seed=21)
     write_random_model(tmp_path / "beta", TINY, seed=22, layout="hf")
-    flags = ["--models-dir", str(tmp_path), "--placement", "alpha=CPU:0,beta=CPU:1", "--cpu-devices", "2",
-             "--no-warmup", "--slots", "2"]  # fmt: skip
+    flags = [
+        "--models-dir",
+        str(tmp_path),
+        "--placement",
+        "alpha=CPU:0,beta=CPU:1",
+        "--cpu-devices",
+        "2",
+        "--no-warmup",
+        "--slots",
+        "2",
+    ]
     with serve_process("alpha,beta", *flags) as srv:
         base = srv.url
         models = {m["name"]: m for m in httpx.get(f"{base}/models").json()["models"]}
         assert models["alpha"]["device"] == "/CPU:0" and models["beta"]["device"] == "/CPU:1"
         assert models["alpha"]["state"] == models["beta"]["state"] == "ready"
         for name in ("alpha", "beta"):
-            body = {"inputs": "Hello there", "parameters": {"max_new_tokens": 8, "model": name, "details": True}}
-            got = [t["id"] for t in httpx.post(f"{base}/generate", json=body, timeout=60).json()["details"]["tokens"]]
+            body = {
+                "inputs": "Hello there",
+                "parameters": {"max_new_tokens": 8, "model": name, "details": True},
+            }
+            got = [
+                t["id"]
+                for t in httpx.post(f"{base}/generate", json=body, timeout=60).json()["details"]["tokens"]
+            ]
             local = load_model(tmp_path / name, slots=1)
             seq = Entry(local.encoder.encode("Hello there"), 8, SamplingParams(temperature=0))
             expected = generate(local.engine, [seq], eos_id=local.encoder.eot_token)[0].generated

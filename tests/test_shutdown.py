@@ -51,7 +51,9 @@ DRAIN_TIMEOUT = 30.0
 
 async def ws_stream(ws, parameters: dict) -> tuple[list[dict], dict]:
     """Send one request on an open connection; its token messages and its terminal message."""
-    await ws.send(json.dumps({"type": "generate", "inputs": "The meaning of life is", "parameters": parameters}))
+    await ws.send(
+        json.dumps({"type": "generate", "inputs": "The meaning of life is", "parameters": parameters})
+    )
     tokens = []
     while True:
         message = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -62,7 +64,9 @@ async def ws_stream(ws, parameters: dict) -> tuple[list[dict], dict]:
 
 async def sse_stream(http: httpx.AsyncClient, parameters: dict) -> list[dict]:
     events = []
-    async with http.stream("POST", "/generate_stream", json={"inputs": "Once upon a time", "parameters": parameters}) as r:
+    async with http.stream(
+        "POST", "/generate_stream", json={"inputs": "Once upon a time", "parameters": parameters}
+    ) as r:
         assert r.status_code == 200, await r.aread()
         async for line in r.aiter_lines():
             if (event := sse_event(line)) is not None:
@@ -96,12 +100,16 @@ async def sigterm_scenario(proc: subprocess.Popen, base: str) -> None:
         ws_a = await websockets.connect(ws_url, proxy=None)
         ws_b = await websockets.connect(ws_url, proxy=None)
         idle = await websockets.connect(ws_url, proxy=None)  # open, no request yet
-        streams = [asyncio.create_task(ws_stream(ws_a, greedy)),
-                   asyncio.create_task(ws_stream(ws_b, {**greedy, "do_sample": True, "seed": 5}))]  # fmt: skip
+        streams = [
+            asyncio.create_task(ws_stream(ws_a, greedy)),
+            asyncio.create_task(ws_stream(ws_b, {**greedy, "do_sample": True, "seed": 5})),
+        ]
         await metric_async(base, "gpt2_active_slots", 2.0)  # both slots taken by the WebSocket streams
         sse = asyncio.create_task(sse_stream(http, {**greedy, "do_sample": True, "seed": 6}))
         await metric_async(base, "gpt2_queue_length", 1.0)
-        queued = asyncio.create_task(http.post("/generate", json={"inputs": "Queued", "parameters": {**greedy, "details": True}}))
+        queued = asyncio.create_task(
+            http.post("/generate", json={"inputs": "Queued", "parameters": {**greedy, "details": True}})
+        )
         await metric_async(base, "gpt2_queue_length", 2.0)
 
         signalled = time.monotonic()
@@ -129,7 +137,9 @@ async def sigterm_scenario(proc: subprocess.Popen, base: str) -> None:
         assert events[-1]["details"]["generated_tokens"] == N and events[-1]["generated_text"] is not None
         r = await queued
         assert r.status_code == 200, r.text
-        assert r.json()["details"]["generated_tokens"] == N and r.json()["details"]["finish_reason"] == "length"
+        assert (
+            r.json()["details"]["generated_tokens"] == N and r.json()["details"]["finish_reason"] == "length"
+        )
         for ws in (ws_a, ws_b):
             with pytest.raises(ConnectionClosed) as info:  # closed by the server once drained
                 await asyncio.wait_for(ws.recv(), 30)
@@ -145,8 +155,12 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(tmp_path):
     flags = ["--no-warmup", "--slots", "2", "--queue-size", "4", "--drain-timeout", str(DRAIN_TIMEOUT)]
     with serve_process(model_dir, *flags, stop_timeout=5) as srv:  # killed after 5 s if a check failed
         # Compile the shapes the scenario uses first, so the drain times only generation.
-        warm = httpx.post(f"{srv.url}/generate", json={"inputs": "Warm up", "parameters": {"max_new_tokens": N}},
-                          timeout=180, trust_env=False)  # fmt: skip
+        warm = httpx.post(
+            f"{srv.url}/generate",
+            json={"inputs": "Warm up", "parameters": {"max_new_tokens": N}},
+            timeout=180,
+            trust_env=False,
+        )
         assert warm.status_code == 200, warm.text
         asyncio.run(sigterm_scenario(srv.proc, srv.url))
 
@@ -159,8 +173,11 @@ def graceful_server(settings) -> Iterator[tuple[str, GracefulServer, threading.T
     """GracefulServer on a free port in a thread (no signal handlers there: the test calls
     ``handle_exit`` as the signal would); yields once ready."""
     app = create_app(settings)
-    with threaded_server(app, server_class=lambda config: GracefulServer(config, app),
-                         graceful_timeout=settings.drain_timeout + 5) as live:  # fmt: skip
+    with threaded_server(
+        app,
+        server_class=lambda config: GracefulServer(config, app),
+        graceful_timeout=settings.drain_timeout + 5,
+    ) as live:
         try:
             yield live.url, live.server, live.thread
         finally:
@@ -224,8 +241,9 @@ def not_reading_client(ws_url: str, port: int):
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    return connect(ws_url, sock=sock, max_queue=4, compression=None, ping_interval=None, open_timeout=10,
-                   close_timeout=5)  # fmt: skip
+    return connect(
+        ws_url, sock=sock, max_queue=4, compression=None, ping_interval=None, open_timeout=10, close_timeout=5
+    )
 
 
 def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs):
@@ -234,8 +252,12 @@ def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs):
         url, ws_url, app = live.url, live.ws_url, live.app
         port = int(url.rsplit(":", 1)[1])
         model = Path(tiny_dirs["openai"]).name
-        warm = httpx.post(f"{url}/generate", json={"inputs": "Warm up", "parameters": {"max_new_tokens": 200}},
-                          timeout=180, trust_env=False)  # fmt: skip
+        warm = httpx.post(
+            f"{url}/generate",
+            json={"inputs": "Warm up", "parameters": {"max_new_tokens": 200}},
+            timeout=180,
+            trust_env=False,
+        )
         assert warm.status_code == 200, warm.text
 
         slow = not_reading_client(ws_url, port)
@@ -255,8 +277,9 @@ def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs):
         assert time.monotonic() - started < 120
 
         # The slow client's request is cancelled and its slot freed without it reading anything.
-        wait_for_metric(url, "gpt2_requests_total", 1.0, timeout=120, route="/stream", model=model,
-                        outcome="slow_client")  # fmt: skip
+        wait_for_metric(
+            url, "gpt2_requests_total", 1.0, timeout=120, route="/stream", model=model, outcome="slow_client"
+        )
         wait_for_metric(url, "gpt2_active_slots", 0.0, model=model)
         assert app.state.server.ws_requests == 0
 

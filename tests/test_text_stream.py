@@ -73,5 +73,5 @@ def test_pieces_concatenate_to_the_text_up_to_the_first_stop(enc, text, stop):
     else:
         # The kept text is a prefix of the input and the first stop occurrence begins right after it.
         assert text.startswith(ts.text)
-        assert text[len(ts.text):].startswith(ts.stopped_by)
+        assert text[len(ts.text) :].startswith(ts.stopped_by)
         assert not any(s in ts.text for s in stop)

@@ -120,7 +120,14 @@ def test_endoftext_in_text_is_plain(enc: Encoder) -> None:
 
 @pytest.mark.parametrize("allowed", [{"<|endoftext|>"}, "all"])
 @pytest.mark.parametrize(
-    "text", ["", "<|endoftext|>", "a<|endoftext|>b", " <|endoftext|> x<|endoftext|><|endoftext|>", CORPUS["endoftext_as_text"]]
+    "text",
+    [
+        "",
+        "<|endoftext|>",
+        "a<|endoftext|>b",
+        " <|endoftext|> x<|endoftext|><|endoftext|>",
+        CORPUS["endoftext_as_text"],
+    ],
 )
 def test_allowed_special_matches_tiktoken(enc: Encoder, tik: tiktoken.Encoding, text: str, allowed) -> None:
     assert enc.encode(text, allowed_special=allowed) == tik.encode(text, allowed_special=allowed)
@@ -128,7 +135,11 @@ def test_allowed_special_matches_tiktoken(enc: Encoder, tik: tiktoken.Encoding, 
 
 def test_allowed_special_reads_endoftext_as_the_token(enc: Encoder) -> None:
     assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
-    assert enc.encode("a<|endoftext|>b", allowed_special={"<|endoftext|>"}) == [*enc.encode("a"), 50256, *enc.encode("b")]
+    assert enc.encode("a<|endoftext|>b", allowed_special={"<|endoftext|>"}) == [
+        *enc.encode("a"),
+        50256,
+        *enc.encode("b"),
+    ]
     assert enc.encode("a<|endoftext|>b", allowed_special=set()) == enc.encode("a<|endoftext|>b")
 
 

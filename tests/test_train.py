@@ -77,14 +77,25 @@ def test_batches_depend_only_on_seed_and_step(sampler):
 
 
 def test_progress_samples_come_from_the_engine_and_are_seeded(tmp_path, sampler):
-    cfg = TrainConfig(batch_size=2, learning_rate=3e-3, save_every=1000, sample_every=2, sample_num=2,
-                      sample_length=TRAIN_HP.n_ctx + 8, top_k=40)  # fmt: skip
+    cfg = TrainConfig(
+        batch_size=2,
+        learning_rate=3e-3,
+        save_every=1000,
+        sample_every=2,
+        sample_num=2,
+        sample_length=TRAIN_HP.n_ctx + 8,
+        top_k=40,
+    )
     trainer = make(tmp_path / "samples", cfg)
     shown: list[tuple[int, list[list[int]]]] = []
-    trainer.fit(sampler, steps=2, progress=False, on_sample=lambda step, samples: shown.append((step, samples)))
+    trainer.fit(
+        sampler, steps=2, progress=False, on_sample=lambda step, samples: shown.append((step, samples))
+    )
     assert [step for step, _ in shown] == [2]
     samples = shown[0][1]
     assert [len(s) for s in samples] == [TRAIN_HP.n_ctx + 8] * 2  # longer than the context: the window slides
     assert all(0 <= t < TRAIN_HP.n_vocab for s in samples for t in s)
-    assert trainer.sample([50256], TRAIN_HP.n_ctx + 8, seeds=[2000, 2001]) == samples  # same weights and seeds
+    assert (
+        trainer.sample([50256], TRAIN_HP.n_ctx + 8, seeds=[2000, 2001]) == samples
+    )  # same weights and seeds
     assert trainer.sample([50256], 8, seeds=[5])[0] != trainer.sample([50256], 8, seeds=[6])[0]

@@ -31,8 +31,9 @@ LONG_PROMPT = "hello" + " hello" * 199  # 200 tokens: longer than the context
 
 @pytest.fixture(scope="module")
 def server(tiny_dirs):
-    settings = tiny_settings(tiny_dirs["openai"], max_body_bytes=MAX_BODY, max_new_tokens_limit=LIMIT,
-                             default_max_new_tokens=4)  # fmt: skip
+    settings = tiny_settings(
+        tiny_dirs["openai"], max_body_bytes=MAX_BODY, max_new_tokens_limit=LIMIT, default_max_new_tokens=4
+    )
     app = create_app(settings)
     add_failing_routes(app)
     with running_server(settings, app=app) as url:
@@ -67,15 +68,24 @@ def check_tgi_error(r: httpx.Response, status: int, error_type: str, needle: str
     return body
 
 
-def check_openai_error(r: httpx.Response, status: int, code: str, needle: str = "", param: object = ...) -> dict:
+def check_openai_error(
+    r: httpx.Response, status: int, code: str, needle: str = "", param: object = ...
+) -> dict:
     assert r.status_code == status, (r.status_code, r.text)
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
     err = body["error"]
     assert err["code"] == code, body
-    assert err["type"] == {"validation": "invalid_request_error", "not_found": "invalid_request_error",
-                           "too_large": "invalid_request_error", "internal": "server_error"}[code]  # fmt: skip
+    assert (
+        err["type"]
+        == {
+            "validation": "invalid_request_error",
+            "not_found": "invalid_request_error",
+            "too_large": "invalid_request_error",
+            "internal": "server_error",
+        }[code]
+    )
     check_message(err["message"])
     assert needle.lower() in err["message"].lower(), (needle, body)
     if param is not ...:
@@ -106,25 +116,43 @@ TGI_CASES = [
     Case("unknown model", params(model="no-such-model"), "no-such-model"),
     Case("empty prompt", {"inputs": ""}, "inputs", tokenize=200),
     Case("prompt longer than the context", {"inputs": LONG_PROMPT}, "200 tokens", tokenize=200),
-    Case("truncate beyond the context", {"inputs": LONG_PROMPT, "parameters": {"truncate": N_CTX + 1}}, "truncate",
-         tokenize=200),  # fmt: skip
+    Case(
+        "truncate beyond the context",
+        {"inputs": LONG_PROMPT, "parameters": {"truncate": N_CTX + 1}},
+        "truncate",
+        tokenize=200,
+    ),
     Case("truncate 0", params(truncate=0), "truncate"),
     Case("max_new_tokens 0", params(max_new_tokens=0), "max_new_tokens", tokenize=200),
     Case("max_new_tokens negative", params(max_new_tokens=-3), "max_new_tokens", tokenize=200),
-    Case("max_new_tokens over the limit", params(max_new_tokens=LIMIT + 1), f"between 1 and {LIMIT}", tokenize=200),
+    Case(
+        "max_new_tokens over the limit",
+        params(max_new_tokens=LIMIT + 1),
+        f"between 1 and {LIMIT}",
+        tokenize=200,
+    ),
     Case("max_new_tokens huge", params(max_new_tokens=10**30), "max_new_tokens", tokenize=200),
     Case("temperature negative", params(temperature=-0.5), "temperature"),
     Case("temperature NaN", b'{"inputs": "Hello", "parameters": {"temperature": NaN}}', "temperature"),
-    Case("temperature Infinity", b'{"inputs": "Hello", "parameters": {"temperature": Infinity}}', "temperature"),
-    Case("temperature -Infinity", b'{"inputs": "Hello", "parameters": {"temperature": -Infinity}}', "temperature"),
+    Case(
+        "temperature Infinity", b'{"inputs": "Hello", "parameters": {"temperature": Infinity}}', "temperature"
+    ),
+    Case(
+        "temperature -Infinity",
+        b'{"inputs": "Hello", "parameters": {"temperature": -Infinity}}',
+        "temperature",
+    ),
     Case("temperature 1e999", b'{"inputs": "Hello", "parameters": {"temperature": 1e999}}', "temperature"),
     Case("top_p NaN", b'{"inputs": "Hello", "parameters": {"top_p": NaN}}', "top_p"),
     Case("top_p 0", params(top_p=0), "top_p"),
     Case("top_p over 1", params(top_p=1.5), "top_p"),
     Case("top_k negative", params(top_k=-1), "top_k"),
     Case("repetition_penalty 0", params(repetition_penalty=0), "repetition_penalty"),
-    Case("repetition_penalty Infinity", b'{"inputs": "Hello", "parameters": {"repetition_penalty": Infinity}}',
-         "repetition_penalty"),  # fmt: skip
+    Case(
+        "repetition_penalty Infinity",
+        b'{"inputs": "Hello", "parameters": {"repetition_penalty": Infinity}}',
+        "repetition_penalty",
+    ),
     Case("seed negative", params(seed=-1), "seed"),
     Case("seed 2**64", params(seed=2**64), "seed"),
     Case("too many stop sequences", params(stop=["a", "b", "c", "d", "e"]), "at most 4", tokenize=200),
@@ -144,8 +172,13 @@ TGI_CASES = [
     Case("invalid UTF-8", b'{"inputs": "Hello \xff\xfe"}', "UTF-8", ws_needle="text frames"),
     # The WebSocket's JSON parser (pydantic's) already refuses lone surrogates as invalid JSON.
     Case("lone surrogate", b'{"inputs": "Hello \\ud800"}', "inputs", ws_needle="invalid JSON"),
-    Case("lone surrogate in a stop sequence", b'{"inputs": "Hello", "parameters": {"stop": ["\\udfff"]}}',
-         "stop", tokenize=200, ws_needle="invalid JSON"),  # fmt: skip
+    Case(
+        "lone surrogate in a stop sequence",
+        b'{"inputs": "Hello", "parameters": {"stop": ["\\udfff"]}}',
+        "stop",
+        tokenize=200,
+        ws_needle="invalid JSON",
+    ),
 ]
 # /tokenize ignores unknown fields (TokenizeRequest: extra="ignore"); the generation routes refuse them.
 UNKNOWN_FIELD = Case("unknown top-level field", {"inputs": "Hello", "colour": "blue"}, "colour", tokenize=200)
@@ -189,7 +222,11 @@ def test_truncate_keeps_the_last_tokens(http, route):
     path, extra = HTTP_ROUTES[route]
     ids = [t["id"] for t in http.post("/tokenize", json={"inputs": LONG_PROMPT}).json()]
     assert len(ids) == 200
-    body = {"inputs": LONG_PROMPT, "parameters": {"truncate": 100, "max_new_tokens": 3, "details": True}, **extra}
+    body = {
+        "inputs": LONG_PROMPT,
+        "parameters": {"truncate": 100, "max_new_tokens": 3, "details": True},
+        **extra,
+    }
     r = http.post(path, json=body)
     assert r.status_code == 200, r.text
     # The same as the last 100 tokens given as the prompt.
@@ -204,10 +241,15 @@ def test_truncate_keeps_the_last_tokens(http, route):
         assert out["generated_text"] == alone["generated_text"]
 
 
-@pytest.mark.parametrize("case", [c for c in TGI_CASES if c.id != "invalid UTF-8"] + [
-    Case("binary frame", b'{"inputs": "Hello"}', "text frames"),
-    Case("too large", {"inputs": "x" * (MAX_BODY + 10)}, f"larger than {MAX_BODY}"),
-], ids=lambda c: c.id)  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [c for c in TGI_CASES if c.id != "invalid UTF-8"]
+    + [
+        Case("binary frame", b'{"inputs": "Hello"}', "text frames"),
+        Case("too large", {"inputs": "x" * (MAX_BODY + 10)}, f"larger than {MAX_BODY}"),
+    ],
+    ids=lambda c: c.id,
+)
 def test_websocket_refuses_and_stays_open(server, case):
     with connect(server.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10) as ws:
         if case.id == "binary frame":
@@ -223,7 +265,11 @@ def test_websocket_refuses_and_stays_open(server, case):
         check_message(message["message"])
         assert (case.ws_needle or case.needle).lower() in message["message"].lower(), message
         # The connection stays open and serves the next request.
-        ws.send(json.dumps({"type": "generate", "inputs": "Hello", "parameters": {"max_new_tokens": 1}, "id": "ok"}))
+        ws.send(
+            json.dumps(
+                {"type": "generate", "inputs": "Hello", "parameters": {"max_new_tokens": 1}, "id": "ok"}
+            )
+        )
         while (message := json.loads(ws.recv(timeout=30)))["type"] == "token":
             pass
         assert message["type"] == "done" and message["request_id"] == "ok", message
@@ -265,12 +311,24 @@ OPENAI_CASES = [
     OACase("max_tokens over the limit", oa(max_tokens=LIMIT + 1), "max_tokens", f"between 1 and {LIMIT}"),
     OACase("temperature negative", oa(temperature=-0.5), "temperature", "temperature"),
     OACase("temperature over 2", oa(temperature=2.5), "temperature", "temperature"),
-    OACase("temperature NaN", b'{"model": "tiny-openai", "prompt": "Hello", "temperature": NaN}', "temperature",
-           "temperature"),  # fmt: skip
-    OACase("temperature Infinity", b'{"model": "tiny-openai", "prompt": "Hello", "temperature": Infinity}',
-           "temperature", "temperature"),  # fmt: skip
-    OACase("temperature 1e999", b'{"model": "tiny-openai", "prompt": "Hello", "temperature": 1e999}',
-           "temperature", "temperature"),  # fmt: skip
+    OACase(
+        "temperature NaN",
+        b'{"model": "tiny-openai", "prompt": "Hello", "temperature": NaN}',
+        "temperature",
+        "temperature",
+    ),
+    OACase(
+        "temperature Infinity",
+        b'{"model": "tiny-openai", "prompt": "Hello", "temperature": Infinity}',
+        "temperature",
+        "temperature",
+    ),
+    OACase(
+        "temperature 1e999",
+        b'{"model": "tiny-openai", "prompt": "Hello", "temperature": 1e999}',
+        "temperature",
+        "temperature",
+    ),
     OACase("top_p negative", oa(top_p=-0.1), "top_p", "top_p"),
     OACase("top_p over 1", oa(top_p=1.5), "top_p", "top_p"),
     OACase("top_k is not an OpenAI parameter", oa(top_k=5), "top_k", "top_k"),
@@ -285,10 +343,18 @@ OPENAI_CASES = [
     OACase("body not an object", b"[1, 2]", None, "body"),
     OACase("invalid JSON", b'{"model": "tiny-openai", ', None, "invalid JSON"),
     OACase("invalid UTF-8", b'{"model": "tiny-openai", "prompt": "Hello \xff"}', None, "UTF-8"),
-    OACase("lone surrogate", b'{"model": "tiny-openai", "prompt": "Hello \\ud800", "max_tokens": 2}', "prompt",
-           "prompt"),  # fmt: skip
-    OACase("lone surrogate in a stop sequence", b'{"model": "tiny-openai", "prompt": "Hello", "stop": "\\ud800"}',
-           "stop", "stop"),  # fmt: skip
+    OACase(
+        "lone surrogate",
+        b'{"model": "tiny-openai", "prompt": "Hello \\ud800", "max_tokens": 2}',
+        "prompt",
+        "prompt",
+    ),
+    OACase(
+        "lone surrogate in a stop sequence",
+        b'{"model": "tiny-openai", "prompt": "Hello", "stop": "\\ud800"}',
+        "stop",
+        "stop",
+    ),
 ]
 
 
@@ -353,8 +419,10 @@ def check_too_large(path: str, status: int, headers: dict, body: bytes) -> None:
 @pytest.mark.parametrize("path", LARGE_ROUTES)
 def test_body_over_the_limit_by_content_length(server, path):
     # Refused from the header alone: no body byte is sent (nor read).
-    request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {10 * 2**20}\r\n\r\n").encode()  # fmt: skip
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {10 * 2**20}\r\n\r\n"
+    ).encode()
     check_too_large(path, *raw_http(server, request))
 
 
@@ -363,8 +431,10 @@ def test_body_over_the_limit_chunked(server, path):
     # No Content-Length: the limit is enforced while the body is read.
     pieces = [b'{"inputs": "', b"a" * 2500, b"b" * 2500, b'"}']
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-    request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-               "Transfer-Encoding: chunked\r\n\r\n").encode() + chunked  # fmt: skip
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode() + chunked
     check_too_large(path, *raw_http(server, request))
 
 

@@ -31,7 +31,9 @@ server_message = TypeAdapter(proto.ServerMessage)
 
 @pytest.fixture(scope="module")
 def server(tiny_dirs):
-    settings = tiny_settings(tiny_dirs["openai"], slots=4, queue_size=2, max_websockets=8, max_body_bytes=4096)
+    settings = tiny_settings(
+        tiny_dirs["openai"], slots=4, queue_size=2, max_websockets=8, max_body_bytes=4096
+    )
     with live_server(settings) as live:
         yield live
 
@@ -48,7 +50,9 @@ def open_ws(server: LiveServer, **options) -> ClientConnection:
     return connect(server.ws_url, proxy=None, open_timeout=10, close_timeout=5, **options)
 
 
-def send(conn: ClientConnection, inputs: str = "Hello world", request_id: str | None = None, **parameters) -> None:
+def send(
+    conn: ClientConnection, inputs: str = "Hello world", request_id: str | None = None, **parameters
+) -> None:
     message: dict = {"type": "generate", "inputs": inputs, "parameters": parameters}
     if request_id is not None:
         message["id"] = request_id
@@ -112,21 +116,36 @@ def test_greedy_stream_equals_generate(server, ws):
     assert done["usage"]["completion_tokens"] == len(tokens)
     assert "".join(t["text"] for t in tokens) == done["generated_text"]
 
-    r = httpx.post(f"{server.url}/generate", timeout=60, trust_env=False,
-                   json={"inputs": "The meaning of life is", "parameters": {"max_new_tokens": 12, "details": True}})  # fmt: skip
+    r = httpx.post(
+        f"{server.url}/generate",
+        timeout=60,
+        trust_env=False,
+        json={"inputs": "The meaning of life is", "parameters": {"max_new_tokens": 12, "details": True}},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["generated_text"] == done["generated_text"]
     assert [t["id"] for t in body["details"]["tokens"]] == [t["id"] for t in tokens]
-    assert done["usage"]["prompt_tokens"] == len(httpx.post(f"{server.url}/tokenize", trust_env=False,
-                                                            json={"inputs": "The meaning of life is"}).json())  # fmt: skip
+    assert done["usage"]["prompt_tokens"] == len(
+        httpx.post(
+            f"{server.url}/tokenize", trust_env=False, json={"inputs": "The meaning of life is"}
+        ).json()
+    )
 
 
 def test_seeded_sampling_repeats_across_connections(server):
     runs = []
     for _ in range(2):
         with open_ws(server) as conn:
-            send(conn, "Once upon a time", do_sample=True, temperature=1.0, top_k=50, seed=1234, max_new_tokens=16)
+            send(
+                conn,
+                "Once upon a time",
+                do_sample=True,
+                temperature=1.0,
+                top_k=50,
+                seed=1234,
+                max_new_tokens=16,
+            )
             tokens, done = collect(conn)
         assert done["type"] == "done" and done["seed"] == 1234
         assert "".join(t["text"] for t in tokens) == done["generated_text"]
@@ -187,7 +206,9 @@ def test_return_full_text_prefixes_the_prompt(ws):
 
 
 def test_cancel_mid_stream(server, ws):
-    cancelled_before = counter(server, "gpt2_requests_total", route="/stream", model=MODEL, outcome="cancelled")
+    cancelled_before = counter(
+        server, "gpt2_requests_total", route="/stream", model=MODEL, outcome="cancelled"
+    )
     send(ws, "Cancel me", request_id="long", max_new_tokens=LONG)
     first = receive(ws)
     assert first["type"] == "token" and first["index"] == 0
@@ -198,8 +219,10 @@ def test_cancel_mid_stream(server, ws):
     assert done["usage"]["completion_tokens"] == len(tokens) < LONG
     assert "".join(t["text"] for t in tokens) == done["generated_text"]
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL)
-    assert counter(server, "gpt2_requests_total", route="/stream", model=MODEL,
-                   outcome="cancelled") == cancelled_before + 1  # fmt: skip
+    assert (
+        counter(server, "gpt2_requests_total", route="/stream", model=MODEL, outcome="cancelled")
+        == cancelled_before + 1
+    )
 
     # A cancel with nothing streaming is ignored, and the connection goes on working.
     ws.send(json.dumps({"type": "cancel"}))
@@ -261,8 +284,12 @@ def test_validation_errors_keep_the_connection(ws):
 def test_error_echoes_the_request_id(ws):
     send(ws, "", request_id="empty")
     message = receive(ws)
-    assert message == {"type": "error", "error_type": "validation", "message": "inputs: must not be empty",
-                       "request_id": "empty"}  # fmt: skip
+    assert message == {
+        "type": "error",
+        "error_type": "validation",
+        "message": "inputs: must not be empty",
+        "request_id": "empty",
+    }
 
 
 def test_generation_failure_is_an_error_message(server, ws):
@@ -280,8 +307,12 @@ def test_generation_failure_is_an_error_message(server, ws):
         tokens, end = collect(ws)
     finally:
         worker.step_hook = None
-    assert end == {"type": "error", "error_type": "generation", "message": "generation failed: RuntimeError",
-                   "request_id": "f"}  # fmt: skip
+    assert end == {
+        "type": "error",
+        "error_type": "generation",
+        "message": "generation failed: RuntimeError",
+        "request_id": "f",
+    }
     assert len(tokens) == 1  # the prefill's token; the first decode step failed
     send(ws, "And again", max_new_tokens=2)
     assert collect(ws)[1]["type"] == "done"
@@ -332,7 +363,9 @@ def test_too_many_requests_sent_ahead_closes_with_1008(server):
     last = messages[-1]
     assert last["type"] == "error" and "sent ahead" in last["message"]
     done = [m for m in messages if m["type"] == "done"]
-    assert all(m["finish_reason"] == "cancelled" for m in done) and len(done) <= 1  # the long one, if it started
+    assert (
+        all(m["finish_reason"] == "cancelled" for m in done) and len(done) <= 1
+    )  # the long one, if it started
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL)
 
 

@@ -28,8 +28,11 @@ from app.engine import memory
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("devices", help="what TensorFlow sees, where each model would go, memory plans",
-                       description=__doc__.splitlines()[0].split(": ", 1)[1])  # fmt: skip
+    p = sub.add_parser(
+        "devices",
+        help="what TensorFlow sees, where each model would go, memory plans",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
     p.add_argument("--expect-gpu", action="store_true", help="exit 1 with the reason when no GPU is visible")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     add_settings_flags(p, fields=("models", "models_dir", "placement", "dtype", "slots", "cpu_devices"))
@@ -45,12 +48,22 @@ def tensorflow_report() -> dict:
     gpus = []
     for i, gpu in enumerate(tf.config.list_physical_devices("GPU")):
         details = tf.config.experimental.get_device_details(gpu)
-        gpus.append({"device": f"/GPU:{i}", "name": details.get("device_name", "?"),
-                     "compute_capability": details.get("compute_capability"),
-                     "free_bytes": devices.available_memory(f"/GPU:{i}")})  # fmt: skip
-    return {"tensorflow": tf.__version__, "cuda_build": bool(build.get("is_cuda_build")),
-            "cuda_version": build.get("cuda_version"), "cudnn_version": build.get("cudnn_version"),
-            "gpus": gpus, "cpu": cpu_report()}  # fmt: skip
+        gpus.append(
+            {
+                "device": f"/GPU:{i}",
+                "name": details.get("device_name", "?"),
+                "compute_capability": details.get("compute_capability"),
+                "free_bytes": devices.available_memory(f"/GPU:{i}"),
+            }
+        )
+    return {
+        "tensorflow": tf.__version__,
+        "cuda_build": bool(build.get("is_cuda_build")),
+        "cuda_version": build.get("cuda_version"),
+        "cudnn_version": build.get("cudnn_version"),
+        "gpus": gpus,
+        "cpu": cpu_report(),
+    }
 
 
 def cpu_report() -> dict:
@@ -67,8 +80,12 @@ def cpu_report() -> dict:
                 total = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return {"name": name, "cores": os.cpu_count(), "total_bytes": total,
-            "free_bytes": devices.available_memory("/CPU:0")}  # fmt: skip
+    return {
+        "name": name,
+        "cores": os.cpu_count(),
+        "total_bytes": total,
+        "free_bytes": devices.available_memory("/CPU:0"),
+    }
 
 
 def model_report(settings) -> tuple[list[dict], str | None]:
@@ -93,7 +110,9 @@ def model_report(settings) -> tuple[list[dict], str | None]:
         free = devices.available_memory(entry.device)
         slots = memory.startup_slots(hp, dtype=settings.dtype, configured=settings.slots, available=free)
         plan = memory.plan(hp, slots=slots, dtype=settings.dtype)
-        row.update(plan=plan.as_dict(), free_bytes=free, fits=None if free is None else plan.total_bytes <= free)
+        row.update(
+            plan=plan.as_dict(), free_bytes=free, fits=None if free is None else plan.total_bytes <= free
+        )
         out.append(row)
     return out, None
 
@@ -135,10 +154,16 @@ def render(r: dict) -> str:
     hidden = f" (CUDA_VISIBLE_DEVICES={cvd} hides them)" if gpu_diagnosis.hidden_by_env(cvd) else ""
     lines.append("GPUs: " + ("" if r["gpus"] else "none" + hidden))
     for g in r["gpus"]:
-        free = "free memory unknown (install nvidia-ml-py)" if g["free_bytes"] is None else f"{human(g['free_bytes'])} free"
+        free = (
+            "free memory unknown (install nvidia-ml-py)"
+            if g["free_bytes"] is None
+            else f"{human(g['free_bytes'])} free"
+        )
         lines.append(f"  {g['device']}  {g['name']}  compute {g['compute_capability']}  {free}")
     c = r["cpu"]
-    lines.append(f"CPU: {c['name']}, {c['cores']} cores, {_size(c['total_bytes'])}, {_size(c['free_bytes'])} free")
+    lines.append(
+        f"CPU: {c['name']}, {c['cores']} cores, {_size(c['total_bytes'])}, {_size(c['free_bytes'])} free"
+    )
     lines.append("Models:")
     for m in r["models"]:
         if "error" in m:
@@ -146,9 +171,11 @@ def render(r: dict) -> str:
             continue
         p = m["plan"]
         fits = {None: "fit not checked", True: "fits", False: "DOES NOT FIT"}[m["fits"]]
-        lines.append(f"  {m['name']} -> {m['device']} ({m['source']}): {p['dtype']} weights {human(p['weights_bytes'])}"
-                     f" + {p['slots']} slots x {human(p['cache_bytes_per_slot'])} + {human(p['overhead_bytes'])}"
-                     f" overhead = {human(p['total_bytes'])}; {_size(m['free_bytes'])} free: {fits}")  # fmt: skip
+        lines.append(
+            f"  {m['name']} -> {m['device']} ({m['source']}): {p['dtype']} weights {human(p['weights_bytes'])}"
+            f" + {p['slots']} slots x {human(p['cache_bytes_per_slot'])} + {human(p['overhead_bytes'])}"
+            f" overhead = {human(p['total_bytes'])}; {_size(m['free_bytes'])} free: {fits}"
+        )
     if r["placement_error"]:
         lines.append(f"placement: {r['placement_error']}")
     if r["gpu_problem"]:

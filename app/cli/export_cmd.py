@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a training run as a model folder with a model card", description=__doc__)
+    p = sub.add_parser(
+        "export", help="write a training run as a model folder with a model card", description=__doc__
+    )
     p.add_argument("run", help="run name (in --checkpoint-dir) or a run folder")
     p.add_argument("--name", required=True, help="folder name in --models-dir")
     p.add_argument("--checkpoint-dir", default="checkpoint")

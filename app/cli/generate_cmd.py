@@ -58,6 +58,24 @@ def _prompts(args: argparse.Namespace) -> Iterator[str | None]:
         yield args.prompt
 
 
+def _show(args: argparse.Namespace, enc, seq, prompt: str, counter: int) -> None:
+    """One finished sample: a JSON line, or the text under a numbered rule."""
+    ids = [t for t in seq.generated if not (seq.finish_reason == "eos_token" and t == enc.eot_token)]
+    text = enc.decode(ids)
+    if args.json:
+        record = {
+            "text": text,
+            "token_ids": ids,
+            "finish_reason": seq.finish_reason,
+            "seed": seq.seed,
+            "prompt": prompt,
+        }
+        print(json.dumps(record), flush=True)
+    else:
+        print(f"{RULE} SAMPLE {counter} {RULE}")
+        print(text, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.nsamples < 1 or args.batch_size < 1:
         raise ValueError("--nsamples and --batch-size must be >= 1")
@@ -67,8 +85,13 @@ def run(args: argparse.Namespace) -> int:
     from app.engine.sampling import SamplingParams
 
     model_dir = model_dir_arg(args.model, args.models_dir)
-    model = load_model(model_dir, args.models_dir, device=args.device, dtype=args.dtype,
-                       slots=min(args.batch_size, args.nsamples))  # fmt: skip
+    model = load_model(
+        model_dir,
+        args.models_dir,
+        device=args.device,
+        dtype=args.dtype,
+        slots=min(args.batch_size, args.nsamples),
+    )
     enc, hp = model.encoder, model.hparams
     length = args.length if args.length is not None else hp.n_ctx // 2
     if length < 1:
@@ -77,22 +100,22 @@ def run(args: argparse.Namespace) -> int:
     for prompt in _prompts(args):
         context = enc.encode(prompt) if prompt else [enc.eot_token]
         seqs = [
-            Entry(context, length, SamplingParams(
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                seed=None if args.seed is None else args.seed + i,
-            ), stop_at_eos=not args.ignore_eos)
+            Entry(
+                context,
+                length,
+                SamplingParams(
+                    temperature=args.temperature,
+                    top_k=args.top_k,
+                    top_p=args.top_p,
+                    seed=None if args.seed is None else args.seed + i,
+                ),
+                stop_at_eos=not args.ignore_eos,
+            )
             for i in range(args.nsamples)
-        ]  # fmt: skip
+        ]
         for seq in generate(model.engine, seqs, eos_id=enc.eot_token):
             counter += 1
-            ids = [t for t in seq.generated if not (seq.finish_reason == "eos_token" and t == enc.eot_token)]
-            text = enc.decode(ids)
-            if args.json:
-                print(json.dumps({"text": text, "token_ids": ids, "finish_reason": seq.finish_reason,
-                                  "seed": seq.seed, "prompt": prompt}), flush=True)  # fmt: skip
-            else:
-                print(f"{RULE} SAMPLE {counter} {RULE}")
-                print(text, flush=True)
+            _show(args, enc, seq, prompt, counter)
         if args.interactive and not args.json:
             print("=" * 80, flush=True)
     return 0

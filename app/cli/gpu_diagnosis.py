@@ -23,8 +23,15 @@ from pathlib import Path
 
 # What TensorFlow 2.21's CUDA build dlopens (CUDA 12, cuDNN 9); the pip wheels of
 # tensorflow[and-cuda] ship them under site-packages/nvidia/*/lib.
-CUDA_LIBRARIES = ("libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12", "libcufft.so.11",
-                  "libcusparse.so.12", "libcusolver.so.11", "libcudnn.so.9")  # fmt: skip
+CUDA_LIBRARIES = (
+    "libcudart.so.12",
+    "libcublas.so.12",
+    "libcublasLt.so.12",
+    "libcufft.so.11",
+    "libcusparse.so.12",
+    "libcusolver.so.11",
+    "libcudnn.so.9",
+)
 
 
 @dataclass(frozen=True)
@@ -55,24 +62,34 @@ def why_no_gpu(f: GpuFacts, tf_version: str = "2.21.0") -> str:
     if cvd is not None and not cvd.strip():
         return "CUDA_VISIBLE_DEVICES is set but empty, which hides every GPU (unset it or list indices, e.g. 0,1)"
     if not f.cuda_build:
-        return ("this TensorFlow is a CPU-only build (tensorflow-cpu): install the gpu extra "
-                f"(tensorflow[and-cuda]=={tf_version}) or use the Dockerfile.cuda image")  # fmt: skip
+        return (
+            "this TensorFlow is a CPU-only build (tensorflow-cpu): install the gpu extra "
+            f"(tensorflow[and-cuda]=={tf_version}) or use the Dockerfile.cuda image"
+        )
     if not f.driver:
-        return ("no NVIDIA driver: libcuda.so.1 cannot be loaded (install the driver on the host; "
-                "in Docker run with --gpus all on a host with the NVIDIA Container Toolkit)")  # fmt: skip
+        return (
+            "no NVIDIA driver: libcuda.so.1 cannot be loaded (install the driver on the host; "
+            "in Docker run with --gpus all on a host with the NVIDIA Container Toolkit)"
+        )
     if f.missing_libraries:
-        return (f"CUDA libraries missing: {', '.join(f.missing_libraries)} (no CUDA runtime in this "
-                f"image or venv: install tensorflow[and-cuda]=={tf_version})")  # fmt: skip
+        return (
+            f"CUDA libraries missing: {', '.join(f.missing_libraries)} (no CUDA runtime in this "
+            f"image or venv: install tensorflow[and-cuda]=={tf_version})"
+        )
     if f.driver_gpus == 0:
         return "the NVIDIA driver loads but reports no GPU (nvidia-smi lists none)"
     if f.driver_gpus is not None and cvd is not None:
         wanted = [p.strip() for p in cvd.split(",") if p.strip()]
         absent = [p for p in wanted if p.isdigit() and int(p) >= f.driver_gpus]
         if absent:
-            return (f"CUDA_VISIBLE_DEVICES={cvd} names GPU {', '.join(absent)} but the driver has "
-                    f"{f.driver_gpus} (0..{f.driver_gpus - 1})")  # fmt: skip
-    return ("TensorFlow sees no GPU although the driver and CUDA libraries load; run with "
-            "TF_CPP_MIN_LOG_LEVEL=0 for TensorFlow's reason (often a driver older than its CUDA)")  # fmt: skip
+            return (
+                f"CUDA_VISIBLE_DEVICES={cvd} names GPU {', '.join(absent)} but the driver has "
+                f"{f.driver_gpus} (0..{f.driver_gpus - 1})"
+            )
+    return (
+        "TensorFlow sees no GPU although the driver and CUDA libraries load; run with "
+        "TF_CPP_MIN_LOG_LEVEL=0 for TensorFlow's reason (often a driver older than its CUDA)"
+    )
 
 
 def gather(cuda_build: bool | None = None) -> GpuFacts:
@@ -81,8 +98,13 @@ def gather(cuda_build: bool | None = None) -> GpuFacts:
     if cuda_build is None:
         cuda_build = _installed("tensorflow") and not _installed("tensorflow-cpu")
     missing = tuple(lib for lib in CUDA_LIBRARIES if not _loads(lib) and not _in_nvidia_wheels(lib))
-    return GpuFacts(os.environ.get("CUDA_VISIBLE_DEVICES"), cuda_build, _loads("libcuda.so.1"),
-                    missing, _driver_gpu_count())  # fmt: skip
+    return GpuFacts(
+        os.environ.get("CUDA_VISIBLE_DEVICES"),
+        cuda_build,
+        _loads("libcuda.so.1"),
+        missing,
+        _driver_gpu_count(),
+    )
 
 
 def _installed(dist: str) -> bool:

@@ -19,10 +19,15 @@ from app.cli import gpu_diagnosis
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("healthcheck", help="probe a running server (the Docker HEALTHCHECK)",
-                       description=__doc__.splitlines()[0].split(": ", 1)[1])  # fmt: skip
+    p = sub.add_parser(
+        "healthcheck",
+        help="probe a running server (the Docker HEALTHCHECK)",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
     port = os.environ.get("GPT2_PORT", "8000")
-    p.add_argument("--url", default=f"http://127.0.0.1:{port}", help="server base URL (default: GPT2_PORT on loopback)")
+    p.add_argument(
+        "--url", default=f"http://127.0.0.1:{port}", help="server base URL (default: GPT2_PORT on loopback)"
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     p.set_defaults(func=run)
 

@@ -32,9 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for field in OVERRIDES:
         flag = "--" + field.replace("_", "-")
         parser.add_argument(flag, type=int, dest=field, metavar="N", help=f"override the preset's {field}")
-    parser.add_argument(
-        "--layout", choices=LAYOUTS, default="openai", help="folder layout (default openai)"
-    )
+    parser.add_argument("--layout", choices=LAYOUTS, default="openai", help="folder layout (default openai)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing if DIR already holds a model")
     parser.set_defaults(func=run)

@@ -13,5 +13,7 @@ def model_dir_arg(name: str, models_dir: Path | str) -> Path:
     """The folder ``--model`` names; ``default`` is the demo or the random model (written on first
     use, which is said on stderr)."""
     if name == DEFAULT_NAME:
-        return resolve_default(models_dir, notify=lambda message: print(f"gpt2-serve: {message}", file=sys.stderr))
+        return resolve_default(
+            models_dir, notify=lambda message: print(f"gpt2-serve: {message}", file=sys.stderr)
+        )
     return resolve_model_dir(name, models_dir)

@@ -33,17 +33,38 @@ class PlanRow:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="memory plan: which GPT-2 sizes fit a GPU, with how many slots",
-                       description=__doc__.splitlines()[0].split(": ", 1)[1])  # fmt: skip
-    p.add_argument("--models", default="124M,355M,774M,1558M",
-                   help="comma-separated GPT-2 sizes, model names or folders (default: all four sizes)")  # fmt: skip
-    p.add_argument("--models-dir", default="model_store", help="folder of model folders (default model_store)")
-    p.add_argument("--gpu-memory", required=True, metavar="SIZE[,SIZE...]",
-                   help="free device memory, e.g. 6GiB or 6GiB,8GiB,24GiB (GiB/G binary, GB decimal)")  # fmt: skip
-    p.add_argument("--dtype", default=",".join(DTYPES), metavar="DTYPE[,DTYPE...]",
-                   help=f"dtypes to plan (default: {','.join(DTYPES)})")  # fmt: skip
-    p.add_argument("--slots", type=int, default=None, metavar="N",
-                   help="plan N slots (GPT2_SLOTS) instead of sizing them from memory")  # fmt: skip
+    p = sub.add_parser(
+        "plan",
+        help="memory plan: which GPT-2 sizes fit a GPU, with how many slots",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+    )
+    p.add_argument(
+        "--models",
+        default="124M,355M,774M,1558M",
+        help="comma-separated GPT-2 sizes, model names or folders (default: all four sizes)",
+    )
+    p.add_argument(
+        "--models-dir", default="model_store", help="folder of model folders (default model_store)"
+    )
+    p.add_argument(
+        "--gpu-memory",
+        required=True,
+        metavar="SIZE[,SIZE...]",
+        help="free device memory, e.g. 6GiB or 6GiB,8GiB,24GiB (GiB/G binary, GB decimal)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=",".join(DTYPES),
+        metavar="DTYPE[,DTYPE...]",
+        help=f"dtypes to plan (default: {','.join(DTYPES)})",
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        metavar="N",
+        help="plan N slots (GPT2_SLOTS) instead of sizing them from memory",
+    )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per line")
     out.add_argument("--markdown", action="store_true", help="a Markdown table (docs/memory-plan.md)")
@@ -54,8 +75,18 @@ def plan_row(name: str, hp, dtype: str, available: int, slots: int | None) -> Pl
     n = memory.startup_slots(hp, dtype=dtype, configured=slots, available=available)
     p = memory.plan(hp, slots=n, dtype=dtype)
     most = memory.max_slots(hp, dtype=dtype, available=available)
-    return PlanRow(available, name, dtype, p.weights_bytes, p.cache_bytes_per_slot, p.overhead_bytes,
-                   most, n, p.total_bytes, p.total_bytes <= available)  # fmt: skip
+    return PlanRow(
+        available,
+        name,
+        dtype,
+        p.weights_bytes,
+        p.cache_bytes_per_slot,
+        p.overhead_bytes,
+        most,
+        n,
+        p.total_bytes,
+        p.total_bytes <= available,
+    )
 
 
 def build_rows(args: argparse.Namespace) -> list[PlanRow]:
@@ -68,8 +99,12 @@ def build_rows(args: argparse.Namespace) -> list[PlanRow]:
     sizes = [memory.parse_size(s) for s in args.gpu_memory.split(",") if s.strip()]
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     hparams = {name: model_hparams(name, args.models_dir)[0] for name in names}
-    return [plan_row(name, hparams[name], dtype, size, args.slots)
-            for size in sizes for name in names for dtype in dtypes]  # fmt: skip
+    return [
+        plan_row(name, hparams[name], dtype, size, args.slots)
+        for size in sizes
+        for name in names
+        for dtype in dtypes
+    ]
 
 
 def human(n: int) -> str:
@@ -78,13 +113,32 @@ def human(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.1f} MiB"
 
 
-HEADER = ("memory", "model", "dtype", "weights", "KV cache/slot", "max slots", "slots at start", "total", "fits")
+HEADER = (
+    "memory",
+    "model",
+    "dtype",
+    "weights",
+    "KV cache/slot",
+    "max slots",
+    "slots at start",
+    "total",
+    "fits",
+)
 
 
 def cells(r: PlanRow) -> tuple[str, ...]:
     fits = "yes" if r.fits else ("no: weights alone too big" if r.max_slots == 0 else "no")
-    return (human(r.memory_bytes), r.model, r.dtype, human(r.weights_bytes), human(r.cache_bytes_per_slot),
-            str(r.max_slots), str(r.slots), human(r.total_bytes), fits)  # fmt: skip
+    return (
+        human(r.memory_bytes),
+        r.model,
+        r.dtype,
+        human(r.weights_bytes),
+        human(r.cache_bytes_per_slot),
+        str(r.max_slots),
+        str(r.slots),
+        human(r.total_bytes),
+        fits,
+    )
 
 
 def render_text(rows: list[PlanRow]) -> str:

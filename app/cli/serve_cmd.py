@@ -34,10 +34,17 @@ def run(args: argparse.Namespace) -> int:
     # workers; uvicorn then restores the previous handler and raises the signal again. With this
     # handler in place, a drained SIGTERM ends the process normally (exit 0) rather than by the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=settings.drain_timeout + 5)  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=settings.drain_timeout + 5,
+    )
     server = GracefulServer(config, app)
     server.run()
     if not server.started:

@@ -48,8 +48,14 @@ def _metavar(name: str, info: FieldInfo) -> str:
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     base = typing.get_origin(annotation) or annotation
     seconds = "second" in name or "second" in (info.description or "")
-    return {int: "N", float: "SECONDS" if seconds else "X", str: "TEXT", Path: "DIR",
-            list: "A,B,...", dict: "NAME=DEVICE,..."}.get(base, "VALUE")  # fmt: skip
+    return {
+        int: "N",
+        float: "SECONDS" if seconds else "X",
+        str: "TEXT",
+        Path: "DIR",
+        list: "A,B,...",
+        dict: "NAME=DEVICE,...",
+    }.get(base, "VALUE")
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, fields: typing.Iterable[str] | None = None) -> None:
@@ -61,19 +67,32 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: typing.Iterable[
         described = info.description or name.replace("_", " ")
         help_text = f"{described} ({env_name(name)}; default: {_default_text(info)})".replace("%", "%%")
         if info.annotation is bool:
-            group.add_argument(flag_name(name), dest=name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)  # fmt: skip
+            group.add_argument(
+                flag_name(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
             continue
         choices = _choices(info)
-        group.add_argument(flag_name(name), dest=name, default=None, choices=choices,
-                           metavar=None if choices else _metavar(name, info), help=help_text)  # fmt: skip
+        group.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,
+            choices=choices,
+            metavar=None if choices else _metavar(name, info),
+            help=help_text,
+        )
 
 
 def settings_from_args(args: argparse.Namespace, **extra: object) -> Settings:
     """``Settings`` from the flags given (others from ``GPT2_*`` variables and defaults).
 
     A bad value raises ValueError with one line naming the setting, which the CLI prints."""
-    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    overrides = {
+        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
+    }
     overrides.update(extra)
     try:
         return Settings(**overrides)

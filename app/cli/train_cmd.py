@@ -33,14 +33,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-length", type=int, default=100)
     p.add_argument("--sample-num", type=int, default=1)
     p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--val-dataset", default=None, help="held-out text; default: the last --val-fraction of --dataset")
+    p.add_argument(
+        "--val-dataset", default=None, help="held-out text; default: the last --val-fraction of --dataset"
+    )
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--val-every", type=int, default=0)
     p.add_argument("--val-batches", type=int, default=8)
     p.add_argument("--restore-from", default="latest", help="latest | fresh | a checkpoint path")
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default="float32")
-    p.add_argument("--context", type=int, default=None,
-                   help="train on windows this long (memory saver for the big sizes; default n_ctx)")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="train on windows this long (memory saver for the big sizes; default n_ctx)",
+    )
     p.add_argument("--combine", type=int, default=50000)
     p.add_argument("--encoding", default="utf-8")
     p.add_argument("--seed", type=int, default=0)
@@ -48,35 +54,69 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _config(args: argparse.Namespace):
+    from app.train.trainer import TrainConfig
+
+    return TrainConfig(
+        batch_size=args.batch_size,
+        accumulate_gradients=args.accumulate_gradients,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        only_train_transformer_layers=args.only_train_transformer_layers,
+        context=args.context,
+        precision=args.precision,
+        seed=args.seed,
+        save_every=args.save_every,
+        sample_every=args.sample_every,
+        sample_length=args.sample_length,
+        sample_num=args.sample_num,
+        top_k=args.top_k,
+        val_every=args.val_every,
+        val_batches=args.val_batches,
+        jit_compile=args.xla,
+    )
+
+
+def _datasets(args: argparse.Namespace, enc):
+    """(training sampler, validation sampler or None)."""
+    from app.train.data import Sampler, load_chunks
+
+    train = Sampler(
+        load_chunks(args.dataset, enc, combine=args.combine, encoding=args.encoding), seed=args.seed
+    )
+    val = None
+    if args.val_dataset:
+        val = Sampler(
+            load_chunks(args.val_dataset, enc, combine=args.combine, encoding=args.encoding),
+            seed=args.seed + 1,
+        )
+    elif args.val_fraction > 0:
+        train, val = train.split(args.val_fraction)
+    return train, val
+
+
 def run(args: argparse.Namespace) -> int:
     from app.model.loader import load_weights
     from app.tokenizer.bpe import Encoder
-    from app.train.data import Sampler, load_chunks
-    from app.train.trainer import TrainConfig, Trainer, write_run_info
+    from app.train.trainer import Trainer, write_run_info
 
     model_dir = model_dir_arg(args.model, args.models_dir)
-    cfg = TrainConfig(batch_size=args.batch_size, accumulate_gradients=args.accumulate_gradients,
-                      learning_rate=args.learning_rate, optimizer=args.optimizer,
-                      only_train_transformer_layers=args.only_train_transformer_layers, context=args.context,
-                      precision=args.precision, seed=args.seed, save_every=args.save_every,
-                      sample_every=args.sample_every, sample_length=args.sample_length, sample_num=args.sample_num,
-                      top_k=args.top_k, val_every=args.val_every, val_batches=args.val_batches,
-                      jit_compile=args.xla)  # fmt: skip
+    cfg = _config(args)
     enc = Encoder.from_dir(model_dir)
     hp, params = load_weights(model_dir)
-    train = Sampler(load_chunks(args.dataset, enc, combine=args.combine, encoding=args.encoding), seed=args.seed)
-    val = None
-    if args.val_dataset:
-        val = Sampler(load_chunks(args.val_dataset, enc, combine=args.combine, encoding=args.encoding), seed=args.seed + 1)
-    elif args.val_fraction > 0:
-        train, val = train.split(args.val_fraction)
-    print(f"dataset: {train.total:,} training tokens" + (f", {val.total:,} validation tokens" if val else ""),
-          file=sys.stderr)  # fmt: skip
+    train, val = _datasets(args, enc)
+    print(
+        f"dataset: {train.total:,} training tokens" + (f", {val.total:,} validation tokens" if val else ""),
+        file=sys.stderr,
+    )
     run_dir = Path(args.checkpoint_dir) / args.run_name
     trainer = Trainer(hp, params, cfg, run_dir)
     restored = trainer.restore(args.restore_from)
-    print(f"run {run_dir}: {'restored ' + restored if restored != 'fresh' else 'starting fresh'} "
-          f"at step {int(trainer.step.numpy())}", file=sys.stderr)  # fmt: skip
+    print(
+        f"run {run_dir}: {'restored ' + restored if restored != 'fresh' else 'starting fresh'} "
+        f"at step {int(trainer.step.numpy())}",
+        file=sys.stderr,
+    )
     write_run_info(run_dir, hp=hp, source=str(model_dir), dataset=args.dataset, cfg=cfg)
 
     def show(step: int, samples: list[list[int]]) -> None:

@@ -211,7 +211,9 @@ class Batcher:
 
     # ---- sampling ----
 
-    def _run(self, seqs: list[Entry], call, *, phase: str, rows: list[int] | None = None) -> list[TokenEvent | StepFailure]:
+    def _run(
+        self, seqs: list[Entry], call, *, phase: str, rows: list[int] | None = None
+    ) -> list[TokenEvent | StepFailure]:
         """Run one compute ``call`` for ``seqs`` and emit a token for ``rows`` of it (all by default);
         a failure ends all of ``seqs``."""
         try:
@@ -227,8 +229,10 @@ class Batcher:
 
     def _emit(self, seqs: list[Entry], scores: Scores) -> list[TokenEvent]:
         tokens = self._sample(seqs, scores)
-        return [self._append(seq, int(token), float(scores.logits[i, token] - scores.lse[i]))
-                for i, (seq, token) in enumerate(zip(seqs, tokens))]  # fmt: skip
+        return [
+            self._append(seq, int(token), float(scores.logits[i, token] - scores.lse[i]))
+            for i, (seq, token) in enumerate(zip(seqs, tokens))
+        ]
 
     def _append(self, seq: Entry, token: int, logprob: float) -> TokenEvent:
         seq.generated.append(token)
@@ -246,12 +250,18 @@ class Batcher:
         plain = [i for i, s in enumerate(seqs) if s.params.repetition_penalty == 1.0]
         out = np.empty(len(seqs), np.int64)
         if plain:
-            out[plain] = sample_batch(scores.logits[plain], [seqs[i].params for i in plain],
-                                      [seqs[i]._rng for i in plain], top_ids=scores.top_ids[plain],
-                                      top_logits=scores.top_logits[plain])  # fmt: skip
+            out[plain] = sample_batch(
+                scores.logits[plain],
+                [seqs[i].params for i in plain],
+                [seqs[i]._rng for i in plain],
+                top_ids=scores.top_ids[plain],
+                top_logits=scores.top_logits[plain],
+            )
         for i, seq in enumerate(seqs):
             if seq.params.repetition_penalty != 1.0:
-                row = penalize_repetition(scores.logits[i], seq.prompt_ids + seq.generated, seq.params.repetition_penalty)
+                row = penalize_repetition(
+                    scores.logits[i], seq.prompt_ids + seq.generated, seq.params.repetition_penalty
+                )
                 out[i] = sample(row, seq.params, seq._rng)
         return out
 

@@ -108,7 +108,9 @@ class Engine:
         self.piece_buckets = power_buckets(1, min(config.slots, config.prefill_chunk // _SMALLEST_PIECE))
         self._candidates = min(config.candidates, hp.n_vocab)
         if config.layers_per_call < 1 or hp.n_layer % config.layers_per_call:
-            raise ValueError(f"layers_per_call must divide n_layer={hp.n_layer}, got {config.layers_per_call}")
+            raise ValueError(
+                f"layers_per_call must divide n_layer={hp.n_layer}, got {config.layers_per_call}"
+            )
         self._layers_per_call = config.layers_per_call
         self._windows: list[list[int] | None] = [None] * config.slots
         with self._placement():
@@ -139,10 +141,12 @@ class Engine:
         # One cache row per decode row; row n_ctx of each slot is scratch (padding, idle rows).
         shape = [self.batch_buckets[-1], hp.n_ctx + 1, hp.n_embd]
         self._cache = [
-            (tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_k"),
-             tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_v"))
+            (
+                tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_k"),
+                tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name=f"h{i}_v"),
+            )
             for i in range(hp.n_layer)
-        ]  # fmt: skip
+        ]
 
     # ---- compiled bodies (traced once per static shape / bucket) ----
 
@@ -153,15 +157,18 @@ class Engine:
 
     def _prefill_layer(self, x, layers, caches, slots, start, n_valid, ctx_len: int):
         for lw, cache in zip(layers, caches):
-            x = gpt2.prefill_layer(x, lw, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid,
-                                   ctx_len=ctx_len)  # fmt: skip
+            x = gpt2.prefill_layer(
+                x, lw, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid, ctx_len=ctx_len
+            )
         return x
 
     def _groups(self):
         """The layers (and their caches) of each compiled call, in order."""
         g = self._layers_per_call
-        return [(tuple(self._layers[i : i + g]), tuple(self._cache[i : i + g]))
-                for i in range(0, self.hp.n_layer, g)]  # fmt: skip
+        return [
+            (tuple(self._layers[i : i + g]), tuple(self._cache[i : i + g]))
+            for i in range(0, self.hp.n_layer, g)
+        ]
 
     def _head(self, x):
         logits = gpt2.logits_of(x, *self._ln_f, self._wte)  # [N, V] float32
@@ -223,7 +230,13 @@ class Engine:
 
     def trace_count(self) -> int:
         """How many times the graphs have been traced (each new shape bucket traces once)."""
-        fns = (self._prefill_fn, self._decode_fn, self._prefill_layer_fn, self._decode_layer_fn, self._head_fn)
+        fns = (
+            self._prefill_fn,
+            self._decode_fn,
+            self._prefill_layer_fn,
+            self._decode_layer_fn,
+            self._head_fn,
+        )
         return sum(f.experimental_get_tracing_count() for f in fns)
 
     def piece_fits(self, lengths: Sequence[int]) -> bool:
@@ -232,8 +245,10 @@ class Engine:
             return False
         if len(lengths) == 1:
             return True
-        return round_up(len(lengths), self.piece_buckets) * round_up(max(lengths), self.chunk_buckets) \
+        return (
+            round_up(len(lengths), self.piece_buckets) * round_up(max(lengths), self.chunk_buckets)
             <= self.chunk_buckets[-1]
+        )
 
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Every program a request can reach: ``("decode", (rows, ctx))`` and ``("prefill", (pieces,
@@ -319,8 +334,14 @@ class Engine:
             if p.start == 0:
                 self._windows[p.slot] = None  # a failed call leaves no half-written slot "occupied"
         with self._placement():
-            out = self._prefill_fn(tf.constant(tokens), tf.constant(slots), tf.constant(start),
-                                   tf.constant(n_valid), ctx_len, False)  # fmt: skip
+            out = self._prefill_fn(
+                tf.constant(tokens),
+                tf.constant(slots),
+                tf.constant(start),
+                tf.constant(n_valid),
+                ctx_len,
+                False,
+            )
         for p in pieces:
             self._windows[p.slot] = (self._windows[p.slot] or [])[: p.start] + list(p.ids)
         return _numpy_scores(out, len(pieces))
@@ -342,7 +363,9 @@ class Engine:
                 raise ValueError(f"slot {p.slot} holds {held} tokens: a piece cannot start at {p.start}")
         if len({p.slot for p in pieces}) != len(pieces):
             raise ValueError("two pieces for one slot in one call")
-        if len(pieces) > 1 and (any(p.start for p in pieces) or not self.piece_fits([len(p.ids) for p in pieces])):
+        if len(pieces) > 1 and (
+            any(p.start for p in pieces) or not self.piece_fits([len(p.ids) for p in pieces])
+        ):
             raise ValueError("several pieces in one call must all start at 0 and fit one prefill bucket")
         if len(pieces) == 1 and len(pieces[0].ids) > self.chunk_buckets[-1]:
             raise ValueError(f"a piece is at most {self.chunk_buckets[-1]} tokens")
@@ -360,8 +383,14 @@ class Engine:
         padded = np.zeros([1, t_bucket], np.int32)
         padded[0, : len(tokens)] = tokens
         with self._placement():
-            out = self._prefill_fn(tf.constant(padded), tf.constant([slot]), tf.constant([held]),
-                                   tf.constant([len(tokens)]), ctx_len, True)  # fmt: skip
+            out = self._prefill_fn(
+                tf.constant(padded),
+                tf.constant([slot]),
+                tf.constant([held]),
+                tf.constant([len(tokens)]),
+                ctx_len,
+                True,
+            )
         self._windows[slot] += tokens
         return _numpy_scores(out, len(tokens))
 
@@ -409,8 +438,12 @@ class Engine:
                 self._windows[slot].append(tok)
         if not rows:
             v, k = self.hp.n_vocab, self._candidates
-            return Scores(np.empty([0, v], np.float32), np.empty([0], np.float32),
-                          np.empty([0, k], np.int32), np.empty([0, k], np.float32))  # fmt: skip
+            return Scores(
+                np.empty([0, v], np.float32),
+                np.empty([0], np.float32),
+                np.empty([0, k], np.int32),
+                np.empty([0, k], np.float32),
+            )
         return Scores(*(np.concatenate(parts) for parts in zip(*rows)))
 
     def _decode(self, slots: list[int], tokens: list[int], pos: list[int]) -> Scores:

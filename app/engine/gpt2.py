@@ -68,21 +68,29 @@ class Layer(NamedTuple):
 
 # Layer field -> canonical checkpoint name under h{i}/ (and whether it is stored transposed).
 LAYER_NAMES: dict[str, tuple[str, bool]] = {
-    "ln_1_g": ("ln_1/g", False), "ln_1_b": ("ln_1/b", False),
-    "attn_w": ("attn/c_attn/w", True), "attn_b": ("attn/c_attn/b", False),
-    "attn_proj_w": ("attn/c_proj/w", True), "attn_proj_b": ("attn/c_proj/b", False),
-    "ln_2_g": ("ln_2/g", False), "ln_2_b": ("ln_2/b", False),
-    "fc_w": ("mlp/c_fc/w", True), "fc_b": ("mlp/c_fc/b", False),
-    "mlp_proj_w": ("mlp/c_proj/w", True), "mlp_proj_b": ("mlp/c_proj/b", False),
-}  # fmt: skip
+    "ln_1_g": ("ln_1/g", False),
+    "ln_1_b": ("ln_1/b", False),
+    "attn_w": ("attn/c_attn/w", True),
+    "attn_b": ("attn/c_attn/b", False),
+    "attn_proj_w": ("attn/c_proj/w", True),
+    "attn_proj_b": ("attn/c_proj/b", False),
+    "ln_2_g": ("ln_2/g", False),
+    "ln_2_b": ("ln_2/b", False),
+    "fc_w": ("mlp/c_fc/w", True),
+    "fc_b": ("mlp/c_fc/b", False),
+    "mlp_proj_w": ("mlp/c_proj/w", True),
+    "mlp_proj_b": ("mlp/c_proj/b", False),
+}
 
 
 def layer_weights(w: Weights, i: int, *, transpose: Callable = tf.transpose) -> Layer:
     """Layer ``i`` of checkpoint-layout weights ``w``, linear maps passed through ``transpose``."""
-    return Layer(**{
-        field: transpose(w[f"h{i}/{name}"]) if transposed else w[f"h{i}/{name}"]
-        for field, (name, transposed) in LAYER_NAMES.items()
-    })  # fmt: skip
+    return Layer(
+        **{
+            field: transpose(w[f"h{i}/{name}"]) if transposed else w[f"h{i}/{name}"]
+            for field, (name, transposed) in LAYER_NAMES.items()
+        }
+    )
 
 
 def norm(x: tf.Tensor, g: tf.Tensor, b: tf.Tensor, *, eps: float = 1e-5) -> tf.Tensor:
@@ -119,9 +127,17 @@ def _softmax_f32(scores: tf.Tensor, visible: tf.Tensor, *, axis: int = -1) -> tf
 
 
 def prefill_attention(
-    q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, cache: LayerCache, *, hp: HParams,
-    slots: tf.Tensor, start: tf.Tensor, n_valid: tf.Tensor, ctx_len: int,
-) -> tf.Tensor:  # fmt: skip
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    cache: LayerCache,
+    *,
+    hp: HParams,
+    slots: tf.Tensor,
+    start: tf.Tensor,
+    n_valid: tf.Tensor,
+    ctx_len: int,
+) -> tf.Tensor:
     """Attention for ``N`` pieces of ``T`` tokens (rows ``n*T + t`` of ``q, k, v [N*T, C]``).
 
     Piece ``n`` belongs to slot ``slots[n]``, its first token sits at position ``start[n]`` and its
@@ -149,8 +165,15 @@ def prefill_attention(
 
 
 def decode_attention(
-    q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int,
-) -> tf.Tensor:  # fmt: skip
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    cache: LayerCache,
+    *,
+    hp: HParams,
+    pos: tf.Tensor,
+    ctx_len: int,
+) -> tf.Tensor:
     """Attention for one new token per slot: row b of ``q, k, v [B, C]`` is slot b, at ``pos[b]``.
 
     Rows are slots ``0..B-1`` (``B`` a batch bucket, ``<= S`` the cache's slot rows of
@@ -176,7 +199,9 @@ def decode_attention(
     return tf.reshape(tf.reduce_sum(probs[..., None] * vals, axis=1), [bsz, hp.n_embd])  # [B, C]
 
 
-def causal_attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, *, hp: HParams, n: int, t_len: int) -> tf.Tensor:
+def causal_attention(
+    q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, *, hp: HParams, n: int, t_len: int
+) -> tf.Tensor:
     """Cache-free causal attention of ``n`` sequences of ``t_len`` tokens (rows ``[n*T, C]``)."""
     h, d = hp.n_head, hp.head_dim
     q, k, v = (tf.reshape(z, [n, t_len, h, d]) for z in (q, k, v))
@@ -187,15 +212,29 @@ def causal_attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, *, hp: HParams, n
 
 
 def prefill_layer(
-    x: tf.Tensor, lw: Layer, cache: LayerCache, *, hp: HParams,
-    slots: tf.Tensor, start: tf.Tensor, n_valid: tf.Tensor, ctx_len: int,
-) -> tf.Tensor:  # fmt: skip
+    x: tf.Tensor,
+    lw: Layer,
+    cache: LayerCache,
+    *,
+    hp: HParams,
+    slots: tf.Tensor,
+    start: tf.Tensor,
+    n_valid: tf.Tensor,
+    ctx_len: int,
+) -> tf.Tensor:
     """One block over ``N`` prompt pieces, rows ``x [N*T, C]``; see :func:`prefill_attention`."""
-    return block(x, lw, functools.partial(prefill_attention, cache=cache, hp=hp, slots=slots, start=start,
-                                          n_valid=n_valid, ctx_len=ctx_len))  # fmt: skip
+    return block(
+        x,
+        lw,
+        functools.partial(
+            prefill_attention, cache=cache, hp=hp, slots=slots, start=start, n_valid=n_valid, ctx_len=ctx_len
+        ),
+    )
 
 
-def decode_layer(x: tf.Tensor, lw: Layer, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int) -> tf.Tensor:
+def decode_layer(
+    x: tf.Tensor, lw: Layer, cache: LayerCache, *, hp: HParams, pos: tf.Tensor, ctx_len: int
+) -> tf.Tensor:
     """One block over one new token per slot, rows ``x [B, C]``; see :func:`decode_attention`."""
     return block(x, lw, functools.partial(decode_attention, cache=cache, hp=hp, pos=pos, ctx_len=ctx_len))
 

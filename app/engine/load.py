@@ -56,7 +56,13 @@ def load_model(
     if encoder.n_vocab != hp.n_vocab:
         raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
     _, params = load_weights(path)
-    config = EngineConfig(slots=slots, dtype=dtype, device=device, prefill_chunk=prefill_chunk,
-                          speculative_tokens=speculative_tokens, layers_per_call=layers_per_call)
+    config = EngineConfig(
+        slots=slots,
+        dtype=dtype,
+        device=device,
+        prefill_chunk=prefill_chunk,
+        speculative_tokens=speculative_tokens,
+        layers_per_call=layers_per_call,
+    )
     engine = Engine(hp, params, config)
     return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan)

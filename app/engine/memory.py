@@ -97,11 +97,24 @@ def startup_slots(hp: HParams, *, dtype: str, configured: int | None, available:
 
 def parse_size(text: str) -> int:
     """``6GiB``, ``6G`` (binary), ``6GB`` (decimal), ``512MiB``, ``1.5TiB`` or plain bytes -> bytes."""
-    units = {"": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
-             "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}  # fmt: skip
+    units = {
+        "": 1,
+        "k": 2**10,
+        "kib": 2**10,
+        "kb": 10**3,
+        "m": 2**20,
+        "mib": 2**20,
+        "mb": 10**6,
+        "g": 2**30,
+        "gib": 2**30,
+        "gb": 10**9,
+        "t": 2**40,
+        "tib": 2**40,
+        "tb": 10**12,
+    }
     raw = text.strip().replace(" ", "")
     number = raw.rstrip("kKmMgGtTiIbB")
-    unit = raw[len(number):].lower()
+    unit = raw[len(number) :].lower()
     try:
         value = float(number)
     except ValueError:

@@ -144,9 +144,13 @@ _TINY_TEMPERATURE = 1e-200  # below this |logit| / T may overflow float64 (float
 
 
 def sample_batch(
-    logits: np.ndarray, params: Sequence[SamplingParams], rngs: Sequence[np.random.Generator], *,
-    top_ids: np.ndarray | None = None, top_logits: np.ndarray | None = None,
-) -> np.ndarray:  # fmt: skip
+    logits: np.ndarray,
+    params: Sequence[SamplingParams],
+    rngs: Sequence[np.random.Generator],
+    *,
+    top_ids: np.ndarray | None = None,
+    top_logits: np.ndarray | None = None,
+) -> np.ndarray:
     """One token per row of ``logits [N, V]``: row i gets exactly ``sample(logits[i], params[i],
     rngs[i])`` (each row draws one uniform number from its own generator), computed for the batch.
 

@@ -152,9 +152,14 @@ def _get_into(client: httpx.Client, url: str, part: Path, label: str, *, progres
         else:
             raise DownloadError(f"{label}: unexpected HTTP {response.status_code} from the server")
         bar = tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name.removesuffix(".part"), disable=not progress,
-        )  # fmt: skip
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            disable=not progress,
+        )
         with bar, open(part, mode) as out:
             for chunk in response.iter_bytes():  # as received, so a drop keeps every byte so far
                 out.write(chunk)

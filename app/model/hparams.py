@@ -91,26 +91,38 @@ def preset(name: str) -> HParams:
 
 
 LAYER_PARAMS = (
-    "ln_1/g", "ln_1/b",
-    "attn/c_attn/w", "attn/c_attn/b",
-    "attn/c_proj/w", "attn/c_proj/b",
-    "ln_2/g", "ln_2/b",
-    "mlp/c_fc/w", "mlp/c_fc/b",
-    "mlp/c_proj/w", "mlp/c_proj/b",
-)  # fmt: skip
+    "ln_1/g",
+    "ln_1/b",
+    "attn/c_attn/w",
+    "attn/c_attn/b",
+    "attn/c_proj/w",
+    "attn/c_proj/b",
+    "ln_2/g",
+    "ln_2/b",
+    "mlp/c_fc/w",
+    "mlp/c_fc/b",
+    "mlp/c_proj/w",
+    "mlp/c_proj/b",
+)
 
 
 def param_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape for every weight of a GPT-2 with these hyperparameters."""
     e = hp.n_embd
     per_layer = {
-        "ln_1/g": (e,), "ln_1/b": (e,),
-        "attn/c_attn/w": (e, 3 * e), "attn/c_attn/b": (3 * e,),
-        "attn/c_proj/w": (e, e), "attn/c_proj/b": (e,),
-        "ln_2/g": (e,), "ln_2/b": (e,),
-        "mlp/c_fc/w": (e, 4 * e), "mlp/c_fc/b": (4 * e,),
-        "mlp/c_proj/w": (4 * e, e), "mlp/c_proj/b": (e,),
-    }  # fmt: skip
+        "ln_1/g": (e,),
+        "ln_1/b": (e,),
+        "attn/c_attn/w": (e, 3 * e),
+        "attn/c_attn/b": (3 * e,),
+        "attn/c_proj/w": (e, e),
+        "attn/c_proj/b": (e,),
+        "ln_2/g": (e,),
+        "ln_2/b": (e,),
+        "mlp/c_fc/w": (e, 4 * e),
+        "mlp/c_fc/b": (4 * e,),
+        "mlp/c_proj/w": (4 * e, e),
+        "mlp/c_proj/b": (e,),
+    }
     shapes: dict[str, tuple[int, ...]] = {"wte": (hp.n_vocab, e), "wpe": (hp.n_ctx, e)}
     for i in range(hp.n_layer):
         for name in LAYER_PARAMS:

@@ -21,9 +21,14 @@ from app.model.formats import Inventory, Layout, StoredTensor
 from app.model.hparams import ALIASES, PRESETS, HParams, param_shapes
 
 OPENAI_FILES = (
-    "checkpoint", "hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001",
-    "model.ckpt.meta", "encoder.json", "vocab.bpe",
-)  # fmt: skip
+    "checkpoint",
+    "hparams.json",
+    "model.ckpt.index",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.meta",
+    "encoder.json",
+    "vocab.bpe",
+)
 HF_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 
 _MAX_LISTED = 5  # problems spelled out in one error message
@@ -165,4 +170,3 @@ def resolve_model_dir(name_or_path: Path | str, models_dir: Path | str) -> Path:
     where = ", ".join(looked[:-1]) + f" or {looked[-1]}" if len(looked) > 1 else looked[0]
     hint = f"; run `gpt2-serve download {canonical}` to fetch it" if canonical in PRESETS else ""
     raise FileNotFoundError(f"no model {name!r}: found no folder at {where}{hint}")
-

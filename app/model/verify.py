@@ -24,7 +24,9 @@ def check_release_folder(folder: Path, expected: HParams, *, size: str = "expect
     folder = Path(folder)
     hp = HParams.from_file(folder / "hparams.json")
     if hp != expected:
-        raise ModelFileError(folder / "hparams.json", f"{hp} does not match the {size} hyperparameters {expected}")
+        raise ModelFileError(
+            folder / "hparams.json", f"{hp} does not match the {size} hyperparameters {expected}"
+        )
     for name, want in BPE_SHA256.items():
         digest = sha256_of(folder / name)
         if digest != want:

@@ -50,8 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await drain(state)
 
-    app = FastAPI(title="gpt2-serve", version=__version__, lifespan=lifespan,
-                  description="GPT-2 text generation: TGI- and OpenAI-compatible routes and a WebSocket stream.")  # fmt: skip
+    app = FastAPI(
+        title="gpt2-serve",
+        version=__version__,
+        lifespan=lifespan,
+        description="GPT-2 text generation: TGI- and OpenAI-compatible routes and a WebSocket stream.",
+    )
     errors.install(app)
     # Outermost last: request id wraps everything, then auth, then the drain refusal, then the body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -62,9 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         public = ("/health", "/ready") + (() if settings.protect_metrics else ("/metrics",))
         app.add_middleware(ApiKeys, keys=[k.get_secret_value() for k in settings.api_keys], public=public)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type", "x-request-id"],
-                           allow_credentials="*" not in settings.cors_origins)  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            allow_credentials="*" not in settings.cors_origins,
+        )
     app.add_middleware(RequestId)
     for router in ROUTERS:
         app.include_router(router)

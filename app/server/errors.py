@@ -54,8 +54,14 @@ def error_body(err: APIError, *, openai: bool) -> tuple[int, dict]:
     """The status and JSON body of ``err`` in its family's shape (OpenAI's, or TGI's and ours)."""
     if openai:
         status = 400 if err.error_type == "validation" else err.status
-        return status, {"error": {"message": err.message, "type": ERROR_KINDS[err.error_type][1], "param": err.param,
-                                  "code": err.error_type}}  # fmt: skip
+        return status, {
+            "error": {
+                "message": err.message,
+                "type": ERROR_KINDS[err.error_type][1],
+                "param": err.param,
+                "code": err.error_type,
+            }
+        }
     return err.status, {"error": err.message, "error_type": err.error_type}
 
 
@@ -91,13 +97,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-                429: "overloaded", 503: "unavailable"}.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")  # fmt: skip
+        kind = {
+            401: "unauthorized",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            429: "overloaded",
+            503: "unavailable",
+        }.get(exc.status_code, "validation" if exc.status_code < 500 else "internal")
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI turns any body it cannot read into a generic 400; say what was wrong.
             cause = exc.__cause__
-            problem = "not valid UTF-8" if isinstance(cause, UnicodeDecodeError) else "could not be read as JSON"
+            problem = (
+                "not valid UTF-8" if isinstance(cause, UnicodeDecodeError) else "could not be read as JSON"
+            )
             return error_response(request, APIError("validation", f"body: {problem}"))
         return error_response(request, APIError(kind, detail, status=exc.status_code), headers=exc.headers)
 

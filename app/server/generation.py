@@ -91,7 +91,9 @@ def check_text(text: str, param: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise APIError("validation", f"{param}: not valid Unicode text (a lone surrogate)", param=param) from None
+        raise APIError(
+            "validation", f"{param}: not valid Unicode text (a lone surrogate)", param=param
+        ) from None
 
 
 def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> GenerationRequest:
@@ -99,8 +101,9 @@ def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> Gener
     limit = settings.max_new_tokens_limit
     n_new = settings.default_max_new_tokens if req.max_new_tokens is None else req.max_new_tokens
     if not 1 <= n_new <= limit:
-        raise APIError("validation", f"max_new_tokens must be between 1 and {limit}, got {n_new}",
-                       param="max_new_tokens")  # fmt: skip
+        raise APIError(
+            "validation", f"max_new_tokens must be between 1 and {limit}, got {n_new}", param="max_new_tokens"
+        )
     stop = _checked_stops(settings, req.stop)
     ids = _prompt_ids(worker, req)
     return GenerationRequest(ids, n_new, _sampling(req), stop, True, req.speculative)
@@ -108,12 +111,18 @@ def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> Gener
 
 def _checked_stops(settings: Settings, stop: Sequence[str]) -> tuple[str, ...]:
     if len(stop) > settings.max_stop_sequences:
-        raise APIError("validation", f"stop: at most {settings.max_stop_sequences} stop sequences, got {len(stop)}",
-                       param="stop")  # fmt: skip
+        raise APIError(
+            "validation",
+            f"stop: at most {settings.max_stop_sequences} stop sequences, got {len(stop)}",
+            param="stop",
+        )
     for s in stop:
         if not s or len(s) > settings.max_stop_length:
-            raise APIError("validation", f"stop: each stop sequence must have 1 to {settings.max_stop_length} characters",
-                           param="stop")  # fmt: skip
+            raise APIError(
+                "validation",
+                f"stop: each stop sequence must have 1 to {settings.max_stop_length} characters",
+                param="stop",
+            )
         check_text(s, "stop")
     return tuple(stop)
 
@@ -133,13 +142,19 @@ def _prompt_ids(worker: ModelWorker, req: TextRequest) -> list[int]:
             raise APIError("validation", "inputs: a token-id prompt must not be empty", param="inputs")
         bad = next((i for i in ids if not 0 <= i < n_vocab), None)
         if bad is not None:
-            raise APIError("validation", f"inputs: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
-                           param="inputs")  # fmt: skip
+            raise APIError(
+                "validation",
+                f"inputs: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
+                param="inputs",
+            )
     ids = truncated(ids, req.truncate, n_ctx)
     if len(ids) > n_ctx:
-        raise APIError("validation", f"inputs: the prompt is {len(ids)} tokens but the model's context is {n_ctx} "
-                       "tokens; shorten it (or, where the API has it, set truncate to keep the last tokens)",
-                       param="inputs")  # fmt: skip
+        raise APIError(
+            "validation",
+            f"inputs: the prompt is {len(ids)} tokens but the model's context is {n_ctx} "
+            "tokens; shorten it (or, where the API has it, set truncate to keep the last tokens)",
+            param="inputs",
+        )
     return ids
 
 
@@ -148,7 +163,9 @@ def truncated(ids: list, truncate: int | None, n_ctx: int) -> list:
     if truncate is None:
         return ids
     if not 1 <= truncate <= n_ctx:
-        raise APIError("validation", f"truncate must be between 1 and {n_ctx}, got {truncate}", param="truncate")
+        raise APIError(
+            "validation", f"truncate must be between 1 and {n_ctx}, got {truncate}", param="truncate"
+        )
     return ids[-truncate:]
 
 
@@ -185,8 +202,12 @@ def submit(state: ServerState, route: str, requests: Sequence[TextRequest]) -> G
         raise APIError("unavailable", "the server is shutting down")
     entry, worker = ready_worker(state.registry, requests[0].model)
     if len(requests) > worker.capacity:  # only OpenAI's n (times its prompts) asks for several
-        raise APIError("validation", f"n: {len(requests)} completions asked for at once; this model takes at most "
-                       f"{worker.capacity} at once", param="n")  # fmt: skip
+        raise APIError(
+            "validation",
+            f"n: {len(requests)} completions asked for at once; this model takes at most "
+            f"{worker.capacity} at once",
+            param="n",
+        )
     validated = [validate(worker, state.settings, r) for r in requests]
     handles: list[RequestHandle] = []
     try:
@@ -204,10 +225,13 @@ def submit(state: ServerState, route: str, requests: Sequence[TextRequest]) -> G
 class Generation:
     """The accepted requests of one API call, read as one stream of ``(index, event)``."""
 
-    def __init__(self, state: ServerState, route: str, model: str, worker: ModelWorker,
-                 handles: list[RequestHandle]):  # fmt: skip
+    def __init__(
+        self, state: ServerState, route: str, model: str, worker: ModelWorker, handles: list[RequestHandle]
+    ):
         self.state, self.route, self.model, self.worker, self.handles = state, route, model, worker, handles
-        self.outcome = "cancelled"  # what the request counts as unless every request ends (or the family says)
+        self.outcome = (
+            "cancelled"  # what the request counts as unless every request ends (or the family says)
+        )
         self._ended: list[Done | Failed] = []
         self._pumps: list[asyncio.Future] = []
 

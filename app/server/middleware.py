@@ -46,9 +46,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 async def _json(send: Send, status: int, body: dict, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            *headers]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -72,7 +80,10 @@ class RequestId:
         async def send_with_id(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.accept"):
                 status["code"] = message.get("status", 101)
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
+                }
             await send(message)
 
         try:
@@ -83,12 +94,19 @@ class RequestId:
             # Answered here, inside this wrapper, so the 500 carries the request id too and the
             # connection stays usable (Starlette's outermost handler re-raises to uvicorn, which
             # then drops the keep-alive connection under the client).
-            logging.getLogger("gpt2serve.errors").exception("unhandled error on %s %s", scope.get("method"),
-                                                            scope["path"])  # fmt: skip
-            await _json(send_with_id, 500, _error_body(scope["path"], "internal server error", "internal"))  # fmt: skip
+            logging.getLogger("gpt2serve.errors").exception(
+                "unhandled error on %s %s", scope.get("method"), scope["path"]
+            )
+            await _json(send_with_id, 500, _error_body(scope["path"], "internal server error", "internal"))
         finally:
-            log.info("%s %s %s %s %.1fms", rid, scope.get("method", "WS"), scope["path"], status["code"] or "-",
-                     (time.monotonic() - started) * 1e3)  # fmt: skip
+            log.info(
+                "%s %s %s %s %.1fms",
+                rid,
+                scope.get("method", "WS"),
+                scope["path"],
+                status["code"] or "-",
+                (time.monotonic() - started) * 1e3,
+            )
 
 
 class RedactAuthorization(logging.Filter):
@@ -104,7 +122,9 @@ class RedactAuthorization(logging.Filter):
         return True
 
 
-def redact_credentials_in_logs(names: Iterable[str] = ("uvicorn.error", "uvicorn", "websockets.server")) -> None:
+def redact_credentials_in_logs(
+    names: Iterable[str] = ("uvicorn.error", "uvicorn", "websockets.server"),
+) -> None:
     """Install :class:`RedactAuthorization` on the loggers that log request headers (idempotent)."""
     for name in names:
         logger = logging.getLogger(name)

@@ -28,16 +28,22 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
             if branch.get("type") == "integer":
                 branch.update(minimum=0, maximum=SEED_MAX)
     # echo with logprobs is refused (the prompt's logprobs are not computed)
-    schemas["CompletionRequest"]["not"] = {"required": ["echo", "logprobs"],
-                                           "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}}}  # fmt: skip
-    for branch in schemas["CompletionRequest"]["properties"]["prompt"]["anyOf"]:  # no empty list, at any depth
+    schemas["CompletionRequest"]["not"] = {
+        "required": ["echo", "logprobs"],
+        "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}},
+    }
+    for branch in schemas["CompletionRequest"]["properties"]["prompt"][
+        "anyOf"
+    ]:  # no empty list, at any depth
         if branch.get("type") == "array":
             branch["minItems"] = 1
             if branch["items"].get("type") == "array":
                 branch["items"]["minItems"] = 1
     loaded = _loaded(app)
     if loaded:
-        schemas["Parameters"]["properties"]["truncate"]["maximum"] = min(e.model.hparams.n_ctx for e in loaded)
+        schemas["Parameters"]["properties"]["truncate"]["maximum"] = min(
+            e.model.hparams.n_ctx for e in loaded
+        )
         schemas["CompletionRequest"]["properties"]["n"]["maximum"] = min(e.worker.capacity for e in loaded)
         n_vocab = min(e.model.hparams.n_vocab for e in loaded)
         _bound_token_ids(schemas["CompletionRequest"]["properties"]["prompt"], n_vocab)

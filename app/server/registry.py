@@ -92,9 +92,16 @@ class Registry:
         try:
             source = resolve_default(s.models_dir) if entry.source == DEFAULT_NAME else entry.source
             spec = s.speculative_tokens if s.speculative == "ngram" else 0
-            model = load_model(source, s.models_dir, device=entry.device, dtype=s.dtype, slots=s.slots,
-                               prefill_chunk=s.prefill_chunk, speculative_tokens=spec,
-                               layers_per_call=s.layers_per_call)  # fmt: skip
+            model = load_model(
+                source,
+                s.models_dir,
+                device=entry.device,
+                dtype=s.dtype,
+                slots=s.slots,
+                prefill_chunk=s.prefill_chunk,
+                speculative_tokens=spec,
+                layers_per_call=s.layers_per_call,
+            )
             if s.warmup:
                 started = time.monotonic()
                 model.engine.warmup(lambda line, name=entry.name: log.info("model %s: %s", name, line))

@@ -31,45 +31,94 @@ class Settings(BaseSettings):
     placement: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="model=device pairs; default: model i on GPU i, else CPU"
     )
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(default="float32", description=(
-        "weights and KV cache precision; half precision halves both (see `gpt2-serve plan`)"))
-    slots: int | None = Field(default=None, ge=1, le=1024, description=(
-        "concurrent sequences per model; default: sized from free memory, at most 32"))
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32",
+        description=("weights and KV cache precision; half precision halves both (see `gpt2-serve plan`)"),
+    )
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description=("concurrent sequences per model; default: sized from free memory, at most 32"),
+    )
     queue_size: int = Field(default=64, ge=0, description="requests waiting for a slot, per model")
     prefill_chunk: int = Field(default=256, ge=16, le=4096, description="longest prompt piece per call")
-    warmup: bool = Field(default=True, description=(
-        "compile every shape a request can reach before reporting ready (a progress line per shape)"))
-    layers_per_call: int = Field(default=1, ge=1, le=48, description=(
-        "transformer blocks per compiled program (a divisor of the model's layers): 1 compiles fastest; "
-        "12 (124M) runs ~12% faster at 32 rows and compiles ~4x longer"))
-    speculative: Literal["off", "ngram"] = Field(default="off", description=(
-        "ngram: a lone stream drafts tokens by prompt lookup and verifies them in one call (same tokens)"))
-    speculative_tokens: int = Field(default=4, ge=1, le=15, description="draft length with --speculative ngram")
-    cpu_devices: int = Field(default=1, ge=1, le=64, description=(
-        "split the CPU into this many logical devices (CPU:0..N-1) to place models apart without GPUs"))
+    warmup: bool = Field(
+        default=True,
+        description=(
+            "compile every shape a request can reach before reporting ready (a progress line per shape)"
+        ),
+    )
+    layers_per_call: int = Field(
+        default=1,
+        ge=1,
+        le=48,
+        description=(
+            "transformer blocks per compiled program (a divisor of the model's layers): 1 compiles fastest; "
+            "12 (124M) runs ~12% faster at 32 rows and compiles ~4x longer"
+        ),
+    )
+    speculative: Literal["off", "ngram"] = Field(
+        default="off",
+        description=(
+            "ngram: a lone stream drafts tokens by prompt lookup and verifies them in one call (same tokens)"
+        ),
+    )
+    speculative_tokens: int = Field(
+        default=4, ge=1, le=15, description="draft length with --speculative ngram"
+    )
+    cpu_devices: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "split the CPU into this many logical devices (CPU:0..N-1) to place models apart without GPUs"
+        ),
+    )
 
     # Network.
     host: str = Field(default="127.0.0.1", description="address to listen on (0.0.0.0 in containers)")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on")
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated origins allowed by CORS; none: CORS closed")
+        default_factory=list, description="comma-separated origins allowed by CORS; none: CORS closed"
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="comma-separated bearer keys; none: no authentication")
+        default_factory=list, description="comma-separated bearer keys; none: no authentication"
+    )
     protect_metrics: bool = Field(default=False, description="require an API key for /metrics too")
 
     # Request limits.
-    default_max_new_tokens: int = Field(default=100, ge=1, description="max_new_tokens of a request that sets none")
-    max_new_tokens_limit: int = Field(default=2048, ge=1, description="largest max_new_tokens a request may ask")
+    default_max_new_tokens: int = Field(
+        default=100, ge=1, description="max_new_tokens of a request that sets none"
+    )
+    max_new_tokens_limit: int = Field(
+        default=2048, ge=1, description="largest max_new_tokens a request may ask"
+    )
     max_stop_sequences: int = Field(default=4, ge=0, description="most stop sequences in one request")
     max_stop_length: int = Field(default=256, ge=1, description="longest stop sequence, in characters")
     max_body_bytes: int = Field(default=2 * 2**20, ge=1024, description="largest request body; more is 413")
-    max_websockets: int = Field(default=256, ge=1, description="open WebSocket connections; more are closed 1013")
-    ws_max_buffered_tokens: int = Field(default=256, ge=1, description=(
-        "token messages that may wait to be sent to one WebSocket client; more closes it with 1008"))
-    drain_timeout: float = Field(default=30.0, ge=0, description=(
-        "seconds to let accepted requests finish after SIGTERM before closing"))
-    health_stuck_seconds: float = Field(default=120.0, gt=0, description=(
-        "one compute call (prefill or decode step) longer than this makes /health answer 503 'stuck'"))
+    max_websockets: int = Field(
+        default=256, ge=1, description="open WebSocket connections; more are closed 1013"
+    )
+    ws_max_buffered_tokens: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "token messages that may wait to be sent to one WebSocket client; more closes it with 1008"
+        ),
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description=("seconds to let accepted requests finish after SIGTERM before closing"),
+    )
+    health_stuck_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "one compute call (prefill or decode step) longer than this makes /health answer 503 'stuck'"
+        ),
+    )
 
     @field_validator("models", "cors_origins", "api_keys", mode="before")
     @classmethod

@@ -130,14 +130,20 @@ class GracefulServer(uvicorn.Server):
         if self._draining and state is not None and not self.should_exit:
             if not self._announced:
                 self._announced = True
-                log.info("draining: new requests are refused; waiting up to %.0f s for %s",
-                         state.settings.drain_timeout, _in_flight(state))  # fmt: skip
+                log.info(
+                    "draining: new requests are refused; waiting up to %.0f s for %s",
+                    state.settings.drain_timeout,
+                    _in_flight(state),
+                )
             if drained(state):
                 log.info("drained: every accepted request has finished")
                 self._exit(AFTER_DRAIN_GRACE)
             elif remaining(state) <= 0:
-                log.warning("drain timeout (%.0f s) passed with %s; closing", state.settings.drain_timeout,
-                            _in_flight(state))  # fmt: skip
+                log.warning(
+                    "drain timeout (%.0f s) passed with %s; closing",
+                    state.settings.drain_timeout,
+                    _in_flight(state),
+                )
                 self._exit(AFTER_DRAIN_GRACE)
         return await super().on_tick(counter)
 

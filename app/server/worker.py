@@ -178,7 +178,9 @@ class ModelWorker:
         """Admitted requests whose prompt is not fully written yet (no token so far)."""
         return sum(1 for live in list(self._live.values()) if not live.seq.generated)
 
-    def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+    def submit(
+        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None
+    ) -> RequestHandle:
         handle = RequestHandle(request, loop or asyncio.get_running_loop())
         with self._cond:
             if self._stopping:
@@ -223,12 +225,20 @@ class ModelWorker:
         """Give a queued request a slot; its prompt is prefilled by the next steps."""
         if handle.cancelled:  # left while queued: never prefilled
             self._count_cancel()
-            self._answer(handle, Done("cancelled", "", [], len(handle.request.prompt_ids), handle.request.sampling.seed))
+            self._answer(
+                handle,
+                Done("cancelled", "", [], len(handle.request.prompt_ids), handle.request.sampling.seed),
+            )
             return
         req = handle.request
         try:
-            seq = Entry(req.prompt_ids, req.max_new_tokens, req.sampling, stop_at_eos=req.stop_at_eos,
-                           speculate=req.speculative)
+            seq = Entry(
+                req.prompt_ids,
+                req.max_new_tokens,
+                req.sampling,
+                stop_at_eos=req.stop_at_eos,
+                speculate=req.speculative,
+            )
             live = _Active(handle, seq, TextStream(self.model.encoder, req.stop))
         except ValueError as exc:
             self._answer(handle, Failed("validation", str(exc)))
@@ -263,7 +273,9 @@ class ModelWorker:
             if self.metrics:
                 first = len(event.seq.generated) == 1
                 hist = self.metrics.ttft if first else self.metrics.itl
-                hist.labels(self.name).observe(now - (live.handle.enqueued_at if first else live.last_token_at))
+                hist.labels(self.name).observe(
+                    now - (live.handle.enqueued_at if first else live.last_token_at)
+                )
             live.last_token_at = now
             self._on_token(live, event)
 
@@ -296,18 +308,29 @@ class ModelWorker:
             text += live.text.finish()
         if self.metrics:
             self.metrics.generated_tokens.labels(self.name).inc()
-        live.handle.deliver(Token(len(seq.generated) - 1, event.token_id, text, event.logprob, special,
-                                  seq.finish_reason))  # fmt: skip
+        live.handle.deliver(
+            Token(len(seq.generated) - 1, event.token_id, text, event.logprob, special, seq.finish_reason)
+        )
         if seq.finished:
-            self._finish(live, Done(seq.finish_reason, live.text.text, list(seq.generated),
-                                    len(seq.prompt_ids), seq.seed))  # fmt: skip
+            self._finish(
+                live,
+                Done(seq.finish_reason, live.text.text, list(seq.generated), len(seq.prompt_ids), seq.seed),
+            )
 
     def _drop_cancelled(self) -> None:
         for live in [lv for lv in self._live.values() if lv.handle.cancelled]:
             self._batcher.finish(live.seq, "cancelled")
             self._count_cancel()
-            self._finish(live, Done("cancelled", live.text.text, list(live.seq.generated),
-                                    len(live.seq.prompt_ids), live.seq.seed))  # fmt: skip
+            self._finish(
+                live,
+                Done(
+                    "cancelled",
+                    live.text.text,
+                    list(live.seq.generated),
+                    len(live.seq.prompt_ids),
+                    live.seq.seed,
+                ),
+            )
 
     def _finish(self, live: _Active, event: Event) -> None:
         self._live.pop(live.seq, None)

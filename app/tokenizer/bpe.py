@@ -170,7 +170,9 @@ class Encoder:
         if allowed_special == "all":
             allowed_special = SPECIAL_TOKENS
         elif isinstance(allowed_special, str) or not isinstance(allowed_special, Set):
-            raise ValueError(f'allowed_special must be a set of special-token names or "all", got {allowed_special!r}')
+            raise ValueError(
+                f'allowed_special must be a set of special-token names or "all", got {allowed_special!r}'
+            )
         unknown = sorted(allowed_special - SPECIAL_TOKENS)
         if unknown:
             raise ValueError(f"not special tokens: {', '.join(map(repr, unknown))} (known: {ENDOFTEXT!r})")
@@ -378,7 +380,9 @@ def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
         if all(present):
             return paths
         if any(present):
-            raise ModelFileError(paths[present.index(False)], "file is missing (its tokenizer partner is here)")
+            raise ModelFileError(
+                paths[present.index(False)], "file is missing (its tokenizer partner is here)"
+            )
     raise ModelFileError(
         model_dir / TOKENIZER_FILES[0][0],
         "file is missing; no tokenizer here (expected encoder.json and vocab.bpe, or vocab.json and merges.txt)",

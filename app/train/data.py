@@ -32,8 +32,9 @@ def _files(path: str) -> list[Path]:
     return found
 
 
-def load_chunks(path: str, enc: Encoder, *, combine: int = 50000, encoding: str = "utf-8",
-                progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+def load_chunks(
+    path: str, enc: Encoder, *, combine: int = 50000, encoding: str = "utf-8", progress: bool = True
+) -> list[np.ndarray]:
     """Token arrays (``int32``) from ``path``: ``.npz`` files are taken as already encoded."""
     chunks: list[np.ndarray] = []
     raw = ""
@@ -81,7 +82,9 @@ class Sampler:
     def batch(self, step: int, batch_size: int, length: int) -> np.ndarray:
         """``[batch_size, length]`` windows for ``step`` (the same every time it is asked)."""
         if self.total < length + 1:
-            raise ValueError(f"the dataset has {self.total} tokens; need more than the context length {length}")
+            raise ValueError(
+                f"the dataset has {self.total} tokens; need more than the context length {length}"
+            )
         rng = np.random.default_rng([self.seed, step])
         starts = rng.integers(0, self.total - length, size=batch_size)
         return np.stack([self.tokens[s : s + length] for s in starts])

@@ -57,8 +57,9 @@ def write_model_card(dest: Path, run_dir: Path, name: str, samples: list[str] | 
     return path
 
 
-def model_card(name: str, info: dict, hp: HParams, steps: int, loss: float | None, val: float | None,
-               samples: list[str]) -> str:  # fmt: skip
+def model_card(
+    name: str, info: dict, hp: HParams, steps: int, loss: float | None, val: float | None, samples: list[str]
+) -> str:
     cfg = info["config"]
     lines = [
         f"# {name}",

@@ -55,7 +55,14 @@ class TrainConfig:
     jit_compile: bool = False  # XLA for the training step
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "accumulate_gradients", "save_every", "sample_length", "sample_num", "val_batches"):
+        for name in (
+            "batch_size",
+            "accumulate_gradients",
+            "save_every",
+            "sample_length",
+            "sample_num",
+            "val_batches",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1")
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
@@ -67,7 +74,10 @@ class Weights(tf.Module):
 
     def __init__(self, params: Mapping[str, np.ndarray]):
         super().__init__(name="gpt2")
-        self.v = {name: tf.Variable(np.asarray(a, np.float32), name=name.replace("/", "_")) for name, a in params.items()}
+        self.v = {
+            name: tf.Variable(np.asarray(a, np.float32), name=name.replace("/", "_"))
+            for name, a in params.items()
+        }
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -98,8 +108,11 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.checkpoint = tf.train.Checkpoint(weights=self.weights, optimizer=self.optimizer, step=self.step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.run_dir, max_to_keep=3)
-        self.compute_dtype = {"float32": tf.float32, "mixed_float16": tf.float16,
-                              "mixed_bfloat16": tf.bfloat16}[cfg.precision]  # fmt: skip
+        self.compute_dtype = {
+            "float32": tf.float32,
+            "mixed_float16": tf.float16,
+            "mixed_bfloat16": tf.bfloat16,
+        }[cfg.precision]
         # XLA (``--xla``) can fuse the 50257-way softmax and cross-entropy passes, at a compile cost
         # per run; off by default (no gain measured here on 2 busy cores, and tests build many runs).
         self._grad_fn = tf.function(self._loss_and_grads, jit_compile=cfg.jit_compile)
@@ -152,8 +165,10 @@ class Trainer:
 
     def evaluate(self, sampler: Sampler) -> float:
         """Mean loss over the same ``val_batches`` windows every time (comparable across steps)."""
-        losses = [float(self._loss_fn(tf.constant(sampler.batch(i, self.cfg.batch_size, self.context + 1))))
-                  for i in range(self.cfg.val_batches)]  # fmt: skip
+        losses = [
+            float(self._loss_fn(tf.constant(sampler.batch(i, self.cfg.batch_size, self.context + 1))))
+            for i in range(self.cfg.val_batches)
+        ]
         return float(np.mean(losses))
 
     def params(self) -> dict[str, np.ndarray]:
@@ -169,21 +184,33 @@ class Trainer:
         tokens. ``<|endoftext|>`` does not end a sample.
         """
         engine = Engine(self.hp, self.params(), EngineConfig(slots=len(seeds)))
-        requests = [Request(list(context), length, SamplingParams(top_k=self.cfg.top_k, seed=seed)) for seed in seeds]
+        requests = [
+            Request(list(context), length, SamplingParams(top_k=self.cfg.top_k, seed=seed)) for seed in seeds
+        ]
         return [r.generated for r in generate(engine, requests, eos_id=None)]
 
     # ---- the loop ----
 
-    def fit(self, train: Sampler, *, steps: int, val: Sampler | None = None,
-            on_sample: Callable[[int, list[list[int]]], None] | None = None, eot: int = 50256,
-            progress: bool = True) -> list[dict]:  # fmt: skip
+    def fit(
+        self,
+        train: Sampler,
+        *,
+        steps: int,
+        val: Sampler | None = None,
+        on_sample: Callable[[int, list[list[int]]], None] | None = None,
+        eot: int = 50256,
+        progress: bool = True,
+    ) -> list[dict]:
         """Train until the step counter reaches ``steps``; returns the rows logged to ``losses.csv``.
 
         Ctrl-C saves a checkpoint before the interrupt goes on up.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rows: list[dict] = []
-        with loss_log(self.run_dir / "losses.csv") as log, _progress_bar(steps, int(self.step.numpy()), progress) as bar:
+        with (
+            loss_log(self.run_dir / "losses.csv") as log,
+            _progress_bar(steps, int(self.step.numpy()), progress) as bar,
+        ):
             try:
                 while int(self.step.numpy()) < steps:
                     row = self._train_one(train, val)
@@ -202,25 +229,36 @@ class Trainer:
         cfg = self.cfg
         step = int(self.step.numpy())
         t0 = time.perf_counter()
-        micro = [train.batch(step * cfg.accumulate_gradients + i, cfg.batch_size, self.context + 1)
-                 for i in range(cfg.accumulate_gradients)]  # fmt: skip
+        micro = [
+            train.batch(step * cfg.accumulate_gradients + i, cfg.batch_size, self.context + 1)
+            for i in range(cfg.accumulate_gradients)
+        ]
         loss = self.train_step(micro)
         rate = cfg.batch_size * cfg.accumulate_gradients * self.context / (time.perf_counter() - t0)
         done = step + 1
-        row = {"step": done, "loss": loss, "val_loss": "", "tokens_per_sec": round(rate, 1),
-               "time": round(time.time(), 3)}  # fmt: skip
+        row = {
+            "step": done,
+            "loss": loss,
+            "val_loss": "",
+            "tokens_per_sec": round(rate, 1),
+            "time": round(time.time(), 3),
+        }
         if val is not None and cfg.val_every and done % cfg.val_every == 0:
             row["val_loss"] = self.evaluate(val)
         return row
 
-    def _save_and_sample(self, done: int, on_sample: Callable[[int, list[list[int]]], None] | None,
-                         eot: int) -> None:  # fmt: skip
+    def _save_and_sample(
+        self, done: int, on_sample: Callable[[int, list[list[int]]], None] | None, eot: int
+    ) -> None:
         """The checkpoint and the samples due after step ``done``."""
         cfg = self.cfg
         if done % cfg.save_every == 0:
             self.save()
         if on_sample and cfg.sample_every and done % cfg.sample_every == 0:
-            on_sample(done, self.sample([eot], cfg.sample_length, seeds=[done * 1000 + i for i in range(cfg.sample_num)]))
+            on_sample(
+                done,
+                self.sample([eot], cfg.sample_length, seeds=[done * 1000 + i for i in range(cfg.sample_num)]),
+            )
 
 
 def _progress_bar(steps: int, start: int, enabled: bool):

@@ -56,17 +56,32 @@ def _in_openai_words(err: APIError, state: ServerState, model: str) -> APIError:
 def text_requests(body: oa.CompletionRequest) -> list[TextRequest]:
     """Every prompt x ``n`` choice as one request; choice j of a prompt samples with ``seed + j``."""
     if body.echo and body.logprobs is not None:
-        raise APIError("validation", "logprobs together with echo is not supported: this server does not "
-                       "compute the prompt tokens' logprobs", param="logprobs")  # fmt: skip
+        raise APIError(
+            "validation",
+            "logprobs together with echo is not supported: this server does not "
+            "compute the prompt tokens' logprobs",
+            param="logprobs",
+        )
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     if top_p == 0:  # only the most likely token is left
         temperature, top_p = 0.0, 1.0
     n = body.n or 1
-    return [TextRequest(prompt, model=body.model, max_new_tokens=16 if body.max_tokens is None else body.max_tokens,
-                        temperature=temperature, top_p=top_p, do_sample=temperature != 0, stop=body.stops(),
-                        seed=None if body.seed is None else (body.seed + j) % 2**64, special_text=True)
-            for prompt in body.prompts() for j in range(n)]  # fmt: skip
+    return [
+        TextRequest(
+            prompt,
+            model=body.model,
+            max_new_tokens=16 if body.max_tokens is None else body.max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            do_sample=temperature != 0,
+            stop=body.stops(),
+            seed=None if body.seed is None else (body.seed + j) % 2**64,
+            special_text=True,
+        )
+        for prompt in body.prompts()
+        for j in range(n)
+    ]
 
 
 def _submit(state: ServerState, body: oa.CompletionRequest) -> Generation:
@@ -96,20 +111,26 @@ def _logprobs(gen: Generation, tokens: list[Token], start: int) -> oa.Logprobs:
     for text in texts:
         offsets.append(pos)
         pos += len(text)
-    return oa.Logprobs(tokens=texts, token_logprobs=[t.logprob for t in tokens], top_logprobs=None,
-                       text_offset=offsets)  # fmt: skip
+    return oa.Logprobs(
+        tokens=texts, token_logprobs=[t.logprob for t in tokens], top_logprobs=None, text_offset=offsets
+    )
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> oa.CompletionUsage:
-    return oa.CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                              total_tokens=prompt_tokens + completion_tokens)  # fmt: skip
+    return oa.CompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 def _completion_id() -> str:
     return f"cmpl-{uuid.uuid4().hex}"
 
 
-async def complete(request: Request, state: ServerState, body: oa.CompletionRequest) -> oa.Completion | Response:
+async def complete(
+    request: Request, state: ServerState, body: oa.CompletionRequest
+) -> oa.Completion | Response:
     async with _submit(state, body) as gen:
         try:
             results = await gen.collect(request)
@@ -122,10 +143,18 @@ async def complete(request: Request, state: ServerState, body: oa.CompletionRequ
     for i, (tokens, end) in enumerate(results):
         prefix = _echo(gen, body, i)
         lp = _logprobs(gen, tokens, len(prefix)) if body.logprobs is not None else None
-        out.append(oa.CompletionChoice(index=i, text=prefix + end.generated_text, logprobs=lp,
-                                       finish_reason=_finish(end.finish_reason)))  # fmt: skip
+        out.append(
+            oa.CompletionChoice(
+                index=i,
+                text=prefix + end.generated_text,
+                logprobs=lp,
+                finish_reason=_finish(end.finish_reason),
+            )
+        )
     usage = _usage(_prompt_tokens(gen, body), sum(end.completion_tokens for _, end in results))
-    return oa.Completion(id=_completion_id(), created=int(time.time()), model=gen.model, choices=out, usage=usage)
+    return oa.Completion(
+        id=_completion_id(), created=int(time.time()), model=gen.model, choices=out, usage=usage
+    )
 
 
 class _Chunks:
@@ -138,9 +167,12 @@ class _Chunks:
         self.offsets = [len(_echo(gen, body, i)) for i in range(len(gen.handles))]  # logprobs' text_offset
 
     def chunk(self, index: int, text: str, finish: str | None, logprobs: oa.Logprobs | None = None) -> str:
-        c = oa.Completion(id=self.cid, created=self.created, model=self.gen.model,
-                          choices=[oa.CompletionChoice(index=index, text=text, logprobs=logprobs,
-                                                       finish_reason=finish)])  # fmt: skip
+        c = oa.Completion(
+            id=self.cid,
+            created=self.created,
+            model=self.gen.model,
+            choices=[oa.CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)],
+        )
         payload = c.model_dump()
         if not self.include_usage:
             del payload["usage"]  # with include_usage, every chunk but the last has "usage": null
@@ -158,8 +190,16 @@ class _Chunks:
 
     def usage(self, completion_tokens: int) -> str:
         usage = _usage(_prompt_tokens(self.gen, self.body), completion_tokens).model_dump()
-        return sse({"id": self.cid, "object": "text_completion", "created": self.created, "model": self.gen.model,
-                    "choices": [], "usage": usage})  # fmt: skip
+        return sse(
+            {
+                "id": self.cid,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.gen.model,
+                "choices": [],
+                "usage": usage,
+            }
+        )
 
 
 def stream(state: ServerState, body: oa.CompletionRequest) -> StreamingResponse:
@@ -188,7 +228,11 @@ def stream(state: ServerState, body: oa.CompletionRequest) -> StreamingResponse:
     return sse_response(events())
 
 
-@router.post("/completions", response_model=oa.Completion, responses={200: {"content": {"text/event-stream": {}}}, **ERRORS})
+@router.post(
+    "/completions",
+    response_model=oa.Completion,
+    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+)
 async def completions(request: Request, body: oa.CompletionRequest, state: StateDep):
     """OpenAI Completions: every prompt × ``n`` choice generated in one batch. ``stream`` answers
     server-sent events, one Completion chunk per piece of text, ending with ``data: [DONE]``."""
@@ -208,10 +252,17 @@ async def list_models(state: StateDep):
     return oa.ModelList(data=[_model(state, name) for name in state.registry.entries])
 
 
-@router.get("/models/{model:path}", response_model=oa.Model, responses={404: {"model": oa.ErrorResponse}, **READ_ERRORS})
+@router.get(
+    "/models/{model:path}",
+    response_model=oa.Model,
+    responses={404: {"model": oa.ErrorResponse}, **READ_ERRORS},
+)
 async def retrieve_model(model: str, state: StateDep):
     """One configured model."""
     if model not in state.registry.entries:
-        raise APIError("not_found", f"unknown model {model!r}; served: {', '.join(state.registry.entries)}",
-                       param="model")  # fmt: skip
+        raise APIError(
+            "not_found",
+            f"unknown model {model!r}; served: {', '.join(state.registry.entries)}",
+            param="model",
+        )
     return _model(state, model)

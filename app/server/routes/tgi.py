@@ -40,21 +40,33 @@ def seed_of(gen: Generation, done: Done) -> int | None:
 
 def api_token(gen: Generation, t: Token) -> tgi.Token:
     """A token as TGI's details list it: its own text, whatever was released around it."""
-    return tgi.Token(id=t.id, text="" if t.special else gen.worker.model.encoder.decode([t.id]),
-                     logprob=t.logprob, special=t.special)  # fmt: skip
+    return tgi.Token(
+        id=t.id,
+        text="" if t.special else gen.worker.model.encoder.decode([t.id]),
+        logprob=t.logprob,
+        special=t.special,
+    )
 
 
 def details(gen: Generation, body: tgi.GenerateRequest, tokens: list[Token], done: Done) -> tgi.Details:
     enc = gen.worker.model.encoder
     prefill = []
     if body.parameters.decoder_input_details:
-        prefill = [tgi.InputToken(id=i, text=enc.decode([i]), logprob=None) for i in gen.requests[0].prompt_ids]
-    return tgi.Details(finish_reason=done.finish_reason, generated_tokens=done.completion_tokens,
-                       seed=seed_of(gen, done), prefill=prefill, tokens=[api_token(gen, t) for t in tokens])  # fmt: skip
+        prefill = [
+            tgi.InputToken(id=i, text=enc.decode([i]), logprob=None) for i in gen.requests[0].prompt_ids
+        ]
+    return tgi.Details(
+        finish_reason=done.finish_reason,
+        generated_tokens=done.completion_tokens,
+        seed=seed_of(gen, done),
+        prefill=prefill,
+        tokens=[api_token(gen, t) for t in tokens],
+    )
 
 
-async def run_to_end(request: Request, state: ServerState, body: tgi.GenerateRequest,
-                     route: str) -> tgi.GenerateResponse:  # fmt: skip
+async def run_to_end(
+    request: Request, state: ServerState, body: tgi.GenerateRequest, route: str
+) -> tgi.GenerateResponse:
     async with submit(state, route, [body.parameters.text_request(body.inputs)]) as gen:
         try:
             [(tokens, end)] = await gen.collect(request)
@@ -67,7 +79,9 @@ async def run_to_end(request: Request, state: ServerState, body: tgi.GenerateReq
 
 
 def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> StreamingResponse:
-    gen = submit(state, route, [body.parameters.text_request(body.inputs)])  # errors here are plain JSON responses
+    gen = submit(
+        state, route, [body.parameters.text_request(body.inputs)]
+    )  # errors here are plain JSON responses
 
     async def events():
         last: Token | None = None
@@ -76,12 +90,24 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
                 if isinstance(event, Token):
                     last = event
                     if event.finish_reason is None:
-                        yield sse(tgi.StreamResponse(index=event.index, token=_stream_token(event)).model_dump())
+                        yield sse(
+                            tgi.StreamResponse(index=event.index, token=_stream_token(event)).model_dump()
+                        )
                 elif isinstance(event, Done):
-                    end = tgi.StreamDetails(finish_reason=event.finish_reason, generated_tokens=event.completion_tokens,
-                                            seed=seed_of(gen, event), input_length=event.prompt_tokens)  # fmt: skip
-                    yield sse(tgi.StreamResponse(index=last.index, token=_stream_token(last), details=end,
-                                                 generated_text=full_text(body, event)).model_dump())  # fmt: skip
+                    end = tgi.StreamDetails(
+                        finish_reason=event.finish_reason,
+                        generated_tokens=event.completion_tokens,
+                        seed=seed_of(gen, event),
+                        input_length=event.prompt_tokens,
+                    )
+                    yield sse(
+                        tgi.StreamResponse(
+                            index=last.index,
+                            token=_stream_token(last),
+                            details=end,
+                            generated_text=full_text(body, event),
+                        ).model_dump()
+                    )
                 else:
                     yield sse(error_body(failure(event), openai=False)[1])
 
@@ -93,7 +119,9 @@ def _stream_token(t: Token) -> tgi.Token:
     return tgi.Token(id=t.id, text=t.text, logprob=t.logprob, special=t.special)
 
 
-@router.post("/generate", response_model=tgi.GenerateResponse, response_model_exclude_none=True, responses=ERRORS)
+@router.post(
+    "/generate", response_model=tgi.GenerateResponse, response_model_exclude_none=True, responses=ERRORS
+)
 async def generate(request: Request, body: tgi.GenerateRequest, state: StateDep):
     """Generate text for one prompt (TGI). ``details`` adds tokens, logprobs and the finish reason."""
     return await run_to_end(request, state, body, "/generate")
@@ -105,7 +133,11 @@ async def generate_stream(body: tgi.GenerateRequest, state: StateDep):
     return stream(state, body, "/generate_stream")
 
 
-@router.post("/", response_model=list[tgi.GenerateResponse], responses={200: {"content": {"text/event-stream": {}}}, **ERRORS})
+@router.post(
+    "/",
+    response_model=list[tgi.GenerateResponse],
+    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+)
 async def compat_generate(request: Request, body: tgi.GenerateRequest, state: StateDep):
     """TGI's compatibility route (used by its Python client): a one-element list, or SSE when ``stream``."""
     if body.stream:
@@ -121,14 +153,25 @@ async def info(state: StateDep):
     entry = state.registry.default
     n_ctx = entry.model.hparams.n_ctx if entry.model else 1024
     capacity = sum(e.worker.capacity for e in state.registry.entries.values() if e.worker)
-    return tgi.Info(model_id=entry.name, model_dtype=s.dtype, model_device_type=entry.device.split(":")[0].strip("/").lower(),
-                    max_concurrent_requests=capacity, max_stop_sequences=s.max_stop_sequences,
-                    max_input_tokens=n_ctx, max_input_length=n_ctx, max_total_tokens=n_ctx + s.max_new_tokens_limit,
-                    version=__version__, models=list(state.registry.entries))  # fmt: skip
+    return tgi.Info(
+        model_id=entry.name,
+        model_dtype=s.dtype,
+        model_device_type=entry.device.split(":")[0].strip("/").lower(),
+        max_concurrent_requests=capacity,
+        max_stop_sequences=s.max_stop_sequences,
+        max_input_tokens=n_ctx,
+        max_input_length=n_ctx,
+        max_total_tokens=n_ctx + s.max_new_tokens_limit,
+        version=__version__,
+        models=list(state.registry.entries),
+    )
 
 
-@router.post("/tokenize", response_model=list[tgi.SimpleToken],
-             responses={code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 503)})
+@router.post(
+    "/tokenize",
+    response_model=list[tgi.SimpleToken],
+    responses={code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 503)},
+)
 async def tokenize(body: tgi.TokenizeRequest, state: StateDep):
     """Token ids of ``inputs`` with each token's text and character offsets."""
     _, worker = ready_worker(state.registry, body.parameters.model if body.parameters else None)

@@ -103,7 +103,9 @@ class _Connection:
     def parse(self, frame: dict) -> proto.GenerateMessage | proto.CancelMessage | proto.ErrorMessage:
         text = frame.get("text")
         if text is None:
-            return proto.ErrorMessage(error_type="validation", message="messages must be JSON objects in text frames")
+            return proto.ErrorMessage(
+                error_type="validation", message="messages must be JSON objects in text frames"
+            )
         limit = self.state.settings.max_body_bytes
         if len(text) > limit or len(text.encode()) > limit:
             return proto.ErrorMessage(error_type="too_large", message=f"message is larger than {limit} bytes")
@@ -122,8 +124,9 @@ class _Connection:
                 if self.gone:
                     return
                 if self.flooded:
-                    await self.refuse("validation", f"more than {MAX_AHEAD} requests sent ahead", None,
-                                      CLOSE_POLICY)  # fmt: skip
+                    await self.refuse(
+                        "validation", f"more than {MAX_AHEAD} requests sent ahead", None, CLOSE_POLICY
+                    )
                     return
                 if message is None:
                     return
@@ -146,7 +149,9 @@ class _Connection:
             return await self.refused(err, msg.id)
         self.current = (gen, msg.id)
         self.state.ws_requests += 1  # until its last message is sent (the drain waits for it)
-        outbox: asyncio.Queue[proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage | None] = asyncio.Queue()
+        outbox: asyncio.Queue[proto.TokenMessage | proto.DoneMessage | proto.ErrorMessage | None] = (
+            asyncio.Queue()
+        )
         sender = asyncio.create_task(self.send_all(outbox), name="ws-sender")
         try:
             async with gen:
@@ -166,8 +171,10 @@ class _Connection:
             log.warning("closing a WebSocket that does not read: more than %d token messages waiting", limit)
             self.gone = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(close(self.ws, CLOSE_POLICY, f"client too slow: more than {limit} messages waiting"),
-                                       CLOSE_TIMEOUT)  # fmt: skip
+                await asyncio.wait_for(
+                    close(self.ws, CLOSE_POLICY, f"client too slow: more than {limit} messages waiting"),
+                    CLOSE_TIMEOUT,
+                )
             return False
         return True
 
@@ -182,29 +189,51 @@ class _Connection:
         await self.send(proto.ErrorMessage(error_type=err.error_type, message=err.message, request_id=rid))
         return True
 
-    async def forward(self, gen: Generation, msg: proto.GenerateMessage, outbox: asyncio.Queue,
-                      sender: asyncio.Task) -> bool:  # fmt: skip
+    async def forward(
+        self, gen: Generation, msg: proto.GenerateMessage, outbox: asyncio.Queue, sender: asyncio.Task
+    ) -> bool:
         """Put the request's events in the outbox as messages. True when the client reads too slowly."""
         rid, limit = msg.id, self.state.settings.ws_max_buffered_tokens
         async for _, event in gen.events():
             if sender.done():  # the connection is gone; awaiting the sender says so
                 return False
             if isinstance(event, Token):
-                outbox.put_nowait(proto.TokenMessage(index=event.index, id=event.id, text=event.text,
-                                                     logprob=event.logprob, special=event.special, request_id=rid))  # fmt: skip
+                outbox.put_nowait(
+                    proto.TokenMessage(
+                        index=event.index,
+                        id=event.id,
+                        text=event.text,
+                        logprob=event.logprob,
+                        special=event.special,
+                        request_id=rid,
+                    )
+                )
                 if outbox.qsize() > limit:
                     gen.outcome = "slow_client"
                     return True
             elif isinstance(event, Done):
-                text = msg.inputs + event.generated_text if msg.parameters.return_full_text else event.generated_text
-                outbox.put_nowait(proto.DoneMessage(
-                    finish_reason=event.finish_reason, generated_text=text, request_id=rid,
-                    seed=None if gen.requests[0].sampling.greedy else event.seed,
-                    usage=proto.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
-                ))  # fmt: skip
+                text = (
+                    msg.inputs + event.generated_text
+                    if msg.parameters.return_full_text
+                    else event.generated_text
+                )
+                outbox.put_nowait(
+                    proto.DoneMessage(
+                        finish_reason=event.finish_reason,
+                        generated_text=text,
+                        request_id=rid,
+                        seed=None if gen.requests[0].sampling.greedy else event.seed,
+                        usage=proto.Usage(
+                            prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                        ),
+                    )
+                )
             else:
-                outbox.put_nowait(proto.ErrorMessage(error_type=event.error_type, message=cap(event.message),
-                                                     request_id=rid))  # fmt: skip
+                outbox.put_nowait(
+                    proto.ErrorMessage(
+                        error_type=event.error_type, message=cap(event.message), request_id=rid
+                    )
+                )
         return False
 
     async def send_all(self, outbox: asyncio.Queue) -> None:
@@ -222,14 +251,18 @@ class _Connection:
             raise ConnectionGone from None
 
     async def refuse(self, error_type: str, message: str, request_id: str | None, code: int) -> None:
-        await self.send(proto.ErrorMessage(error_type=error_type, message=cap(message), request_id=request_id))
+        await self.send(
+            proto.ErrorMessage(error_type=error_type, message=cap(message), request_id=request_id)
+        )
         await close(self.ws, code, error_type)
         self.gone = True
 
 
 async def refuse_connection(websocket: WebSocket, error_type: str, message: str, code: int) -> None:
     try:
-        await websocket.send_text(proto.ErrorMessage(error_type=error_type, message=message).model_dump_json())
+        await websocket.send_text(
+            proto.ErrorMessage(error_type=error_type, message=message).model_dump_json()
+        )
     except CONNECTION_ERRORS:
         return
     await close(websocket, code, error_type)
@@ -273,8 +306,9 @@ async def stream(websocket: WebSocket, state: WsStateDep):
         return
     if state.websockets >= limit:
         log.warning("refusing a WebSocket: %d connections open (limit %d)", state.websockets, limit)
-        await refuse_connection(websocket, "overloaded", f"too many WebSocket connections (limit {limit})",
-                                CLOSE_OVERLOADED)  # fmt: skip
+        await refuse_connection(
+            websocket, "overloaded", f"too many WebSocket connections (limit {limit})", CLOSE_OVERLOADED
+        )
         return
     state.websockets += 1
     try:

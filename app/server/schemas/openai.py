@@ -32,7 +32,9 @@ def _is_int(v: object) -> bool:
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. include_obfuscation: nothing to obfuscate here
+    model_config = ConfigDict(
+        extra="ignore", strict=True
+    )  # e.g. include_obfuscation: nothing to obfuscate here
 
     include_usage: bool = False
 
@@ -52,7 +54,9 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(default=1.0, ge=0, le=1, allow_inf_nan=False, description="0 = greedy")
     n: int | None = Field(default=1, ge=1, le=128, description="choices per prompt")
     stop: str | list[str] | None = Field(default=None, description="up to 4 stop sequences (not returned)")
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, description="choice j of each prompt uses seed + j")
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="choice j of each prompt uses seed + j"
+    )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=5, description="include the sampled tokens' logprobs")
@@ -78,7 +82,9 @@ class CompletionRequest(BaseModel):
                 return value
             if all(isinstance(v, list) and all(_is_int(i) for i in v) for v in value):
                 return value
-        raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists")
+        raise ValueError(
+            "must be a string, a list of strings, a list of token ids or a list of token-id lists"
+        )
 
     @field_validator(*NEUTRAL, mode="before")
     @classmethod

@@ -51,7 +51,9 @@ class Parameters(BaseModel):
     # contract test checks); integers are still accepted for float fields.
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    max_new_tokens: int | None = Field(default=None, description="default: the server's default_max_new_tokens")
+    max_new_tokens: int | None = Field(
+        default=None, description="default: the server's default_max_new_tokens"
+    )
     temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="0 = greedy")
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
@@ -64,8 +66,12 @@ class Parameters(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     truncate: int | None = Field(default=None, ge=1)
     model: str | None = Field(default=None, description="which loaded model (default: the first)")
-    speculative: StrictBool = Field(default=True, description=(
-        "our extension: false turns speculative decoding off for this request (GPT2_SPECULATIVE)"))
+    speculative: StrictBool = Field(
+        default=True,
+        description=(
+            "our extension: false turns speculative decoding off for this request (GPT2_SPECULATIVE)"
+        ),
+    )
     # TGI features not implemented: accepted only at their neutral values.
     best_of: int | None = neutral_only(NEUTRAL["best_of"])
     typical_p: float | None = neutral_only(NEUTRAL["typical_p"])
@@ -89,10 +95,20 @@ class Parameters(BaseModel):
 
     def text_request(self, inputs: str) -> TextRequest:
         """A TGI body (or a WebSocket ``generate`` message) as the server's one request type."""
-        return TextRequest(inputs, model=self.model, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                           top_k=self.top_k, top_p=self.top_p, seed=self.seed, stop=self.stop, do_sample=self.do_sample,
-                           repetition_penalty=self.repetition_penalty, truncate=self.truncate,
-                           speculative=self.speculative)  # fmt: skip
+        return TextRequest(
+            inputs,
+            model=self.model,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=self.stop,
+            do_sample=self.do_sample,
+            repetition_penalty=self.repetition_penalty,
+            truncate=self.truncate,
+            speculative=self.speculative,
+        )
 
 
 class GenerateRequest(BaseModel):

@@ -28,7 +28,9 @@ from app.server.schemas.tgi import Parameters
 WsFinishReason = Literal["length", "eos_token", "stop_sequence", "cancelled"]
 WsErrorType = Literal["validation", "too_large", "overloaded", "unavailable", "generation", "internal"]
 
-RequestId = Annotated[str, Field(max_length=256, description="the client's own id for the request, echoed back")]
+RequestId = Annotated[
+    str, Field(max_length=256, description="the client's own id for the request, echoed back")
+]
 
 
 # ---- client → server ----
@@ -129,7 +131,7 @@ def protocol_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "gpt2-serve ws /stream protocol",
         "description": "One JSON object per WebSocket text frame. ClientMessage: what the client sends; "
-                       "ServerMessage: what the server answers.",  # fmt: skip
+        "ServerMessage: what the server answers.",
         "oneOf": [{"$ref": "#/$defs/ClientMessage"}, {"$ref": "#/$defs/ServerMessage"}],
         "$defs": {"ClientMessage": client, "ServerMessage": server, **defs},
     }
