@@ -117,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
         f"at step {int(trainer.step.numpy())}",
         file=sys.stderr,
     )
-    write_run_info(run_dir, hp=hp, source=str(model_dir), dataset=args.dataset, cfg=cfg)
+    from app.keywords.dataset import read_spec
+
+    write_run_info(
+        run_dir, hp=hp, source=str(model_dir), dataset=args.dataset, cfg=cfg, keywords=read_spec(args.dataset)
+    )
 
     def show(step: int, samples: list[list[int]]) -> None:
         for i, ids in enumerate(samples, 1):

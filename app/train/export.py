@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from app.keywords.model_spec import write_model_spec
 from app.model.formats.openai_tf import write_openai_model
 from app.model.hparams import HParams, param_shapes
 from app.tokenizer.bundled import bundled_bpe_files
@@ -33,7 +34,8 @@ def export_weights(run_dir: Path | str, name: str, models_dir: Path | str = "mod
     The folder has no model card yet: :func:`write_model_card` adds it.
     """
     run_dir = Path(run_dir)
-    hp = HParams(**read_run(run_dir)["hparams"])
+    info = read_run(run_dir)
+    hp = HParams(**info["hparams"])
     latest = tf.train.latest_checkpoint(str(run_dir))
     if latest is None:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
@@ -45,6 +47,8 @@ def export_weights(run_dir: Path | str, name: str, models_dir: Path | str = "mod
         raise ValueError(f"{dest} already exists; choose another --name or remove it")
     encoder_json, vocab_bpe = bundled_bpe_files()
     write_openai_model(dest, hp, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
+    if info.get("keywords") is not None:  # trained on a keyword-encoded dataset
+        write_model_spec(dest, info["keywords"])
     return dest
 
 

@@ -275,8 +275,13 @@ def _show(bar, row: dict) -> None:
     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_sec']:.0f}", **val)
 
 
-def write_run_info(run_dir: Path, *, hp: HParams, source: str, dataset: str, cfg: TrainConfig) -> None:
-    """``run.json``: what export needs to describe the run (model card) and rebuild its weights."""
+def write_run_info(
+    run_dir: Path, *, hp: HParams, source: str, dataset: str, cfg: TrainConfig, keywords: dict | None = None
+) -> None:
+    """``run.json``: what export needs to describe the run (model card) and rebuild its weights;
+    ``keywords``: the keyword format of a keyword-encoded dataset (export records it in the model)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {"hparams": asdict(hp), "source_model": source, "dataset": dataset, "config": asdict(cfg)}
+    if keywords is not None:
+        info["keywords"] = keywords
     (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
