@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--device", default=None, help="e.g. CPU:0 or GPU:1 (default: GPU 0 if any, else CPU)")
     p.add_argument("--json", action="store_true", help="one JSON object per sample: text, token_ids")
+    kw = p.add_argument_group("keyword-conditioned models (README: Keywords)")
+    kw.add_argument(
+        "--keywords", nargs="*", default=None, help="keywords the document is about (may be none)"
+    )
+    kw.add_argument("--category", default=None, help="the document's category")
+    kw.add_argument("--title", default=None, help="its title (omit it to have the model write one)")
     p.set_defaults(func=run)
 
 
@@ -58,10 +64,40 @@ def _prompts(args: argparse.Namespace) -> Iterator[str | None]:
         yield args.prompt
 
 
-def _show(args: argparse.Namespace, enc, seq, prompt: str, counter: int) -> None:
-    """One finished sample: a JSON line, or the text under a numbered rule."""
+def _keyword_prefix(args: argparse.Namespace, model_path) -> tuple[str, object] | None:
+    """(the document prefix, the model's delimiters) of a keyword run; None otherwise."""
+    if args.keywords is None and args.category is None and args.title is None:
+        return None
+    from app.keywords.format import prefix, valid_keyword, valid_text
+    from app.keywords.model_spec import read_model_spec
+
+    spec = read_model_spec(str(model_path))
+    if spec is None:
+        raise ValueError(f"{model_path} is not keyword-conditioned (no keywords.json); drop --keywords")
+    d = spec.delimiters
+    bad = [k for k in args.keywords or () if not valid_keyword(k, d)]
+    bad += [t for t in (args.category, args.title) if t is not None and not valid_text(t, d)]
+    if bad:
+        raise ValueError(f"{bad[0]!r}: keywords may not be blank nor hold the model's delimiters")
+    return prefix(args.keywords or (), args.category, args.title, d), d
+
+
+def _context(enc, prompt: str | None, kw: tuple[str, object] | None) -> list[int]:
+    if kw is not None:  # a new document: end-of-text, the keyword prefix, then the prompt
+        return [enc.eot_token, *enc.encode(kw[0] + (prompt or ""))]
+    return enc.encode(prompt) if prompt else [enc.eot_token]
+
+
+def _show(args: argparse.Namespace, enc, seq, prompt: str, counter: int, kw=None) -> None:
+    """One finished sample: a JSON line, or the text under a numbered rule (a keyword run's sample:
+    its title and body)."""
     ids = [t for t in seq.generated if not (seq.finish_reason == "eos_token" and t == enc.eot_token)]
     text = enc.decode(ids)
+    if kw is not None:
+        from app.keywords.format import parse
+
+        doc = parse(kw[0] + (prompt or "") + text, kw[1])
+        text = f"{doc.title}\n\n{doc.body}" if not args.json else text
     if args.json:
         record = {
             "text": text,
@@ -70,6 +106,8 @@ def _show(args: argparse.Namespace, enc, seq, prompt: str, counter: int) -> None
             "seed": seq.seed,
             "prompt": prompt,
         }
+        if kw is not None:
+            record.update(title=doc.title, body=doc.body)
         print(json.dumps(record), flush=True)
     else:
         print(f"{RULE} SAMPLE {counter} {RULE}")
@@ -96,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
     length = args.length if args.length is not None else hp.n_ctx // 2
     if length < 1:
         raise ValueError(f"--length must be >= 1, got {length}")
-    counter = 0
+    counter, kw = 0, _keyword_prefix(args, model.path)
     for prompt in _prompts(args):
-        context = enc.encode(prompt) if prompt else [enc.eot_token]
+        context = _context(enc, prompt, kw)
         seqs = [
             Entry(
                 context,
@@ -115,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         for seq in generate(model.engine, seqs, eos_id=enc.eot_token):
             counter += 1
-            _show(args, enc, seq, prompt, counter)
+            _show(args, enc, seq, prompt, counter, kw)
         if args.interactive and not args.json:
             print("=" * 80, flush=True)
     return 0

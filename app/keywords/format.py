@@ -10,6 +10,7 @@ document up to ``~@`` (no title: the model writes one) or ``~}`` (title given).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -41,6 +42,37 @@ class Delimiters:
 
 
 DEFAULT = Delimiters()
+
+
+def keyword_chars(d: Delimiters = DEFAULT) -> str:
+    """The characters a keyword may not hold: the section character and every section's mark."""
+    return d.section + d.category + d.keywords + d.title + d.body
+
+
+def _class(chars: str) -> str:
+    """``chars`` inside a regex character class (escaped only where a class needs it)."""
+    return "".join("\\" + c if c in "^]\\-[" else c for c in sorted(set(chars)))
+
+
+def keyword_pattern(chars: str) -> str:
+    """A keyword: at least one non-space character and none of ``chars`` (the schema's ``pattern``)."""
+    no = _class(chars)
+    return f"^[^{no}]*[^{no}\\s][^{no}]*$"
+
+
+def text_pattern(chars: str) -> str:
+    """A category or title: none of ``chars`` (empty is allowed: "no category", "no title")."""
+    return f"^[^{_class(chars)}]*$"
+
+
+def valid_keyword(keyword: str, d: Delimiters = DEFAULT) -> bool:
+    """Some non-space character and no delimiter (what the OpenAPI document's ``pattern`` says)."""
+    return re.fullmatch(keyword_pattern(keyword_chars(d)), keyword) is not None
+
+
+def valid_text(text: str, d: Delimiters = DEFAULT) -> bool:
+    """A category or title: no section character."""
+    return re.fullmatch(text_pattern(d.section), text) is not None
 
 
 def keyword_token(keyword: str, d: Delimiters = DEFAULT) -> str:

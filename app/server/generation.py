@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
 from app.engine.sampling import SamplingParams
+from app.server import keywords
 from app.server.errors import ERROR_KINDS, APIError
 from app.server.registry import ModelEntry, Registry, UnknownModel
 from app.server.settings import Settings
@@ -60,6 +61,14 @@ class TextRequest:
     speculative: bool = True
     top_n_tokens: int = 0  # alternatives reported with each token
     special_text: bool = False  # "<|endoftext|>" in the text is the end-of-text token (OpenAI's reading)
+    # Keyword-conditioned models (README "Keywords"): the prompt is the document prefix, then `prompt`.
+    keywords: Sequence[str] | None = None
+    category: str | None = None
+    title: str | None = None
+
+    @property
+    def keyword_request(self) -> bool:
+        return self.keywords is not None or self.category is not None or self.title is not None
 
     @property
     def prompt_text(self) -> str | None:
@@ -106,8 +115,24 @@ def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> Gener
             "validation", f"max_new_tokens must be between 1 and {limit}, got {n_new}", param="max_new_tokens"
         )
     stop = _checked_stops(settings, req.stop)
+    if req.keyword_request:
+        req, stop = _keyword_prompt(worker, settings, req), (*stop, ENDOFTEXT)
     ids = _prompt_ids(worker, req)
     return GenerationRequest(ids, n_new, _sampling(req), stop, True, req.speculative, req.top_n_tokens)
+
+
+def _keyword_prompt(worker: ModelWorker, settings: Settings, req: TextRequest) -> TextRequest:
+    """A keyword request as a token-id prompt: the end-of-text token (a document starts), then the
+    document prefix built with the model's own delimiters, then ``inputs``."""
+    param = "keywords" if req.keywords is not None else "category" if req.category is not None else "title"
+    spec = keywords.model_spec(worker.model.path, worker.name, param)
+    texts = [(req.prompt_text or "", "inputs"), (req.category or "", "category"), (req.title or "", "title")]
+    for value, name in [*texts, *((k, "keywords") for k in req.keywords or ())]:
+        check_text(value, name)
+    text = keywords.keyword_prompt(
+        settings, spec, req.keywords, req.category, req.title, req.prompt_text or ""
+    )
+    return replace(req, prompt=[worker.model.encoder.eot_token, *worker.model.encoder.encode(text)])
 
 
 def _checked_stops(settings: Settings, stop: Sequence[str]) -> tuple[str, ...]:

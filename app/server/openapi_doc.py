@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.keywords.format import DEFAULT, keyword_chars, keyword_pattern, text_pattern
+from app.keywords.model_spec import read_model_spec
 from app.server.registry import ModelEntry
 from app.server.schemas.tgi import SEED_MAX
 from app.server.settings import Settings
@@ -50,6 +52,7 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
         names = list(app.state.server.registry.entries)  # "" and null: the default model
         schemas["Parameters"]["properties"]["model"]["enum"] = ["", *names, None]
         schemas["CompletionRequest"]["properties"]["model"]["enum"] = ["", *names]
+    _keyword_fields(schemas["Parameters"], settings, loaded, app)
     if loaded is not None:
         app.openapi_schema = doc
     return doc
@@ -86,3 +89,42 @@ def _bound_token_ids(prompt: dict[str, Any], n_vocab: int) -> None:
         items = branch["items"]["items"] if branch["items"].get("type") == "array" else branch["items"]
         if items.get("type") == "integer":
             items.update(minimum=0, maximum=n_vocab - 1)
+
+
+KEYWORD_FIELDS = ("keywords", "category", "title")
+
+
+def _keyword_fields(params: dict[str, Any], settings: Settings, loaded: list[ModelEntry] | None, app) -> None:
+    """``keywords``, ``category`` and ``title`` as validation takes them; only null where no loaded
+    model is keyword-conditioned, and refused by schema for the models that are not (when some are)."""
+    fields = params["properties"]
+    plain = [e for e in loaded or [] if read_model_spec(str(e.model.path)) is None]
+    if loaded and len(plain) == len(loaded):  # no keyword model: the fields can only be null
+        for name in KEYWORD_FIELDS:
+            fields[name] = {"type": "null", "description": fields[name].get("description", "")}
+        return
+    text = {"type": "string", "pattern": text_pattern(DEFAULT.section)}
+    fields["category"]["anyOf"] = fields["title"]["anyOf"] = [text, {"type": "null"}]
+    item = {
+        "type": "string",
+        "maxLength": settings.max_keyword_length,
+        "pattern": keyword_pattern(keyword_chars()),
+    }
+    fields["keywords"]["anyOf"] = [
+        {"type": "array", "maxItems": settings.max_keywords, "items": item},
+        {"type": "null"},
+    ]
+    if plain:
+        params["not"] = _asked_of(plain, app.state.server.registry.default)
+
+
+def _asked_of(plain: list[ModelEntry], default: ModelEntry) -> dict[str, Any]:
+    """A body that gives a keyword field and names (or defaults to) a model that is not keyword-conditioned."""
+    given = {
+        "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in KEYWORD_FIELDS]
+    }
+    names = [e.name for e in plain]
+    model: dict[str, Any] = {"properties": {"model": {"enum": names}}, "required": ["model"]}
+    if default in plain:  # also "", null or no model at all
+        model = {"properties": {"model": {"enum": ["", None, *names]}}}
+    return {"allOf": [given, model]}

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     )
     max_stop_sequences: int = Field(default=4, ge=0, description="most stop sequences in one request")
     max_stop_length: int = Field(default=256, ge=1, description="longest stop sequence, in characters")
+    max_keywords: int = Field(
+        default=8, ge=1, description="most keywords in one request to a keyword-conditioned model"
+    )
+    max_keyword_length: int = Field(default=50, ge=1, description="longest keyword, in characters")
     max_body_bytes: int = Field(default=2 * 2**20, ge=1024, description="largest request body; more is 413")
     max_websockets: int = Field(
         default=256, ge=1, description="open WebSocket connections; more are closed 1013"

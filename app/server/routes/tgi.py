@@ -17,6 +17,7 @@ from app.server.generation import (
     ready_worker,
     submit,
 )
+from app.server.keywords import parsed_output
 from app.server.schemas import tgi
 from app.server.state import ServerState, StateDep
 from app.server.streaming import sse, sse_response
@@ -76,7 +77,20 @@ async def run_to_end(
     if not isinstance(end, Done):
         raise failure(end)
     info = details(gen, body, tokens, end) if body.parameters.details else None
-    return tgi.GenerateResponse(generated_text=full_text(body, end), details=info)
+    return tgi.GenerateResponse(
+        generated_text=full_text(body, end), details=info, keywords_output=keywords_output(gen, body, end)
+    )
+
+
+def keywords_output(gen: Generation, body: tgi.GenerateRequest, done: Done) -> tgi.KeywordsOutput | None:
+    """A keyword request's title and body, parsed from ``inputs`` and the generated text."""
+    p = body.parameters
+    if p.keywords is None and p.category is None and p.title is None:
+        return None
+    doc = parsed_output(
+        gen.worker.model.path, p.keywords, p.category, p.title, body.inputs + done.generated_text
+    )
+    return tgi.KeywordsOutput(title=doc.title, body=doc.body)
 
 
 def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> StreamingResponse:
@@ -91,12 +105,12 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
                 if isinstance(event, Token):
                     last = event
                     if event.finish_reason is None:
-                        yield sse(
+                        yield sse_event(
                             tgi.StreamResponse(
                                 index=event.index,
                                 token=_stream_token(event),
                                 top_tokens=gen.alternatives(event),
-                            ).model_dump()
+                            )
                         )
                 elif isinstance(event, Done):
                     end = tgi.StreamDetails(
@@ -105,19 +119,25 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
                         seed=seed_of(gen, event),
                         input_length=event.prompt_tokens,
                     )
-                    yield sse(
+                    yield sse_event(
                         tgi.StreamResponse(
                             index=last.index,
                             token=_stream_token(last),
                             top_tokens=gen.alternatives(last),
                             details=end,
                             generated_text=full_text(body, event),
-                        ).model_dump()
+                            keywords_output=keywords_output(gen, body, event),
+                        )
                     )
                 else:
                     yield sse(error_body(failure(event), openai=False)[1])
 
     return sse_response(events())
+
+
+def sse_event(event: tgi.StreamResponse) -> str:
+    """One SSE event as TGI sends it (``keywords_output`` only on a keyword request's last event)."""
+    return sse(event.model_dump(exclude={"keywords_output"} if event.keywords_output is None else None))
 
 
 def _stream_token(t: Token) -> tgi.Token:

@@ -81,6 +81,22 @@ class Parameters(BaseModel):
             "top-k/top-p truncation"
         ),
     )
+    # Our extension for keyword-conditioned models (README "Keywords"); refused (422) by other models.
+    keywords: list[str] | None = Field(
+        default=None,
+        description=(
+            "keyword-conditioned models: write a document about these keywords (0 to max_keywords, each without "
+            "the delimiters ~ ` ^ @ }); the prompt becomes the document prefix, then inputs (which may be empty: "
+            "the start of the title, or of the body when title is given)"
+        ),
+    )
+    category: str | None = Field(
+        default=None, description="keyword-conditioned models: the document's category"
+    )
+    title: str | None = Field(
+        default=None,
+        description="keyword-conditioned models: the title (omit it to have the model write one)",
+    )
     # TGI features not implemented: accepted only at their neutral values.
     best_of: int | None = neutral_only(NEUTRAL["best_of"])
     typical_p: float | None = neutral_only(NEUTRAL["typical_p"])
@@ -117,6 +133,9 @@ class Parameters(BaseModel):
             truncate=self.truncate,
             speculative=self.speculative,
             top_n_tokens=self.top_n_tokens or 0,
+            keywords=self.keywords,
+            category=self.category,
+            title=self.title,
         )
 
 
@@ -151,9 +170,17 @@ class Details(BaseModel):
     best_of_sequences: None = None
 
 
+class KeywordsOutput(BaseModel):
+    """A keyword request's document: its title (the one asked for, or the one the model wrote) and body."""
+
+    title: str
+    body: str
+
+
 class GenerateResponse(BaseModel):
     generated_text: str
     details: Details | None = None
+    keywords_output: KeywordsOutput | None = None  # keyword requests only
 
 
 class StreamDetails(BaseModel):
@@ -169,6 +196,7 @@ class StreamResponse(BaseModel):
     top_tokens: list[Token] | None = None
     generated_text: str | None = None
     details: StreamDetails | None = None
+    keywords_output: KeywordsOutput | None = None  # keyword requests, on the last event
 
 
 class TokenizeParameters(Parameters):
