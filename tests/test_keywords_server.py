@@ -1,0 +1,158 @@
+"""Keyword requests against a real server: the tiny real GPT-2 marked keyword-conditioned (a
+``keywords.json`` in its folder) served next to the same weights without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from app.keywords.format import prefix
+from app.keywords.model_spec import write_model_spec
+from tests.server_harness import check_message, live_server, sse_events, tiny_settings
+
+SPEC = {"delimiters": {}, "max_keywords": 3, "language": "en"}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kwmodels")
+    kw, plain = root / "kw", root / "plain"
+    shutil.copytree(tiny_dirs["openai"], kw)
+    shutil.copytree(tiny_dirs["openai"], plain)
+    write_model_spec(kw, SPEC)
+    return kw, plain
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    kw, plain = models
+    with live_server(tiny_settings(kw, models=[str(kw), str(plain)], max_keywords=4)) as srv:
+        yield srv
+
+
+def post(server, params: dict, inputs: str = "", path: str = "/generate") -> httpx.Response:
+    body = {"inputs": inputs, "parameters": {"max_new_tokens": 6, **params}}
+    return httpx.post(f"{server.url}{path}", json=body, timeout=60, trust_env=False)
+
+
+def test_models_lists_the_keyword_format(server):
+    listed = {m["name"]: m for m in httpx.get(f"{server.url}/models", timeout=10).json()["models"]}
+    assert listed["plain"]["keywords"] is None
+    kw = listed["kw"]["keywords"]
+    assert kw["delimiters"]["section"] == "~" and kw["delimiters"]["body"] == "}" and kw["max_keywords"] == 3
+
+
+def test_the_prompt_is_the_document_prefix(server):
+    r = post(
+        server,
+        {
+            "keywords": ["Dark castle", "king"],
+            "category": "tales",
+            "decoder_input_details": True,
+            "details": True,
+        },
+    )
+    assert r.status_code == 200, r.text
+    prefill = "".join(t["text"] for t in r.json()["details"]["prefill"])
+    assert prefill == "<|endoftext|>" + prefix(["dark castle", "king"], "tales")
+    out = r.json()["keywords_output"]
+    generated = r.json()["generated_text"]
+    # No title given: the model writes one, up to "~}" (a random tiny model rarely gets there).
+    if "~}" in generated:
+        title, body = generated.split("~}", 1)
+        assert out == {"title": title.strip(), "body": body.split("<|endoftext|>")[0].strip()}
+    else:
+        assert out == {"title": generated.split("<|endoftext|>")[0].strip(), "body": ""}
+
+
+def test_a_given_title_and_inputs_start_the_body(server):
+    r = post(
+        server, {"keywords": [], "title": "The Ride", "decoder_input_details": True, "details": True}, "Once"
+    )
+    assert r.status_code == 200, r.text
+    prefill = "".join(t["text"] for t in r.json()["details"]["prefill"])
+    assert prefill == "<|endoftext|><|startoftext|>~`~^~@The Ride~}Once"
+    out = r.json()["keywords_output"]
+    assert out["title"] == "The Ride"
+    assert out["body"] == ("Once" + r.json()["generated_text"]).split("<|endoftext|>")[0].strip()
+
+
+def test_plain_requests_have_no_keywords_output(server):
+    r = post(server, {}, "The king")
+    assert r.status_code == 200 and "keywords_output" not in r.json()
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "fragment"),
+    [
+        ({"keywords": ["a"], "model": "plain"}, "keywords", "not keyword-conditioned"),
+        ({"category": "x", "model": "plain"}, "category", "not keyword-conditioned"),
+        ({"title": "", "model": "plain"}, "title", "not keyword-conditioned"),
+        ({"keywords": ["a", "b", "c", "d", "e"]}, "keywords", "at most 4 keywords"),
+        ({"keywords": ["a~b"]}, "keywords", "delimiters"),
+        ({"keywords": ["^"]}, "keywords", "delimiters"),
+        ({"keywords": ["  "]}, "keywords", "not all spaces"),
+        ({"keywords": ["x" * 51]}, "keywords", "1 to 50 characters"),
+        ({"title": "a~b"}, "title", "must not contain"),
+        ({"category": "~"}, "category", "must not contain"),
+    ],
+)
+def test_invalid_keyword_requests_are_422(server, params, param, fragment):
+    r = post(server, params)
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]
+    check_message(message)
+    assert message.startswith(param + ":") and fragment in message
+
+
+def test_inputs_may_not_be_empty_without_keywords(server):
+    assert post(server, {}).status_code == 422
+
+
+def test_stream_ends_with_keywords_output(server):
+    r = post(server, {"keywords": ["king"], "title": "T"}, path="/generate_stream")
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert all("keywords_output" not in e for e in events[:-1])
+    last = events[-1]
+    assert last["keywords_output"]["title"] == "T"
+    assert last["keywords_output"]["body"] == last["generated_text"].split("<|endoftext|>")[0].strip()
+
+
+def test_websocket_takes_keyword_parameters(server):
+    with connect(server.ws_url, proxy=None, open_timeout=10, close_timeout=5) as ws:
+        ws.send(json.dumps({"inputs": "", "parameters": {"keywords": ["king"], "max_new_tokens": 3}}))
+        kinds = []
+        while not kinds or kinds[-1] not in ("done", "error"):
+            kinds.append(json.loads(ws.recv(timeout=60))["type"])
+        assert kinds[-1] == "done"
+        ws.send(json.dumps({"inputs": "", "parameters": {"keywords": ["king"], "model": "plain"}}))
+        error = json.loads(ws.recv(timeout=60))
+        assert error["type"] == "error" and "not keyword-conditioned" in error["message"]
+
+
+def test_openapi_declares_the_limits(server):
+    doc = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    params = doc["components"]["schemas"]["Parameters"]
+    keywords = params["properties"]["keywords"]["anyOf"][0]
+    assert (
+        keywords["maxItems"] == 4
+        and keywords["items"]["maxLength"] == 50
+        and "~" in keywords["items"]["pattern"]
+    )
+    # The plain model refuses keyword fields: the schema says so (the default model is "kw").
+    assert params["not"]["allOf"][1] == {"properties": {"model": {"enum": ["plain"]}}, "required": ["model"]}
+
+
+def test_openapi_of_a_server_without_keyword_models(models):
+    _, plain = models
+    with live_server(tiny_settings(plain)) as srv:
+        doc = httpx.get(f"{srv.url}/openapi.json", timeout=10).json()
+        r = post(srv, {"keywords": ["a"]})
+    fields = doc["components"]["schemas"]["Parameters"]["properties"]
+    assert all(fields[f]["type"] == "null" for f in ("keywords", "category", "title"))
+    assert r.status_code == 422 and "not keyword-conditioned" in r.json()["error"]
