@@ -163,6 +163,33 @@ def beyond_capacity(path: str, body: object) -> bool:
 
 
 def test_contract(api, path, method, mode):
+    check_operation(api, path, method, mode)
+
+
+@pytest.fixture(scope="module")
+def api_keywords(tiny_dirs, tmp_path_factory):
+    """A keyword-conditioned model (the tiny model with a keywords.json) as default, next to a plain one."""
+    import shutil
+
+    from app.keywords.model_spec import write_model_spec
+
+    root = tmp_path_factory.mktemp("contract-kw")
+    kw = shutil.copytree(tiny_dirs["openai"], root / "kw")
+    write_model_spec(kw, {"delimiters": {}, "max_keywords": 3, "language": "en"})
+    settings_ = server_settings(kw).model_copy(update={"models": [str(kw), str(tiny_dirs["openai"])]})
+    with running_server(settings_) as url:
+        yield Api(url, schemathesis.openapi.from_url(f"{url}/openapi.json"))
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
+def test_contract_with_a_keyword_model(api_keywords, path, mode):
+    """keywords/category/title as the document states them when a keyword-conditioned model is served
+    (and refused by schema for the plain one)."""
+    check_operation(api_keywords, path, "POST", mode)
+
+
+def check_operation(api: Api, path: str, method: str, mode: GenerationMode) -> None:
     operation = api.schema[path][method]
     seen: list[int] = []
 

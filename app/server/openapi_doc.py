@@ -52,7 +52,7 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
         names = list(app.state.server.registry.entries)  # "" and null: the default model
         schemas["Parameters"]["properties"]["model"]["enum"] = ["", *names, None]
         schemas["CompletionRequest"]["properties"]["model"]["enum"] = ["", *names]
-    _keyword_fields(schemas["Parameters"], settings, loaded, app)
+    _keyword_fields(schemas, settings, loaded, app)
     if loaded is not None:
         app.openapi_schema = doc
     return doc
@@ -92,11 +92,18 @@ def _bound_token_ids(prompt: dict[str, Any], n_vocab: int) -> None:
 
 
 KEYWORD_FIELDS = ("keywords", "category", "title")
+KEYWORDS_GIVEN = {  # a keyword request: some keyword field is not null
+    "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in KEYWORD_FIELDS]
+}
 
 
-def _keyword_fields(params: dict[str, Any], settings: Settings, loaded: list[ModelEntry] | None, app) -> None:
+def _keyword_fields(
+    schemas: dict[str, Any], settings: Settings, loaded: list[ModelEntry] | None, app: FastAPI
+) -> None:
     """``keywords``, ``category`` and ``title`` as validation takes them; only null where no loaded
-    model is keyword-conditioned, and refused by schema for the models that are not (when some are)."""
+    model is keyword-conditioned, and refused by schema for the models that are not (when some are).
+    A keyword request's ``inputs`` may be empty (the prefix is the prompt)."""
+    params = schemas["Parameters"]
     fields = params["properties"]
     plain = [e for e in loaded or [] if read_model_spec(str(e.model.path)) is None]
     if loaded and len(plain) == len(loaded):  # no keyword model: the fields can only be null
@@ -116,15 +123,18 @@ def _keyword_fields(params: dict[str, Any], settings: Settings, loaded: list[Mod
     ]
     if plain:
         params["not"] = _asked_of(plain, app.state.server.registry.default)
+    request = schemas["GenerateRequest"]
+    request["properties"]["inputs"].pop("minLength", None)
+    request["anyOf"] = [
+        {"properties": {"inputs": {"minLength": 1}}},
+        {"required": ["parameters"], "properties": {"parameters": KEYWORDS_GIVEN}},
+    ]
 
 
 def _asked_of(plain: list[ModelEntry], default: ModelEntry) -> dict[str, Any]:
     """A body that gives a keyword field and names (or defaults to) a model that is not keyword-conditioned."""
-    given = {
-        "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in KEYWORD_FIELDS]
-    }
     names = [e.name for e in plain]
     model: dict[str, Any] = {"properties": {"model": {"enum": names}}, "required": ["model"]}
     if default in plain:  # also "", null or no model at all
         model = {"properties": {"model": {"enum": ["", None, *names]}}}
-    return {"allOf": [given, model]}
+    return {"allOf": [KEYWORDS_GIVEN, model]}
