@@ -14,7 +14,7 @@ the tests use its Python API: each operation's Hypothesis strategy (``as_strateg
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 
 from app.server.app import create_app
-from tests.server_harness import running_server, tiny_settings
+from tests.server_harness import TINY, running_server, tiny_settings
 
 CHECKS = None  # every check Schemathesis has (``--checks all``)
 EXAMPLES = 25
@@ -167,16 +167,19 @@ def test_contract(api, path, method, mode):
 
 
 @pytest.fixture(scope="module")
-def api_keywords(tiny_dirs, tmp_path_factory):
-    """A keyword-conditioned model (the tiny model with a keywords.json) as default, next to a plain one."""
-    import shutil
-
+def api_keywords(tmp_path_factory):
+    """A keyword-conditioned model (a tiny model with a keywords.json) as default, next to a plain one."""
     from app.keywords.model_spec import write_model_spec
+    from app.model.random_init import write_random_model
 
-    root = tmp_path_factory.mktemp("contract-kw")
-    kw = shutil.copytree(tiny_dirs["openai"], root / "kw")
+    # Contexts of 1024 tokens: the prefix's token count is a limit JSON Schema cannot state (as for
+    # inputs), so the keyword model gets room for the longest keywords and title declared (and the
+    # plain one the same context: truncate's maximum is the smallest context).
+    root, hp = tmp_path_factory.mktemp("contract-kw"), replace(TINY, n_ctx=1024)
+    kw, plain = (write_random_model(root / name, hp, seed=0) for name in ("kw", "plain"))
     write_model_spec(kw, {"delimiters": {}, "max_keywords": 3, "language": "en"})
-    settings_ = server_settings(kw).model_copy(update={"models": [str(kw), str(tiny_dirs["openai"])]})
+    limits = {"max_keywords": 4, "max_keyword_length": 20, "max_title_length": 40}
+    settings_ = server_settings(kw).model_copy(update={"models": [str(kw), str(plain)], **limits})
     with running_server(settings_) as url:
         yield Api(url, schemathesis.openapi.from_url(f"{url}/openapi.json"))
 

@@ -51,10 +51,13 @@ def check_keywords(settings: Settings, d: Delimiters, keywords: Sequence[str]) -
             )
 
 
-def check_text_field(d: Delimiters, value: str | None, param: str) -> None:
-    if value is not None and not valid_text(value, d):
+def check_text_field(settings: Settings, d: Delimiters, value: str | None, param: str) -> None:
+    if value is not None and (len(value) > settings.max_title_length or not valid_text(value, d)):
         raise APIError(
-            "validation", f"{param}: must not contain {d.section!r} (the model's delimiter)", param=param
+            "validation",
+            f"{param}: at most {settings.max_title_length} characters, none of them {d.section!r} "
+            "(the model's delimiter)",
+            param=param,
         )
 
 
@@ -70,8 +73,8 @@ def keyword_prompt(
     title is given) as text."""
     d = spec.delimiters
     check_keywords(settings, d, keywords or ())
-    check_text_field(d, category, "category")
-    check_text_field(d, title, "title")
+    check_text_field(settings, d, category, "category")
+    check_text_field(settings, d, title, "title")
     return prefix(keywords or (), category, title, d) + inputs
 
 

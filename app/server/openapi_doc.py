@@ -110,7 +110,11 @@ def _keyword_fields(
         for name in KEYWORD_FIELDS:
             fields[name] = {"type": "null", "description": fields[name].get("description", "")}
         return
-    text = {"type": "string", "pattern": text_pattern(DEFAULT.section)}
+    text = {
+        "type": "string",
+        "maxLength": settings.max_title_length,
+        "pattern": text_pattern(DEFAULT.section),
+    }
     fields["category"]["anyOf"] = fields["title"]["anyOf"] = [text, {"type": "null"}]
     item = {
         "type": "string",

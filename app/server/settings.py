@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         default=8, ge=1, description="most keywords in one request to a keyword-conditioned model"
     )
     max_keyword_length: int = Field(default=50, ge=1, description="longest keyword, in characters")
+    max_title_length: int = Field(
+        default=200, ge=1, description="longest title or category of a keyword request, in characters"
+    )
     max_body_bytes: int = Field(default=2 * 2**20, ge=1024, description="largest request body; more is 413")
     max_websockets: int = Field(
         default=256, ge=1, description="open WebSocket connections; more are closed 1013"
