@@ -48,7 +48,8 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
         n_vocab = min(e.model.hparams.n_vocab for e in loaded)
         _bound_token_ids(schemas["CompletionRequest"]["properties"]["prompt"], n_vocab)
         names = list(app.state.server.registry.entries)  # "" and null: the default model
-        schemas["Parameters"]["properties"]["model"]["enum"] = ["", *names, None]
+        for params in ("Parameters", "TokenizeParameters"):
+            schemas[params]["properties"]["model"]["enum"] = ["", *names, None]
         schemas["CompletionRequest"]["properties"]["model"]["enum"] = ["", *names]
     if loaded is not None:
         app.openapi_schema = doc
