@@ -230,6 +230,7 @@ def test_seeded_generation_streams_tokens_and_equals_generate(page):
     assert r.status_code == 200, r.text
     expected = r.json()["generated_text"]
     assert page.text() == expected
+    assert page.el("#output .prompt").text == "Once upon a time"  # shown before the tokens
     assert page.js("return document.getElementById('output').dataset.generatedText") == expected
     assert page.el("#finish-reason").text in ("length", "eos_token")
     assert page.el("#ttft").text.endswith(" ms")

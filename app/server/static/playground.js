@@ -141,6 +141,7 @@ async function generate(event) {
     return;
   }
   clearOutput();
+  $("output").append(promptElement($("prompt").value));
   const id = `pg-${++state.requests}`;
   state.current = { id, sentAt: 0, firstAt: 0, lastAt: 0, count: 0 };
   setBusy(true, "connecting");
@@ -203,6 +204,14 @@ function onToken(cur, msg) {
   $("output").append(tokenElement(msg));
   $("count").textContent = String(cur.count);
   $("tps").textContent = rate(cur);
+}
+
+function promptElement(text) {
+  // the prompt, shown before the tokens (not a token: no probability, not focusable)
+  const span = document.createElement("span");
+  span.className = "prompt";
+  span.textContent = text;
+  return span;
 }
 
 function tokenElement(msg) {
