@@ -58,7 +58,8 @@ def driver() -> Iterator[webdriver.Chrome]:
         options.add_argument(arg)
     options.add_argument("--no-proxy-server")
     options.add_argument("--window-size=1280,900")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # browser: the console; performance: the DevTools network events (to see request headers)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield browser
@@ -132,6 +133,11 @@ class Page:
         path = self.shots / f"{name}.png"
         self.driver.save_screenshot(str(path))
         return path
+
+    def requests_sent(self) -> list[dict]:
+        """The HTTP requests the page sent since the last call (DevTools' ``request`` objects)."""
+        events = [json.loads(e["message"])["message"] for e in self.driver.get_log("performance")]
+        return [e["params"]["request"] for e in events if e["method"] == "Network.requestWillBeSent"]
 
     def console_errors(self) -> list[dict]:
         return [e for e in self.driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
@@ -360,3 +366,20 @@ def test_narrow_screen_stays_usable(page):
     assert widths[2] > 0.85 * widths[1], f"the output is not full width: {widths}"
     for button in ("#generate", "#stop-button"):
         assert page.el(button).is_displayed()
+
+
+def test_api_key_is_sent_on_requests_and_never_stored(page):
+    page.requests_sent()  # drop what came before
+    page.set("api-key", "secret-key-1")
+    page.el("#prompt").click()  # the key field's change event: the models are fetched with it
+    page.wait(
+        lambda: any(
+            r["url"].endswith("/models") and r["headers"].get("Authorization") == "Bearer secret-key-1"
+            for r in page.requests_sent()
+        ),
+        "GET /models with the key",
+    )
+    stored = page.js("return [localStorage.length, sessionStorage.length, document.cookie]")
+    assert stored == [0, 0, ""]
+    page.driver.refresh()  # memory only: a reload forgets it
+    assert page.el("#api-key").get_attribute("value") == ""
