@@ -114,11 +114,12 @@ def test_encode_train_export_and_serve(tmp_path):
     if enc.eot_token in expected:  # the server stops at the end-of-text token, Hugging Face here does not
         expected = expected[: expected.index(enc.eot_token) + 1]
     with running_server(tiny_settings("mine", models_dir=str(models))) as url:
-        listed = httpx.get(f"{url}/models").json()["models"]
+        listed = httpx.get(f"{url}/models", timeout=30).json()["models"]
         assert [(m["name"], m["state"]) for m in listed] == [("mine", "ready")]
         r = httpx.post(
             f"{url}/generate",
             json={"inputs": "The king", "parameters": {"max_new_tokens": 4, "details": True}},
+            timeout=120,  # a loaded machine: httpx's default 5 s is not enough
         )
         assert r.status_code == 200 and r.json()["generated_text"]
         assert [t["id"] for t in r.json()["details"]["tokens"]] == expected

@@ -27,6 +27,7 @@ import numpy as np
 from app.engine.engine import Engine, Piece, Scores
 from app.engine.sampling import (
     SamplingParams,
+    alternatives,
     distribution,
     make_rng,
     penalize_repetition,
@@ -46,6 +47,7 @@ class Entry:
     params: SamplingParams = SamplingParams()
     stop_at_eos: bool = True
     speculate: bool = True  # may use speculative decoding when the engine offers it (same tokens)
+    top_n: int = 0  # alternatives reported with each token (sampling.alternatives)
     seed: int = field(init=False)
     generated: list[int] = field(default_factory=list, init=False)
     logprobs: list[float] = field(default_factory=list, init=False)
@@ -73,6 +75,7 @@ class TokenEvent:
     token_id: int
     logprob: float  # log-probability under the model (temperature 1)
     finish_reason: str | None  # set on the sequence's last token
+    top: tuple[tuple[int, float], ...] = ()  # (id, logprob) of the ``top_n`` most likely alternatives
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,8 @@ class Batcher:
             self.engine.truncate(seq.slot, held + len(emitted))  # the input token + accepted drafts
         events = []
         for i, token in enumerate(emitted):
-            events.append(self._append(seq, token, float(scores.logits[i, token] - scores.lse[i])))
+            top = self._alternatives(seq, scores, i)
+            events.append(self._append(seq, token, float(scores.logits[i, token] - scores.lse[i]), top))
             if seq.finished:
                 break
         return events
@@ -230,11 +234,31 @@ class Batcher:
     def _emit(self, seqs: list[Entry], scores: Scores) -> list[TokenEvent]:
         tokens = self._sample(seqs, scores)
         return [
-            self._append(seq, int(token), float(scores.logits[i, token] - scores.lse[i]))
+            self._append(
+                seq,
+                int(token),
+                float(scores.logits[i, token] - scores.lse[i]),
+                self._alternatives(seq, scores, i),
+            )
             for i, (seq, token) in enumerate(zip(seqs, tokens))
         ]
 
-    def _append(self, seq: Entry, token: int, logprob: float) -> TokenEvent:
+    def _alternatives(self, seq: Entry, scores: Scores, row: int) -> tuple[tuple[int, float], ...]:
+        """Row ``row``'s most likely tokens for ``seq`` (before its new token is appended): from the
+        penalised logits when it has a repetition penalty, as its token was drawn."""
+        if not seq.top_n:
+            return ()
+        logits, ranked = scores.logits[row], scores.top_ids[row]
+        if seq.params.repetition_penalty != 1.0:
+            logits = penalize_repetition(
+                logits, seq.prompt_ids + seq.generated, seq.params.repetition_penalty
+            )
+            ranked = None
+        return tuple(alternatives(logits, seq.top_n, seq.params.temperature, top_ids=ranked))
+
+    def _append(
+        self, seq: Entry, token: int, logprob: float, top: tuple[tuple[int, float], ...] = ()
+    ) -> TokenEvent:
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         if seq.stop_at_eos and token == self.eos_id:
@@ -243,7 +267,7 @@ class Batcher:
             seq.finish_reason = "length"
         if seq.finished:
             self._release(seq)
-        return TokenEvent(seq, token, logprob, seq.finish_reason)
+        return TokenEvent(seq, token, logprob, seq.finish_reason, top)
 
     def _sample(self, seqs: list[Entry], scores: Scores) -> np.ndarray:
         """Every row's token; rows with a repetition penalty sample from their penalised logits."""

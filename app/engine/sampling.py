@@ -187,3 +187,24 @@ def sample_batch(
         else:
             out[i] = _choose(logits[i], p, u[i])
     return out
+
+
+def alternatives(
+    logits: np.ndarray, n: int, temperature: float, *, top_ids: np.ndarray | None = None
+) -> list[tuple[int, float]]:
+    """The ``n`` most likely tokens of one row of ``logits`` and their log-probabilities under the
+    distribution a token is drawn from before top-k/top-p truncation: ``softmax(logits / T)``
+    (``T = 1`` for greedy decoding, whose own distribution is all on one token). Most likely
+    first, ties by the lower id. ``top_ids`` (the row's ids ranked by logit, as the engine returns
+    them) saves sorting the row; temperature does not change the ranking."""
+    t = temperature if temperature > 0 else 1.0
+    scaled = logits.astype(np.float64) / t
+    lse = float(np.logaddexp.reduce(scaled))
+    if top_ids is not None and len(top_ids) >= n:
+        ids = np.asarray(top_ids[:n])
+    else:
+        n = min(n, len(scaled))
+        nth = np.partition(scaled, len(scaled) - n)[len(scaled) - n]  # the n-th largest value
+        candidates = np.flatnonzero(scaled >= nth)  # ties at the edge included, then cut by id
+        ids = candidates[np.lexsort((candidates, -scaled[candidates]))][:n]
+    return [(int(i), float(scaled[i] - lse)) for i in ids]

@@ -58,6 +58,7 @@ class TextRequest:
     repetition_penalty: float | None = None
     truncate: int | None = None  # keep the prompt's last tokens
     speculative: bool = True
+    top_n_tokens: int = 0  # alternatives reported with each token
     special_text: bool = False  # "<|endoftext|>" in the text is the end-of-text token (OpenAI's reading)
 
     @property
@@ -106,7 +107,7 @@ def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> Gener
         )
     stop = _checked_stops(settings, req.stop)
     ids = _prompt_ids(worker, req)
-    return GenerationRequest(ids, n_new, _sampling(req), stop, True, req.speculative)
+    return GenerationRequest(ids, n_new, _sampling(req), stop, True, req.speculative, req.top_n_tokens)
 
 
 def _checked_stops(settings: Settings, stop: Sequence[str]) -> tuple[str, ...]:
@@ -238,6 +239,16 @@ class Generation:
     @property
     def requests(self) -> list[GenerationRequest]:
         return [h.request for h in self.handles]
+
+    def alternatives(self, t: Token) -> list[dict] | None:
+        """A token's ``top_n_tokens`` alternatives as TGI lists tokens (None when none were asked)."""
+        if not t.top:
+            return None
+        enc = self.worker.model.encoder
+        return [
+            {"id": i, "text": enc.decode([i]), "logprob": lp, "special": i == enc.eot_token}
+            for i, lp in t.top
+        ]
 
     async def __aenter__(self) -> Generation:
         return self

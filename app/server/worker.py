@@ -46,6 +46,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
     speculative: bool = True  # may use speculative decoding (same tokens; off for timing-sensitive clients)
+    top_n_tokens: int = 0  # most likely alternatives reported with each token
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Token:
     logprob: float
     special: bool
     finish_reason: str | None = None  # set on a request's last token; its Done follows at once
+    top: tuple[tuple[int, float], ...] = ()  # (id, logprob): the most likely alternatives (top_n_tokens)
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class ModelWorker:
                 req.sampling,
                 stop_at_eos=req.stop_at_eos,
                 speculate=req.speculative,
+                top_n=req.top_n_tokens,
             )
             live = _Active(handle, seq, TextStream(self.model.encoder, req.stop))
         except ValueError as exc:
@@ -309,7 +312,15 @@ class ModelWorker:
         if self.metrics:
             self.metrics.generated_tokens.labels(self.name).inc()
         live.handle.deliver(
-            Token(len(seq.generated) - 1, event.token_id, text, event.logprob, special, seq.finish_reason)
+            Token(
+                len(seq.generated) - 1,
+                event.token_id,
+                text,
+                event.logprob,
+                special,
+                seq.finish_reason,
+                event.top,
+            )
         )
         if seq.finished:
             self._finish(

@@ -61,6 +61,7 @@ def details(gen: Generation, body: tgi.GenerateRequest, tokens: list[Token], don
         seed=seed_of(gen, done),
         prefill=prefill,
         tokens=[api_token(gen, t) for t in tokens],
+        top_tokens=[gen.alternatives(t) or [] for t in tokens] if gen.requests[0].top_n_tokens else None,
     )
 
 
@@ -91,7 +92,11 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
                     last = event
                     if event.finish_reason is None:
                         yield sse(
-                            tgi.StreamResponse(index=event.index, token=_stream_token(event)).model_dump()
+                            tgi.StreamResponse(
+                                index=event.index,
+                                token=_stream_token(event),
+                                top_tokens=gen.alternatives(event),
+                            ).model_dump()
                         )
                 elif isinstance(event, Done):
                     end = tgi.StreamDetails(
@@ -104,6 +109,7 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
                         tgi.StreamResponse(
                             index=last.index,
                             token=_stream_token(last),
+                            top_tokens=gen.alternatives(last),
                             details=end,
                             generated_text=full_text(body, event),
                         ).model_dump()

@@ -205,6 +205,7 @@ class _Connection:
                         text=event.text,
                         logprob=event.logprob,
                         special=event.special,
+                        top_tokens=gen.alternatives(event),
                         request_id=rid,
                     )
                 )

@@ -23,7 +23,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "typical_p": (None, 1.0),
     "watermark": (False,),
-    "top_n_tokens": (None, 0),
     "grammar": (None,),
     "frequency_penalty": (None, 0.0),
     "adapter_id": (None,),
@@ -72,11 +71,20 @@ class Parameters(BaseModel):
             "our extension: false turns speculative decoding off for this request (GPT2_SPECULATIVE)"
         ),
     )
+    top_n_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description=(
+            "each token also lists this many most likely tokens (top_tokens), with log-probabilities under the "
+            "distribution it was drawn from: after temperature (1 for greedy) and repetition penalty, before "
+            "top-k/top-p truncation"
+        ),
+    )
     # TGI features not implemented: accepted only at their neutral values.
     best_of: int | None = neutral_only(NEUTRAL["best_of"])
     typical_p: float | None = neutral_only(NEUTRAL["typical_p"])
     watermark: bool = neutral_only(NEUTRAL["watermark"])
-    top_n_tokens: int | None = neutral_only(NEUTRAL["top_n_tokens"])
     grammar: Any = neutral_only(NEUTRAL["grammar"])
     frequency_penalty: float | None = neutral_only(NEUTRAL["frequency_penalty"])
     adapter_id: str | None = neutral_only(NEUTRAL["adapter_id"])
@@ -108,6 +116,7 @@ class Parameters(BaseModel):
             repetition_penalty=self.repetition_penalty,
             truncate=self.truncate,
             speculative=self.speculative,
+            top_n_tokens=self.top_n_tokens or 0,
         )
 
 

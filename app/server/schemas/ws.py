@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
-from app.server.schemas.tgi import Parameters
+from app.server.schemas.tgi import Parameters, Token
 
 WsFinishReason = Literal["length", "eos_token", "stop_sequence", "cancelled"]
 WsErrorType = Literal["validation", "too_large", "overloaded", "unavailable", "generation", "internal"]
@@ -85,6 +85,14 @@ class TokenMessage(BaseModel):
     text: str
     logprob: float | None = Field(description="log-probability under the model (temperature 1)")
     special: bool = Field(description="true for <|endoftext|>, whose text is empty")
+    top_tokens: list[Token] | None = Field(
+        default=None,
+        description=(
+            "with parameters.top_n_tokens: the most likely tokens at this position, most likely first, each "
+            "with its own text and its log-probability under the distribution this token was drawn from "
+            "(after temperature, 1 for greedy, and repetition penalty; before top-k/top-p truncation)"
+        ),
+    )
     request_id: str | None = None
 
 
