@@ -309,11 +309,14 @@ function quoted(text, special) {
 function alternatives(msg) {
   const table = document.createElement("table");
   table.className = "alternatives";
-  table.createCaption().textContent = "Top alternatives";
+  // top_tokens' log-probabilities are under the distribution the token was drawn from (after
+  // temperature and repetition penalty), the token's own logprob under the model (temperature 1)
+  table.createCaption().textContent = "Top alternatives (as sampled)";
   for (const alt of msg.top_tokens) {
     const row = table.insertRow();
+    row.dataset.id = String(alt.id);
     if (alt.id === msg.id) row.className = "chosen";
-    row.insertCell().append(quoted(alt.text, false));
+    row.insertCell().append(quoted(alt.text, alt.special));
     row.insertCell().textContent = percent(alt.logprob);
   }
   return table;
