@@ -270,7 +270,7 @@ def check_panel(page: Page, token: dict) -> None:
     them (``token``: one of its details' tokens, with ``top``: that token's ``top_tokens``)."""
     panel = page.el("#token-info")
     own = panel.find_element(By.CSS_SELECTOR, ".own").text
-    shown = own.split("p = ")[1]
+    shown = own.split("p = ")[1].split()[0]  # "p = 12.3% (model, temperature 1)"
     assert_percent(shown, token["logprob"])
     rows = panel.find_elements(By.CSS_SELECTOR, ".alternatives tr")
     assert len(rows) == TOP_N

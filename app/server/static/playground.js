@@ -290,7 +290,7 @@ function showInfo(span) {
   if (!msg) return;
   const info = $("token-info");
   const head = document.createElement("p");
-  const own = msg.logprob == null ? "probability unknown" : `p = ${percent(msg.logprob)}`;
+  const own = msg.logprob == null ? "probability unknown" : `p = ${percent(msg.logprob)} (model, temperature 1)`;
   head.append(quoted(msg.text, msg.special), ` ${own}`);
   head.className = "own";
   info.replaceChildren(head);
@@ -311,7 +311,7 @@ function alternatives(msg) {
   table.className = "alternatives";
   // top_tokens' log-probabilities are under the distribution the token was drawn from (after
   // temperature and repetition penalty), the token's own logprob under the model (temperature 1)
-  table.createCaption().textContent = "Top alternatives (as sampled)";
+  table.createCaption().textContent = "Top alternatives, as sampled (after temperature and repetition penalty)";
   for (const alt of msg.top_tokens) {
     const row = table.insertRow();
     row.dataset.id = String(alt.id);
