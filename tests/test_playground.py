@@ -383,3 +383,20 @@ def test_api_key_is_sent_on_requests_and_never_stored(page):
     assert stored == [0, 0, ""]
     page.driver.refresh()  # memory only: a reload forgets it
     assert page.el("#api-key").get_attribute("value") == ""
+
+
+def test_a_refused_connection_is_shown(driver, tiny_dirs, tmp_path):
+    """A WebSocket that cannot connect (here: the server is gone; with API keys on, the refused
+    handshake looks the same to a browser) ends the request with an error, not a hang."""
+    with live_server(tiny_settings(tiny_dirs["openai"], slots=1)) as gone:
+        page = Page(driver, gone, tmp_path)
+        page.open()
+    page.fill("Anyone there?", max_new_tokens=3)
+    page.generate()
+    page.wait_state("error")
+    page.wait(lambda: page.shown("#models-error"), "the models' error")
+    page.shot("refused")
+    assert page.shown("#error") == "could not connect to ws /stream (code 1006)"
+    assert not page.el("#generate").get_property("disabled")
+    page.driver.get("about:blank")  # stop the page polling the dead server
+    page.console_errors()  # the browser logs the refused connections: expected here

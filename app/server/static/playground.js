@@ -99,19 +99,22 @@ function socket() {
       state.opening = null;
       resolve(ws);
     };
-    ws.onerror = () => reject(new Error("could not connect to ws /stream"));
+    // A refused handshake (e.g. API keys on: a browser cannot send the Authorization header on a
+    // WebSocket) closes with 1006 and no reason.
+    ws.onclose = (event) => {
+      state.opening = null;
+      reject(new Error(`could not connect to ws /stream (code ${event.code})`));
+    };
   });
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
-  ws.onclose = (event) => onClose(ws, event);
+  state.opening.then(() => (ws.onclose = (event) => onClose(ws, event)), () => {});
   return state.opening;
 }
 
 function onClose(ws, event) {
+  // the server closed an open connection: with its reason (overloaded, shutting down, too slow)
   if (state.socket === ws) state.socket = null;
-  state.opening = null;
   if (!state.current) return;
-  // A refused handshake (e.g. API keys on: a browser cannot send the Authorization header on a
-  // WebSocket) closes with 1006 and no reason; other closes carry the server's reason.
   const why = event.reason ? `: ${event.reason}` : "";
   showError(`connection closed (code ${event.code}${why})`);
   finish("error");
