@@ -41,7 +41,8 @@ async function loadModels() {
     body = await r.json().catch(() => null);
     if (!r.ok) throw new Error(serverMessage(body) || `GET /models answered ${r.status}`);
   } catch (err) {
-    showModelsError(err.message);
+    // the server's message as it is; a network failure (TypeError) says where it happened
+    showModelsError(err instanceof TypeError ? `GET /models: ${err.message}` : err.message);
     return;
   }
   showModelsError(null);
