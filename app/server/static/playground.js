@@ -349,8 +349,10 @@ function onPointer(event) {
 // ---- ATTENTION VIEW (to do: POST /attention is being built separately) ----
 // POST /attention answers {"tokens": [{"id", "text"}], "n_layer", "n_head", "layers", "heads",
 // "attention": [L][H][T][T]}. renderAttention() will draw it into #attention (section
-// #attention-panel, hidden until then), e.g. a layer/head picker and a T x T heat map whose rows
-// and columns are the tokens. Not built yet.
+// #attention-panel, hidden until then). static/attention.js has the drawing
+// (AttentionView.render(container, data)); to wire it: serve it (ASSETS in
+// app/server/routes/playground.py), load it in playground.html, POST the prompt (and the
+// generated text) to /attention with authHeaders(), then call this. Not wired yet.
 function renderAttention(_data) {
   // intentionally empty
 }
