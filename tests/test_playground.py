@@ -400,3 +400,27 @@ def test_a_refused_connection_is_shown(driver, tiny_dirs, tmp_path):
     assert not page.el("#generate").get_property("disabled")
     page.driver.get("about:blank")  # stop the page polling the dead server
     page.console_errors()  # the browser logs the refused connections: expected here
+
+
+def test_with_api_keys_the_page_opens_and_streams_with_its_key(driver, tiny_dirs, tmp_path):
+    """The page's files are public; its requests and its WebSocket (the key as a subprotocol,
+    since a browser cannot set headers there) carry the key typed into the page."""
+    settings = tiny_settings(tiny_dirs["openai"], slots=1, api_keys=["playground-key"])
+    with live_server(settings) as keyed:
+        page = Page(driver, keyed, tmp_path)
+        page.console_errors()
+        page.open()  # no key needed for the page itself
+        page.fill("Who goes there?", max_new_tokens=3)
+        page.generate()
+        page.wait_state("error")
+        assert page.shown("#error") == "could not connect to ws /stream (code 1006)"
+        page.set("api-key", "playground-key")
+        page.el("#prompt").click()  # the key field's change event
+        page.generate()
+        assert page.wait_state("done", "error") == "done", page.shown("#error")
+        page.shot("with-key")
+        assert page.count() == 3
+        unauth = httpx.post(f"{keyed.url}/generate", json={"inputs": "x"}, timeout=60, trust_env=False)
+        assert unauth.status_code == 401  # the page's openness is not the API's
+        page.driver.get("about:blank")
+        page.console_errors()  # the refused handshake and GET /models' 401 are logged: expected here

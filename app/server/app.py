@@ -63,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redact_credentials_in_logs()  # the websockets library logs handshake headers at DEBUG
     if settings.api_keys:
         # Probes (health, readiness) stay open: they reveal only up/down and model states.
-        public = ("/health", "/ready") + (() if settings.protect_metrics else ("/metrics",))
+        # The playground's files are public too (no data in them: the page asks for the key).
+        public = ("/health", "/ready", *playground.PUBLIC) + (
+            () if settings.protect_metrics else ("/metrics",)
+        )
         app.add_middleware(ApiKeys, keys=[k.get_secret_value() for k in settings.api_keys], public=public)
     if settings.cors_origins:
         app.add_middleware(

@@ -20,7 +20,9 @@ PAGE = "/playground"
 ASSETS = {  # the files the page loads, by name: nothing else under static/ is served
     "playground.js": "text/javascript; charset=utf-8",
     "playground.css": "text/css; charset=utf-8",
+    "attention.js": "text/javascript; charset=utf-8",
 }
+PUBLIC = (PAGE, *(f"{PAGE}/{name}" for name in ASSETS))  # open with API keys on: the page asks for a key
 # The page runs only its own files and talks only to this server ('self' covers ws:// of the same host).
 HEADERS = {
     "cache-control": "no-cache",

@@ -89,19 +89,28 @@ function cell(content, cls) {
 
 // ---- the WebSocket ----
 
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 function socket() {
   if (state.socket && state.socket.readyState === WebSocket.OPEN) return Promise.resolve(state.socket);
   if (state.opening) return state.opening;
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${window.location.host}/stream`);
+  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol the server reads
+  // (base64url.bearer.<key>) beside "gpt2-serve", the one the server answers with.
+  const key = $("api-key").value.trim();
+  const protocols = key ? ["gpt2-serve", `base64url.bearer.${base64url(key)}`] : ["gpt2-serve"];
+  const ws = new WebSocket(`${scheme}//${window.location.host}/stream`, protocols);
   state.opening = new Promise((resolve, reject) => {
     ws.onopen = () => {
       state.socket = ws;
       state.opening = null;
       resolve(ws);
     };
-    // A refused handshake (e.g. API keys on: a browser cannot send the Authorization header on a
-    // WebSocket) closes with 1006 and no reason.
+    // A refused handshake (a missing or wrong API key, a server that is gone) closes with 1006
+    // and no reason: the browser is not told why.
     ws.onclose = (event) => {
       state.opening = null;
       reject(new Error(`could not connect to ws /stream (code ${event.code})`));
@@ -370,6 +379,10 @@ function start() {
   });
   document.addEventListener("keydown", (e) => e.key === "Escape" && hideInfo());
   $("api-key").addEventListener("change", loadModels);
+  // The socket carries the key it was opened with: a new key opens a new one (when idle).
+  $("api-key").addEventListener("change", () => {
+    if (state.socket && document.body.dataset.state !== "streaming") state.socket.close();
+  });
   setStatus("idle");
   loadModels();
   setInterval(loadModels, MODELS_REFRESH_MS);
