@@ -355,15 +355,36 @@ function onPointer(event) {
   else if (event.type === "focusout" || event.type === "mouseout") hideInfo();
 }
 
-// ---- ATTENTION VIEW (to do: POST /attention is being built separately) ----
+// ---- the attention view ----
 // POST /attention answers {"tokens": [{"id", "text"}], "n_layer", "n_head", "layers", "heads",
-// "attention": [L][H][T][T]}. renderAttention() will draw it into #attention (section
-// #attention-panel, hidden until then). static/attention.js has the drawing
-// (AttentionView.render(container, data)); to wire it: serve it (ASSETS in
-// app/server/routes/playground.py), load it in playground.html, POST the prompt (and the
-// generated text) to /attention with authHeaders(), then call this. Not wired yet.
-function renderAttention(_data) {
-  // intentionally empty
+// "attention": [L][H][T][T]}; static/attention.js draws it (AttentionView.render).
+
+function sendToAttention() {
+  // the prompt and what was generated, in one click
+  $("attention-input").value = $("prompt").value + ($("output").dataset.generatedText || "");
+  showAttention();
+}
+
+async function showAttention() {
+  const body = { inputs: $("attention-input").value };
+  if (state.model) body.model = state.model;
+  $("attention-error").hidden = true;
+  $("attention-panel").dataset.state = "loading";
+  try {
+    const r = await fetch("/attention", {
+      method: "POST",
+      headers: { ...authHeaders(), "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const data = await r.json().catch(() => null);
+    if (!r.ok) throw new Error(serverMessage(data) || `POST /attention answered ${r.status}`);
+    AttentionView.render($("attention"), data);
+    $("attention-panel").dataset.state = "shown";
+  } catch (err) {
+    $("attention-error").textContent = err instanceof TypeError ? `POST /attention: ${err.message}` : err.message;
+    $("attention-error").hidden = false;
+    $("attention-panel").dataset.state = "error";
+  }
 }
 
 // ---- start ----
@@ -379,6 +400,11 @@ function start() {
   });
   document.addEventListener("keydown", (e) => e.key === "Escape" && hideInfo());
   $("api-key").addEventListener("change", loadModels);
+  $("attention-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    showAttention();
+  });
+  $("to-attention").addEventListener("click", sendToAttention);
   // The socket carries the key it was opened with: a new key opens a new one (when idle).
   $("api-key").addEventListener("change", () => {
     if (state.socket && document.body.dataset.state !== "streaming") state.socket.close();
