@@ -131,6 +131,17 @@ def test_layers_and_heads_are_selected_in_the_order_given(engines):
     np.testing.assert_array_equal(first, full[:1])
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_engines_give_float32_maps_close_to_float32(tiny_dirs, engines, dtype):
+    half = load_model(tiny_dirs["openai"], slots=1, dtype=dtype)
+    ids = half.encoder.encode(TEXT)
+    maps = attention_maps(half.engine.weights(), ids, hp=TINY)
+    assert maps.dtype == np.float32
+    check_stochastic_and_causal(maps)
+    full = attention_maps(engines["openai"].engine.weights(), ids, hp=TINY)
+    np.testing.assert_allclose(maps, full, atol=0.05)
+
+
 @pytest.mark.parametrize(
     ("ids", "options", "message"),
     [
