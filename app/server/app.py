@@ -22,14 +22,14 @@ from app.server import errors, openapi_doc
 from app.server.metrics import Metrics
 from app.server.middleware import ApiKeys, BodyLimit, RequestId, redact_credentials_in_logs
 from app.server.registry import Registry
-from app.server.routes import openai, playground, system, tgi, ws
+from app.server.routes import attention, openai, playground, system, tgi, ws
 from app.server.settings import Settings
 from app.server.shutdown import RefuseWhileDraining, begin_drain, remaining
 from app.server.state import ServerState
 
 log = logging.getLogger("gpt2serve")
 
-ROUTERS = (tgi.router, system.router, ws.router, openai.router, playground.router)
+ROUTERS = (tgi.router, system.router, ws.router, openai.router, attention.router, playground.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.server.registry import ModelEntry
+from app.server.schemas import attention
 from app.server.schemas.tgi import SEED_MAX
 from app.server.settings import Settings
 
@@ -51,6 +52,8 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
         for params in ("Parameters", "TokenizeParameters"):
             schemas[params]["properties"]["model"]["enum"] = ["", *names, None]
         schemas["CompletionRequest"]["properties"]["model"]["enum"] = ["", *names]
+        n_layer, n_head = (min(getattr(e.model.hparams, f) for e in loaded) for f in ("n_layer", "n_head"))
+        attention.bound_request(schemas["AttentionRequest"], names, n_layer=n_layer, n_head=n_head)
     if loaded is not None:
         app.openapi_schema = doc
     return doc
