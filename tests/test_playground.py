@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -23,7 +24,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from websockets.sync.client import connect
 
 from tests.server_harness import LiveServer, live_server, tiny_settings
@@ -409,13 +410,15 @@ def test_with_api_keys_the_page_opens_and_streams_with_its_key(driver, tiny_dirs
     with live_server(settings) as keyed:
         page = Page(driver, keyed, tmp_path)
         page.console_errors()
-        page.open()  # no key needed for the page itself
+        page.driver.get(f"{keyed.url}/playground")  # no key needed for the page itself
+        page.wait(lambda: page.shown("#models-error") != "", "GET /models refused without the key")
         page.fill("Who goes there?", max_new_tokens=3)
         page.generate()
         page.wait_state("error")
         assert page.shown("#error") == "could not connect to ws /stream (code 1006)"
         page.set("api-key", "playground-key")
-        page.el("#prompt").click()  # the key field's change event
+        page.el("#prompt").click()  # the key field's change event: the models load with it
+        page.wait(lambda: page.js("return document.querySelectorAll('#models tbody tr').length") > 0)
         page.generate()
         assert page.wait_state("done", "error") == "done", page.shown("#error")
         page.shot("with-key")
@@ -424,3 +427,63 @@ def test_with_api_keys_the_page_opens_and_streams_with_its_key(driver, tiny_dirs
         assert unauth.status_code == 401  # the page's openness is not the API's
         page.driver.get("about:blank")
         page.console_errors()  # the refused handshake and GET /models' 401 are logged: expected here
+
+
+# ---- the attention view ----
+
+
+def drawn(page: Page, selector: str) -> dict[tuple[int, int], float]:
+    """The weights the view drew, by (query, key), read back from the SVG's data attributes."""
+    cells = page.js(
+        f"return [...document.querySelectorAll('#attention {selector}')]"
+        ".map(e => [Number(e.dataset.q), Number(e.dataset.k), Number(e.dataset.w)])"
+    )
+    return {(q, k): w for q, k, w in cells}
+
+
+def test_attention_view_draws_the_endpoints_numbers(page, server):
+    text = "The king is dead, long live the king"
+    maps = httpx.post(f"{server.url}/attention", json={"inputs": text}, timeout=60, trust_env=False).json()
+    attention = np.array(maps["attention"])  # [L][H][T][T]
+    t = len(maps["tokens"])
+    page.set("attention-input", text)
+    page.el("#attention-button").click()
+    page.wait(lambda: page.js("return document.getElementById('attention-panel').dataset.state") == "shown")
+    page.shot("attention-lines")
+    lines = drawn(page, "line")  # default: layer 0, the mean over the heads, lines (a short text)
+    mean = attention[0].mean(axis=0)
+    assert set(lines) == {(q, k) for q in range(t) for k in range(q + 1) if mean[q, k] > 0}
+    for (q, k), w in lines.items():
+        assert abs(w - mean[q, k]) < 1e-6, (q, k)
+    last_layer, head = len(maps["layers"]) - 1, 1
+    Select(page.el("#attention select[data-role=layer]")).select_by_index(last_layer)
+    Select(page.el("#attention select[data-role=head]")).select_by_value(str(head))
+    Select(page.el("#attention select[data-role=view]")).select_by_value("heatmap")
+    cells = drawn(page, "rect")
+    assert len(cells) == t * (t + 1) // 2  # causal: the lower triangle
+    for (q, k), w in cells.items():
+        assert abs(w - attention[last_layer, head, q, k]) < 1e-6, (q, k)
+    page.shot("attention-heatmap")
+    Select(page.el("#attention select[data-role=view]")).select_by_value("lines")
+    page.el("#attention text[data-side=query][data-i='3']").click()  # what token 3 attends to
+    assert {q for q, _ in drawn(page, "line")} == {3}
+
+
+def test_prompt_and_output_go_to_the_attention_view_in_one_click(page):
+    page.fill("To be", max_new_tokens=4, do_sample=False)
+    page.generate()
+    page.wait_state("done")
+    page.el("#to-attention").click()
+    page.wait(lambda: page.js("return document.getElementById('attention-panel').dataset.state") == "shown")
+    assert page.el("#attention-input").get_property("value") == "To be" + page.text()
+    queries = page.js("return document.querySelectorAll('#attention text[data-side=query]').length")
+    assert queries >= 5  # the prompt's tokens and the 4 generated
+
+
+def test_attention_errors_are_shown_as_they_are(page):
+    page.set("attention-input", "")
+    page.el("#attention-button").click()
+    page.wait(lambda: page.js("return document.getElementById('attention-panel').dataset.state") == "error")
+    assert "inputs" in page.shown("#attention-error")
+    logged = page.console_errors()  # the browser logs the 422 itself: expected, and nothing else
+    assert logged and all("/attention" in e["message"] and "422" in e["message"] for e in logged), logged

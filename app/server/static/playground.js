@@ -412,7 +412,7 @@ function start() {
   setStatus("idle");
   loadModels();
   setInterval(loadModels, MODELS_REFRESH_MS);
-  window.playground = { state, renderAttention, TOP_N_TOKENS }; // for tests and the console
+  window.playground = { state, showAttention, TOP_N_TOKENS }; // for tests and the console
 }
 
 start();
