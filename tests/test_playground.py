@@ -449,6 +449,7 @@ def test_attention_view_draws_the_endpoints_numbers(page, server):
     page.set("attention-input", text)
     page.el("#attention-button").click()
     page.wait(lambda: page.js("return document.getElementById('attention-panel').dataset.state") == "shown")
+    page.js("document.getElementById('attention-panel').scrollIntoView()")
     page.shot("attention-lines")
     lines = drawn(page, "line")  # default: layer 0, the mean over the heads, lines (a short text)
     mean = attention[0].mean(axis=0)
@@ -463,6 +464,7 @@ def test_attention_view_draws_the_endpoints_numbers(page, server):
     assert len(cells) == t * (t + 1) // 2  # causal: the lower triangle
     for (q, k), w in cells.items():
         assert abs(w - attention[last_layer, head, q, k]) < 1e-6, (q, k)
+    page.js("document.getElementById('attention-panel').scrollIntoView()")
     page.shot("attention-heatmap")
     Select(page.el("#attention select[data-role=view]")).select_by_value("lines")
     page.el("#attention text[data-side=query][data-i='3']").click()  # what token 3 attends to
