@@ -126,10 +126,11 @@ def sse_events(text_or_lines: str | Iterable[str]) -> list[dict]:
     return [json.loads(data) for data in sse_payloads(text_or_lines) if data != DONE]
 
 
-def sse_frames(body: str, *, prefix: str = "data:", done: bool = False) -> list[dict]:
+def sse_frames(body: str, *, done: bool = False) -> list[dict]:
     """The JSON events of a whole SSE body, checking its framing on the way: every event one line
-    ``<prefix>{...}`` (TGI writes ``data:``, OpenAI ``data: ``) ended by a blank line, and with
-    ``done`` a last event ``data: [DONE]``, so the body ends exactly with ``data: [DONE]\n\n``."""
+    ``data: {...}`` (both families write it so) ended by a blank line, and with ``done`` a last
+    event ``data: [DONE]``, so the body ends exactly with ``data: [DONE]\n\n``."""
+    prefix = "data: "
     frames = body.split("\n\n")
     assert len(frames) > 1 and frames[-1] == "", f"an SSE body ends with a blank line: {body[-200:]!r}"
     frames = frames[:-1]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -166,6 +167,41 @@ def test_websocket_with_the_key_works(url):
         while (message := json.loads(ws.recv(timeout=30)))["type"] == "token":
             pass
     assert message["type"] == "done"
+
+
+def key_protocol(key: str) -> str:
+    return "base64url.bearer." + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def test_websocket_key_as_a_subprotocol_works_and_is_never_echoed(url):
+    """Browsers cannot set headers on a WebSocket: the key may come as a subprotocol; the server
+    answers with "gpt2-serve", never with the key."""
+    with connect(
+        url.replace("http", "ws", 1) + "/stream",
+        proxy=None,
+        open_timeout=10,
+        subprotocols=["gpt2-serve", key_protocol(KEY)],
+    ) as ws:
+        assert ws.subprotocol == "gpt2-serve"
+        ws.send(json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 2}}))
+        while (message := json.loads(ws.recv(timeout=30)))["type"] == "token":
+            pass
+    assert message["type"] == "done"
+    for protocols in (
+        ["gpt2-serve", key_protocol(WRONG)],
+        ["gpt2-serve", "base64url.bearer.%%%"],
+        ["gpt2-serve"],
+    ):
+        with pytest.raises(InvalidStatus) as exc:
+            connect(
+                url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10, subprotocols=protocols
+            )
+        assert exc.value.response.status_code == 403, protocols
+
+
+@pytest.mark.parametrize("path", ["/playground", "/playground/playground.js", "/playground/attention.js"])
+def test_the_playground_files_are_public(url, path):
+    assert httpx.get(url + path, timeout=30, trust_env=False).status_code == 200
 
 
 @pytest.mark.parametrize("path", ["/health", "/ready", "/metrics"])

@@ -125,7 +125,7 @@ def test_stream_sse_wire_format(url, model):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         body = r.read().decode()
     assert body.endswith("data: [DONE]\n\n")
-    events = sse_frames(body, prefix="data: ", done=True)  # every other event "data: {...}"
+    events = sse_frames(body, done=True)  # every other event "data: {...}"
     assert events and all(e["object"] == "text_completion" for e in events), events
 
 

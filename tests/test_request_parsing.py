@@ -218,7 +218,7 @@ def check_tgi(r, path: str) -> None:
         assert set(body) == {"error", "error_type"} and body["error_type"] == "validation", body
         check_message(body["error"])
     elif r.headers["content-type"].startswith("text/event-stream"):
-        events = sse_frames(r.text)  # every event a "data:{...}" line
+        events = sse_frames(r.text)  # every event a "data: {...}" line
         assert events and not any("error" in event for event in events), r.text
     elif path == "/tokenize":
         assert isinstance(r.json(), list)
@@ -251,9 +251,7 @@ def test_openai_bodies_are_answered_200_or_an_openai_error(client, body):
         check_message(payload["error"]["message"])
     elif body.get("stream"):
         assert r.text.endswith("data: [DONE]\n\n") and '"error"' not in r.text, r.text
-        assert all(
-            e["object"] == "text_completion" for e in sse_frames(r.text, prefix="data: ", done=True)
-        ), r.text
+        assert all(e["object"] == "text_completion" for e in sse_frames(r.text, done=True)), r.text
     else:
         assert r.json()["object"] == "text_completion"
 

@@ -83,6 +83,16 @@ class Scores(NamedTuple):
     top_logits: np.ndarray  # [N, K] float32: their logits
 
 
+class ServingWeights(NamedTuple):
+    """The weights an :class:`Engine` generates with (its variables, read-only), for a cache-free
+    forward pass beside it (:mod:`app.engine.attention_maps`)."""
+
+    wte: tf.Variable  # [V, C]
+    wpe: tf.Variable  # [n_ctx, C]
+    layers: tuple[gpt2.Layer, ...]  # serving layout: linear maps [out, in]
+    device: str | None  # where they live (None: TensorFlow's choice)
+
+
 class Piece(NamedTuple):
     """Prompt tokens for one slot, written from position ``start`` (0, or what the slot holds)."""
 
@@ -198,6 +208,11 @@ class Engine:
 
     def _placement(self):
         return tf.device(self.config.device) if self.config.device else contextlib.nullcontext()
+
+    def weights(self) -> ServingWeights:
+        """The weights generation runs on. They never change after construction, so another thread
+        may read them while this engine steps (the KV cache is not part of them)."""
+        return ServingWeights(self._wte, self._wpe, tuple(self._layers), self.config.device)
 
     # ---- slots ----
 

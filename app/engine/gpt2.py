@@ -6,7 +6,8 @@ Follows openai/gpt-2 ``src/model.py`` (``norm``, ``attn``, ``mlp``, ``block``, `
 * :func:`prefill_layer` runs ``N`` prompt pieces of ``T`` tokens, each in its own slot, writing
   their keys/values into the cache and attending causally over the cache;
 * :func:`decode_layer` runs one new token for each of slots ``0..B-1``, each at its own position;
-* :func:`forward_full` is the cache-free reference path (tests, training).
+* :func:`forward_full` is the cache-free reference path (tests, training), and
+  :mod:`app.engine.attention_maps` runs the same path keeping :func:`causal_weights`.
 
 The serving engine compiles :func:`prefill_layer` / :func:`decode_layer` once per shape and calls
 the same compiled program for every layer (weights are arguments), so compile time does not grow
@@ -199,16 +200,30 @@ def decode_attention(
     return tf.reshape(tf.reduce_sum(probs[..., None] * vals, axis=1), [bsz, hp.n_embd])  # [B, C]
 
 
+def causal_weights(q: tf.Tensor, k: tf.Tensor, *, hp: HParams, n: int, t_len: int) -> tf.Tensor:
+    """The causal attention weights of ``n`` sequences of ``t_len`` tokens (rows ``q, k [n*T, C]``):
+    ``[n, H, T, T]`` float32, query rows and key columns, each row summing to 1, zero above the
+    diagonal."""
+    h, d = hp.n_head, hp.head_dim
+    q, k = (tf.reshape(z, [n, t_len, h, d]) for z in (q, k))
+    scores = tf.einsum("nthd,nshd->nhts", q, k) * (1.0 / math.sqrt(d))
+    causal = tf.range(t_len)[None, :] <= tf.range(t_len)[:, None]  # [T, T]
+    return _softmax_f32(scores, causal[None, None])
+
+
+def mix_values(probs: tf.Tensor, v: tf.Tensor, *, hp: HParams, n: int, t_len: int) -> tf.Tensor:
+    """Attention weights ``probs [n, H, T, T]`` applied to values ``v [n*T, C]`` -> ``[n*T, C]``."""
+    v = tf.reshape(v, [n, t_len, hp.n_head, hp.head_dim])
+    out = tf.einsum("nhts,nshd->nthd", tf.cast(probs, v.dtype), v)
+    return tf.reshape(out, [n * t_len, hp.n_embd])
+
+
 def causal_attention(
     q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, *, hp: HParams, n: int, t_len: int
 ) -> tf.Tensor:
     """Cache-free causal attention of ``n`` sequences of ``t_len`` tokens (rows ``[n*T, C]``)."""
-    h, d = hp.n_head, hp.head_dim
-    q, k, v = (tf.reshape(z, [n, t_len, h, d]) for z in (q, k, v))
-    scores = tf.einsum("nthd,nshd->nhts", q, k) * (1.0 / math.sqrt(d))
-    causal = tf.range(t_len)[None, :] <= tf.range(t_len)[:, None]  # [T, T]
-    probs = tf.cast(_softmax_f32(scores, causal[None, None]), q.dtype)
-    return tf.reshape(tf.einsum("nhts,nshd->nthd", probs, v), [n * t_len, hp.n_embd])
+    probs = causal_weights(q, k, hp=hp, n=n, t_len=t_len)
+    return mix_values(probs, v, hp=hp, n=n, t_len=t_len)
 
 
 def prefill_layer(

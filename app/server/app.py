@@ -22,14 +22,14 @@ from app.server import errors, openapi_doc
 from app.server.metrics import Metrics
 from app.server.middleware import ApiKeys, BodyLimit, RequestId, redact_credentials_in_logs
 from app.server.registry import Registry
-from app.server.routes import openai, system, tgi, ws
+from app.server.routes import attention, openai, playground, system, tgi, ws
 from app.server.settings import Settings
 from app.server.shutdown import RefuseWhileDraining, begin_drain, remaining
 from app.server.state import ServerState
 
 log = logging.getLogger("gpt2serve")
 
-ROUTERS = (tgi.router, system.router, ws.router, openai.router)
+ROUTERS = (tgi.router, system.router, ws.router, openai.router, attention.router, playground.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -63,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redact_credentials_in_logs()  # the websockets library logs handshake headers at DEBUG
     if settings.api_keys:
         # Probes (health, readiness) stay open: they reveal only up/down and model states.
-        public = ("/health", "/ready") + (() if settings.protect_metrics else ("/metrics",))
+        # The playground's files are public too (no data in them: the page asks for the key).
+        public = ("/health", "/ready", *playground.PUBLIC) + (
+            () if settings.protect_metrics else ("/metrics",)
+        )
         app.add_middleware(ApiKeys, keys=[k.get_secret_value() for k in settings.api_keys], public=public)
     if settings.cors_origins:
         app.add_middleware(

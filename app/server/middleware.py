@@ -14,6 +14,7 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses and WebSockets pas
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -132,6 +133,27 @@ def redact_credentials_in_logs(
             logger.addFilter(RedactAuthorization())
 
 
+KEY_PROTOCOL = "base64url.bearer."  # a WebSocket subprotocol carrying the key, as Kubernetes does
+
+
+def _bearer(scope: Scope) -> str | None:
+    """The API key a request presents: ``Authorization: Bearer KEY``, or (a browser's WebSocket,
+    which cannot set headers) a subprotocol ``base64url.bearer.<KEY in unpadded base64url>``."""
+    scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if scope["type"] != "websocket":
+        return None
+    for proto in scope.get("subprotocols", ()):
+        if proto.startswith(KEY_PROTOCOL):
+            encoded = proto[len(KEY_PROTOCOL) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
 class ApiKeys:
     def __init__(self, app: ASGIApp, keys: Iterable[str], *, public: Iterable[str] = ("/health",)):
         self.app = app
@@ -139,11 +161,10 @@ class ApiKeys:
         self._public = frozenset(public)
 
     def allowed(self, scope: Scope) -> bool:
-        auth = _header(scope, b"authorization") or ""
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer(scope)
+        if not token:
             return False
-        d = _digest(token.strip())
+        d = _digest(token)
         # Compare with every key (no early exit), so timing does not tell which or how many matched.
         return bool(sum(hmac.compare_digest(d, k) for k in self._digests))
 

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from app.keywords.format import DEFAULT, keyword_chars, keyword_pattern, text_pattern
 from app.keywords.model_spec import read_model_spec
 from app.server.registry import ModelEntry
+from app.server.schemas import attention
 from app.server.schemas.tgi import SEED_MAX
 from app.server.settings import Settings
 
@@ -50,8 +51,11 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
         n_vocab = min(e.model.hparams.n_vocab for e in loaded)
         _bound_token_ids(schemas["CompletionRequest"]["properties"]["prompt"], n_vocab)
         names = list(app.state.server.registry.entries)  # "" and null: the default model
-        schemas["Parameters"]["properties"]["model"]["enum"] = ["", *names, None]
+        for params in ("Parameters", "TokenizeParameters"):
+            schemas[params]["properties"]["model"]["enum"] = ["", *names, None]
         schemas["CompletionRequest"]["properties"]["model"]["enum"] = ["", *names]
+        n_layer, n_head = (min(getattr(e.model.hparams, f) for e in loaded) for f in ("n_layer", "n_head"))
+        attention.bound_request(schemas["AttentionRequest"], names, n_layer=n_layer, n_head=n_head)
     _keyword_fields(schemas, settings, loaded, app)
     if loaded is not None:
         app.openapi_schema = doc

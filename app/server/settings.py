@@ -114,6 +114,12 @@ class Settings(BaseSettings):
             "token messages that may wait to be sent to one WebSocket client; more closes it with 1008"
         ),
     )
+    attention_max_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="longest prompt POST /attention maps, in tokens (the model's context caps it too)",
+    )
     drain_timeout: float = Field(
         default=30.0,
         ge=0,

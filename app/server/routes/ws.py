@@ -43,6 +43,7 @@ log = logging.getLogger("gpt2serve.ws")
 router = APIRouter(tags=["WebSocket"])
 
 ROUTE = "/stream"
+PROTOCOL = "gpt2-serve"  # the subprotocol a client may offer (browsers do, to carry an API key beside it)
 MAX_AHEAD = 16  # generate messages a client may send ahead while one request streams
 CLOSE_OVERLOADED = 1013  # "try again later"
 CLOSE_RESTART = 1012  # "service restart"
@@ -300,7 +301,11 @@ def _id_of(text: str) -> str | None:
 async def stream(websocket: WebSocket, state: WsStateDep):
     """Generate over a WebSocket: send ``generate`` messages, receive ``token`` messages and one
     ``done`` (or ``error``) per request; ``cancel`` stops the streaming request."""
-    await websocket.accept()
+    # A browser offers "gpt2-serve" (and its key, see middleware.KEY_PROTOCOL): a WebSocket must
+    # answer with one of the subprotocols offered, never with the key.
+    await websocket.accept(
+        subprotocol=PROTOCOL if PROTOCOL in websocket.scope.get("subprotocols", ()) else None
+    )
     limit = state.settings.max_websockets
     if state.draining:
         await refuse_connection(websocket, "unavailable", "the server is shutting down", CLOSE_RESTART)

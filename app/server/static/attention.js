@@ -78,11 +78,12 @@ const AttentionView = (() => {
   function drawHeatmap(box, tokens, m, focus) {
     const t = tokens.length;
     const cell = Math.max(4, Math.min(14, Math.floor(520 / t)));
-    const svg = el("svg", { width: t * cell + 2, height: t * cell + 2, class: "attn-heatmap", role: "img" }, SVG);
+    const pad = 100; // the query tokens' labels, left of their rows
+    const svg = el("svg", { width: pad + t * cell + 2, height: t * cell + 2, class: "attn-heatmap", role: "img" }, SVG);
     m.forEach((row, q) =>
       row.forEach((w, k) => {
         if (k > q) return; // causal: nothing above the diagonal
-        const r = el("rect", { x: k * cell + 1, y: q * cell + 1, width: cell, height: cell, "data-q": q, "data-k": k, "data-w": w }, SVG);
+        const r = el("rect", { x: pad + k * cell + 1, y: q * cell + 1, width: cell, height: cell, "data-q": q, "data-k": k, "data-w": w }, SVG);
         r.setAttribute("fill-opacity", focus === null || focus === q ? Math.max(w, 0.02) : w * 0.15);
         const tip = el("title", {}, SVG);
         tip.textContent = `${label(tokens[q])} → ${label(tokens[k])}: ${w.toFixed(4)}`;
@@ -90,6 +91,14 @@ const AttentionView = (() => {
         svg.append(r);
       })
     );
+    if (cell >= 8) {
+      tokens.forEach((tok, i) => {
+        const text = el("text", { x: pad - 4, y: i * cell + cell - 1, "text-anchor": "end", "data-side": "query", "data-i": i, tabindex: 0 }, SVG);
+        text.textContent = label(tok);
+        if (focus === i) text.classList.add("attn-focus");
+        svg.append(text);
+      });
+    }
     box.append(svg);
     return svg;
   }

@@ -1,0 +1,98 @@
+"""``POST /attention``: the attention maps of a prompt, ``[layer][head][query][key]``.
+
+Computed by :func:`app.engine.attention_maps.attention_maps` over the weights the model generates
+with, off the decode worker's thread: one ``attention`` thread of its own (one map at a time, the
+others wait for it) tokenizes, runs the cache-free forward pass and writes the JSON body, so
+neither the worker's step loop nor the event loop (which sends the streams' tokens) waits for it.
+The body is written a matrix row at a time: a large map (124M, 256 tokens: 9.4 million numbers)
+never holds the interpreter for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from fastapi import APIRouter, Response
+
+from app.engine.attention_maps import attention_maps
+from app.engine.load import LoadedModel
+from app.server.errors import APIError
+from app.server.generation import check_text, ready_worker
+from app.server.schemas import tgi
+from app.server.schemas.attention import AttentionRequest, AttentionResponse
+from app.server.state import StateDep
+
+router = APIRouter(tags=["attention"])
+# 401: API keys are on; 413: the body limit; 422: a bad request; 503: loading, draining.
+ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 503)}
+DECIMALS = 7  # of each weight in the body (well inside float32's precision at 1)
+
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attention")
+
+
+@router.post("/attention", response_model=AttentionResponse, responses=ERRORS)
+async def attention(body: AttentionRequest, state: StateDep):
+    """Attention maps of ``inputs`` (at most ``GPT2_ATTENTION_MAX_TOKENS`` tokens) for the chosen
+    ``layers`` and ``heads`` (default: all): ``attention[i][j]`` is layer ``layers[i]``, head
+    ``heads[j]``, a ``[query][key]`` matrix whose rows sum to 1, as bertviz's head view reads it."""
+    _, worker = ready_worker(state.registry, body.model)
+    model = worker.model
+    check_text(body.inputs, "inputs")
+    layers = _indices(body.layers, model.hparams.n_layer, "layers")
+    heads = _indices(body.heads, model.hparams.n_head, "heads")
+    limit = min(state.settings.attention_max_tokens, model.hparams.n_ctx)
+    job = functools.partial(_answer, model, body.inputs, limit, layers, heads)
+    content = await asyncio.get_running_loop().run_in_executor(_EXECUTOR, job)
+    return Response(content, media_type="application/json")
+
+
+def _indices(given: list[int] | None, count: int, param: str) -> list[int]:
+    if given is None:
+        return list(range(count))
+    bad = next((i for i in given if i >= count), None)  # negative ones are refused by the schema
+    if bad is not None:
+        raise APIError(
+            "validation",
+            f"{param}: index {bad} is out of range; this model has {count} {param} (0..{count - 1})",
+            param=param,
+        )
+    return given
+
+
+def _answer(model: LoadedModel, text: str, limit: int, layers: list[int], heads: list[int]) -> bytes:
+    """Runs in the attention thread: tokenize, check the length, compute, write the body."""
+    ids = model.encoder.encode(text)
+    if not ids:
+        raise APIError("validation", "inputs: must not be empty", param="inputs")
+    if len(ids) > limit:
+        raise APIError(
+            "validation",
+            f"inputs: the prompt is {len(ids)} tokens; attention maps take at most {limit} tokens "
+            "(GPT2_ATTENTION_MAX_TOKENS, and the model's context)",
+            param="inputs",
+        )
+    maps = attention_maps(model.engine.weights(), ids, hp=model.hparams, layers=layers, heads=heads)
+    head = {
+        "tokens": [{"id": i, "text": model.encoder.decode([i])} for i in ids],
+        "n_layer": model.hparams.n_layer,
+        "n_head": model.hparams.n_head,
+        "layers": layers,
+        "heads": heads,
+    }
+    return (json.dumps(head)[:-1] + ', "attention": ' + _nested_json(maps) + "}").encode()
+
+
+def _nested_json(a: np.ndarray) -> str:
+    """A float array as nested JSON lists, one ``json.dumps`` per last-axis row."""
+    if a.ndim == 1:
+        return json.dumps(_rounded(a))
+    return "[" + ",".join(_nested_json(sub) for sub in a) + "]"
+
+
+def _rounded(row: Sequence[float] | np.ndarray) -> list[float]:
+    return np.round(np.asarray(row, np.float64), DECIMALS).tolist()
