@@ -25,7 +25,6 @@ from websockets.sync.client import connect
 
 from app.engine.attention_maps import attention_maps
 from app.engine.load import load_model
-from app.server.routes import attention as attention_route
 from app.server.settings import Settings
 from tests.hf_reference import hf_model
 from tests.server_harness import (
@@ -277,7 +276,7 @@ def test_a_model_that_is_not_ready_is_503(server, http):
 def test_generation_runs_while_attention_waits(server: LiveServer, http):
     """The attention thread held up: a /generate and a WebSocket stream run to the end meanwhile."""
     release = threading.Event()
-    blocker = attention_route._EXECUTOR.submit(release.wait, 60)
+    blocker = server.state.attention_pool.submit(release.wait, 60)
     try:
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(http.post, "/attention", json={"inputs": TEXT})

@@ -92,3 +92,4 @@ async def drain(state: ServerState) -> None:
     finished = await asyncio.to_thread(state.registry.join, remaining(state))
     if not finished:
         log.warning("drain timeout (%.0f s) passed with requests still running", state.settings.drain_timeout)
+    state.attention_pool.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -20,6 +21,10 @@ class ServerState:
     registry: Registry
     draining: bool = False
     started: float = field(default_factory=time.time)
+    # POST /attention's own thread (one map at a time), never the decode worker's.
+    attention_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="attention")
+    )
     websockets: int = 0  # open /stream connections (uvicorn does not count them)
     ws_requests: int = 0  # /stream requests submitted and not yet answered with their last message
     drain_deadline: float | None = None  # time.monotonic() by which the drain ends (app.server.shutdown)

@@ -14,7 +14,6 @@ import asyncio
 import functools
 import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastapi import APIRouter, Response
@@ -32,8 +31,6 @@ router = APIRouter(tags=["attention"])
 ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 503)}
 DECIMALS = 7  # of each weight in the body (well inside float32's precision at 1)
 
-_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attention")
-
 
 @router.post("/attention", response_model=AttentionResponse, responses=ERRORS)
 async def attention(body: AttentionRequest, state: StateDep):
@@ -47,7 +44,7 @@ async def attention(body: AttentionRequest, state: StateDep):
     heads = _indices(body.heads, model.hparams.n_head, "heads")
     limit = min(state.settings.attention_max_tokens, model.hparams.n_ctx)
     job = functools.partial(_answer, model, body.inputs, limit, layers, heads)
-    content = await asyncio.get_running_loop().run_in_executor(_EXECUTOR, job)
+    content = await asyncio.get_running_loop().run_in_executor(state.attention_pool, job)
     return Response(content, media_type="application/json")
 
 
