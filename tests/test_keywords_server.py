@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from app.keywords.format import prefix
+from app.keywords.format import parse, prefix
 from app.keywords.model_spec import write_model_spec
 from tests.server_harness import check_message, live_server, sse_events, tiny_settings
 
@@ -124,13 +124,29 @@ def test_stream_ends_with_keywords_output(server):
     assert last["keywords_output"]["body"] == last["generated_text"].split("<|endoftext|>")[0].strip()
 
 
+def ws_answer(ws, message: dict) -> list[dict]:
+    """Every message of one WebSocket request, its ``done`` or ``error`` last."""
+    ws.send(json.dumps(message))
+    out: list[dict] = []
+    while not out or out[-1]["type"] not in ("done", "error"):
+        out.append(json.loads(ws.recv(timeout=60)))
+    return out
+
+
 def test_websocket_takes_keyword_parameters(server):
+    params = {"keywords": ["king"], "category": "tales", "max_new_tokens": 5, "seed": 3, "do_sample": True}
     with connect(server.ws_url, proxy=None, open_timeout=10, close_timeout=5) as ws:
-        ws.send(json.dumps({"inputs": "", "parameters": {"keywords": ["king"], "max_new_tokens": 3}}))
-        kinds = []
-        while not kinds or kinds[-1] not in ("done", "error"):
-            kinds.append(json.loads(ws.recv(timeout=60))["type"])
-        assert kinds[-1] == "done"
+        *tokens, done = ws_answer(ws, {"inputs": "", "parameters": params})
+        assert done["type"] == "done"
+        # The model writes the title (no title asked): the done message parses the document the
+        # tokens spell, exactly as /generate does for the same seeded request.
+        text = "".join(t["text"] for t in tokens)
+        assert done["generated_text"] == text
+        expected = parse(prefix(["king"], "tales") + text)
+        assert done["keywords_output"] == {"title": expected.title, "body": expected.body}
+        assert post(server, params).json()["keywords_output"] == done["keywords_output"]
+        *_, plain_done = ws_answer(ws, {"inputs": "Once", "parameters": {"max_new_tokens": 2}})
+        assert plain_done["type"] == "done" and "keywords_output" not in plain_done
         ws.send(json.dumps({"inputs": "", "parameters": {"keywords": ["king"], "model": "plain"}}))
         error = json.loads(ws.recv(timeout=60))
         assert error["type"] == "error" and "not keyword-conditioned" in error["message"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.engine import devices, memory
 from app.engine.engine import Engine, EngineConfig
+from app.keywords.model_spec import KeywordSpec, read_model_spec
 from app.model.hparams import HParams
 from app.model.loader import load_weights, read_hparams, resolve_model_dir
 from app.tokenizer.bpe import Encoder
@@ -24,6 +25,7 @@ class LoadedModel:
     encoder: Encoder
     engine: Engine
     plan: memory.MemoryPlan
+    keywords: KeywordSpec | None = None  # its keywords.json: keyword-conditioned, with these delimiters
 
     @property
     def device(self) -> str:
@@ -65,4 +67,4 @@ def load_model(
         layers_per_call=layers_per_call,
     )
     engine = Engine(hp, params, config)
-    return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan)
+    return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan, read_model_spec(path))

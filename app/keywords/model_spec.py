@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from app.keywords.format import Delimiters
@@ -41,9 +40,8 @@ def write_model_spec(model_dir: Path, data: dict) -> Path:
     return path
 
 
-@lru_cache(maxsize=64)
-def read_model_spec(model_dir: str) -> KeywordSpec | None:
-    """The spec of the model in ``model_dir`` (None: not keyword-conditioned). Cached: a loaded
-    model's folder does not change under it."""
+def read_model_spec(model_dir: Path | str) -> KeywordSpec | None:
+    """The spec of the model in ``model_dir`` (None: not keyword-conditioned). The server reads it
+    once, when it loads the model (``LoadedModel.keywords``)."""
     path = Path(model_dir) / FILENAME
     return from_dict(json.loads(path.read_text())) if path.is_file() else None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from fastapi import Request
 
 from app.engine.sampling import SamplingParams
+from app.keywords.format import Parsed
 from app.server import keywords
 from app.server.errors import ERROR_KINDS, APIError
 from app.server.registry import ModelEntry, Registry, UnknownModel
@@ -125,7 +126,7 @@ def _keyword_prompt(worker: ModelWorker, settings: Settings, req: TextRequest) -
     """A keyword request as a token-id prompt: the end-of-text token (a document starts), then the
     document prefix built with the model's own delimiters, then ``inputs``."""
     param = "keywords" if req.keywords is not None else "category" if req.category is not None else "title"
-    spec = keywords.model_spec(worker.model.path, worker.name, param)
+    spec = keywords.model_spec(worker.model.keywords, worker.name, param)
     texts = [(req.prompt_text or "", "inputs"), (req.category or "", "category"), (req.title or "", "title")]
     for value, name in [*texts, *((k, "keywords") for k in req.keywords or ())]:
         check_text(value, name)
@@ -245,16 +246,23 @@ def submit(state: ServerState, route: str, requests: Sequence[TextRequest]) -> G
         kind = "overloaded" if isinstance(exc, Overloaded) else "unavailable"
         state.metrics.rejected.labels(entry.name, kind).inc()
         raise APIError(kind, str(exc)) from None
-    return Generation(state, route, entry.name, worker, handles)
+    return Generation(state, route, entry.name, worker, handles, list(requests))
 
 
 class Generation:
     """The accepted requests of one API call, read as one stream of ``(index, event)``."""
 
     def __init__(
-        self, state: ServerState, route: str, model: str, worker: ModelWorker, handles: list[RequestHandle]
+        self,
+        state: ServerState,
+        route: str,
+        model: str,
+        worker: ModelWorker,
+        handles: list[RequestHandle],
+        asked: list[TextRequest],
     ):
         self.state, self.route, self.model, self.worker, self.handles = state, route, model, worker, handles
+        self.asked = asked  # the requests as the family gave them, in the order of `handles`
         self.outcome = (
             "cancelled"  # what the request counts as unless every request ends (or the family says)
         )
@@ -274,6 +282,15 @@ class Generation:
             {"id": i, "text": enc.decode([i]), "logprob": lp, "special": i == enc.eot_token}
             for i, lp in t.top
         ]
+
+    def document(self, index: int, done: Done) -> Parsed | None:
+        """A keyword request's title and body, parsed from its prefix, ``inputs`` and the generated
+        text (None for other requests)."""
+        req = self.asked[index]
+        if not req.keyword_request:
+            return None
+        text = (req.prompt_text or "") + done.generated_text
+        return keywords.parsed_output(self.worker.model.keywords, req.keywords, req.category, req.title, text)
 
     async def __aenter__(self) -> Generation:
         return self

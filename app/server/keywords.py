@@ -5,7 +5,6 @@ model was trained on, and the generated document parsed back into a title and a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from app.keywords.format import (
     DEFAULT,
@@ -17,13 +16,13 @@ from app.keywords.format import (
     valid_keyword,
     valid_text,
 )
-from app.keywords.model_spec import KeywordSpec, read_model_spec
+from app.keywords.model_spec import KeywordSpec
 from app.server.errors import APIError
 from app.server.settings import Settings
 
 
-def model_spec(model_path: Path | str, name: str, param: str) -> KeywordSpec:
-    spec = read_model_spec(str(model_path))
+def model_spec(spec: KeywordSpec | None, name: str, param: str) -> KeywordSpec:
+    """The model's spec; a 422 naming ``param`` for a model that is not keyword-conditioned."""
     if spec is None:
         raise APIError(
             "validation",
@@ -79,9 +78,12 @@ def keyword_prompt(
 
 
 def parsed_output(
-    model_path: Path | str, keywords: Sequence[str] | None, category: str | None, title: str | None, text: str
+    spec: KeywordSpec | None,
+    keywords: Sequence[str] | None,
+    category: str | None,
+    title: str | None,
+    text: str,
 ) -> Parsed:
     """Title and body of ``text`` (the request's ``inputs`` and what the model generated)."""
-    spec = read_model_spec(str(model_path))
     d = spec.delimiters if spec else DEFAULT
     return parse(prefix(keywords or (), category, title, d) + text, d)

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.keywords.format import DEFAULT, keyword_chars, keyword_pattern, text_pattern
-from app.keywords.model_spec import read_model_spec
 from app.server.registry import ModelEntry
 from app.server.schemas import attention
 from app.server.schemas.tgi import SEED_MAX
@@ -109,7 +108,7 @@ def _keyword_fields(
     A keyword request's ``inputs`` may be empty (the prefix is the prompt)."""
     params = schemas["Parameters"]
     fields = params["properties"]
-    plain = [e for e in loaded or [] if read_model_spec(str(e.model.path)) is None]
+    plain = [e for e in loaded or [] if e.model.keywords is None]
     if loaded and len(plain) == len(loaded):  # no keyword model: the fields can only be null
         for name in KEYWORD_FIELDS:
             fields[name] = {"type": "null", "description": fields[name].get("description", "")}

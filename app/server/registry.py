@@ -16,7 +16,6 @@ from typing import Literal
 
 from app.engine import devices
 from app.engine.load import LoadedModel, load_model
-from app.keywords.model_spec import read_model_spec
 from app.model.default import DEFAULT_NAME, resolve_default
 from app.server.metrics import Metrics
 from app.server.settings import Settings
@@ -156,6 +155,7 @@ def describe(entry: ModelEntry) -> dict:
             queue={"length": worker.queued, "capacity": worker.queue_size},
             memory_plan=model.plan.as_dict(),
         )
-        spec = read_model_spec(str(model.path))
-        out["keywords"] = spec.as_dict() if spec else None  # keyword-conditioned: its format
+        out["keywords"] = (
+            model.keywords.as_dict() if model.keywords else None
+        )  # keyword-conditioned: its format
     return out

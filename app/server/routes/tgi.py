@@ -17,7 +17,6 @@ from app.server.generation import (
     ready_worker,
     submit,
 )
-from app.server.keywords import parsed_output
 from app.server.schemas import tgi
 from app.server.state import ServerState, StateDep
 from app.server.streaming import sse, sse_response
@@ -78,19 +77,14 @@ async def run_to_end(
         raise failure(end)
     info = details(gen, body, tokens, end) if body.parameters.details else None
     return tgi.GenerateResponse(
-        generated_text=full_text(body, end), details=info, keywords_output=keywords_output(gen, body, end)
+        generated_text=full_text(body, end), details=info, keywords_output=keywords_output(gen, end)
     )
 
 
-def keywords_output(gen: Generation, body: tgi.GenerateRequest, done: Done) -> tgi.KeywordsOutput | None:
-    """A keyword request's title and body, parsed from ``inputs`` and the generated text."""
-    p = body.parameters
-    if p.keywords is None and p.category is None and p.title is None:
-        return None
-    doc = parsed_output(
-        gen.worker.model.path, p.keywords, p.category, p.title, body.inputs + done.generated_text
-    )
-    return tgi.KeywordsOutput(title=doc.title, body=doc.body)
+def keywords_output(gen: Generation, done: Done) -> tgi.KeywordsOutput | None:
+    """A keyword request's title and body (None for other requests)."""
+    doc = gen.document(0, done)
+    return tgi.KeywordsOutput(title=doc.title, body=doc.body) if doc else None
 
 
 def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> StreamingResponse:
@@ -126,7 +120,7 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
                             top_tokens=gen.alternatives(last),
                             details=end,
                             generated_text=full_text(body, event),
-                            keywords_output=keywords_output(gen, body, event),
+                            keywords_output=keywords_output(gen, event),
                         )
                     )
                 else:
@@ -136,8 +130,8 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
 
 
 def sse_event(event: tgi.StreamResponse) -> str:
-    """One SSE event as TGI sends it (``keywords_output`` only on a keyword request's last event)."""
-    return sse(event.model_dump(exclude={"keywords_output"} if event.keywords_output is None else None))
+    """One SSE event as TGI sends it."""
+    return sse(event.model_dump())
 
 
 def _stream_token(t: Token) -> tgi.Token:

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from app.server.errors import APIError, cap
 from app.server.generation import Generation, submit
 from app.server.schemas import ws as proto
+from app.server.schemas.tgi import KeywordsOutput
 from app.server.state import ServerState, WsStateDep
 from app.server.worker import Done, Token
 
@@ -219,6 +220,7 @@ class _Connection:
                     if msg.parameters.return_full_text
                     else event.generated_text
                 )
+                doc = gen.document(0, event)
                 outbox.put_nowait(
                     proto.DoneMessage(
                         finish_reason=event.finish_reason,
@@ -228,6 +230,7 @@ class _Connection:
                         usage=proto.Usage(
                             prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
                         ),
+                        keywords_output=KeywordsOutput(title=doc.title, body=doc.body) if doc else None,
                     )
                 )
             else:

@@ -7,7 +7,7 @@ client always sends them, mostly null) and refused with a clear message otherwis
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
@@ -177,10 +177,25 @@ class KeywordsOutput(BaseModel):
     body: str
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+# Only in the answers to keyword requests: absent (not null) elsewhere, so TGI's shapes stay TGI's.
+KeywordsField = Annotated[
+    KeywordsOutput | None,
+    Field(
+        default=None,
+        exclude_if=_is_none,
+        description='keyword requests only (README "Keywords"): the document\'s title and body',
+    ),
+]
+
+
 class GenerateResponse(BaseModel):
     generated_text: str
     details: Details | None = None
-    keywords_output: KeywordsOutput | None = None  # keyword requests only
+    keywords_output: KeywordsField
 
 
 class StreamDetails(BaseModel):
@@ -196,7 +211,7 @@ class StreamResponse(BaseModel):
     top_tokens: list[Token] | None = None
     generated_text: str | None = None
     details: StreamDetails | None = None
-    keywords_output: KeywordsOutput | None = None  # keyword requests, on the last event
+    keywords_output: KeywordsField  # on the last event
 
 
 class TokenizeParameters(Parameters):

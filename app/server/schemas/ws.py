@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
-from app.server.schemas.tgi import Parameters, Token
+from app.server.schemas.tgi import KeywordsField, Parameters, Token
 
 WsFinishReason = Literal["length", "eos_token", "stop_sequence", "cancelled"]
 WsErrorType = Literal["validation", "too_large", "overloaded", "unavailable", "generation", "internal"]
@@ -112,6 +112,7 @@ class DoneMessage(BaseModel):
     usage: Usage
     seed: int | None = Field(description="the seed used, for sampled requests; null when greedy")
     request_id: str | None = None
+    keywords_output: KeywordsField
 
 
 class ErrorMessage(BaseModel):
