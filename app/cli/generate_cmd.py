@@ -64,14 +64,13 @@ def _prompts(args: argparse.Namespace) -> Iterator[str | None]:
         yield args.prompt
 
 
-def _keyword_prefix(args: argparse.Namespace, model_path) -> tuple[str, object] | None:
+def _keyword_prefix(args: argparse.Namespace, model) -> tuple[str, object] | None:
     """(the document prefix, the model's delimiters) of a keyword run; None otherwise."""
     if args.keywords is None and args.category is None and args.title is None:
         return None
     from app.keywords.format import prefix, valid_keyword, valid_text
-    from app.keywords.model_spec import read_model_spec
 
-    spec = read_model_spec(str(model_path))
+    spec, model_path = model.keywords, model.path
     if spec is None:
         raise ValueError(f"{model_path} is not keyword-conditioned (no keywords.json); drop --keywords")
     d = spec.delimiters
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     length = args.length if args.length is not None else hp.n_ctx // 2
     if length < 1:
         raise ValueError(f"--length must be >= 1, got {length}")
-    counter, kw = 0, _keyword_prefix(args, model.path)
+    counter, kw = 0, _keyword_prefix(args, model)
     for prompt in _prompts(args):
         context = _context(enc, prompt, kw)
         seqs = [
