@@ -15,22 +15,24 @@ from app.keywords.model_spec import write_model_spec
 from tests.server_harness import check_message, live_server, sse_events, tiny_settings
 
 SPEC = {"delimiters": {}, "max_keywords": 3, "language": "en"}
+CUSTOM = {"section": "|", "keywords": "#", "title": "=", "body": ">"}  # its own delimiters
 
 
 @pytest.fixture(scope="module")
 def models(tiny_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("kwmodels")
-    kw, plain = root / "kw", root / "plain"
-    shutil.copytree(tiny_dirs["openai"], kw)
-    shutil.copytree(tiny_dirs["openai"], plain)
+    kw, plain, custom = root / "kw", root / "plain", root / "custom"
+    for folder in (kw, plain, custom):
+        shutil.copytree(tiny_dirs["openai"], folder)
     write_model_spec(kw, SPEC)
-    return kw, plain
+    write_model_spec(custom, {**SPEC, "delimiters": CUSTOM})
+    return kw, plain, custom
 
 
 @pytest.fixture(scope="module")
 def server(models):
-    kw, plain = models
-    with live_server(tiny_settings(kw, models=[str(kw), str(plain)], max_keywords=4)) as srv:
+    kw, plain, custom = models
+    with live_server(tiny_settings(kw, models=[str(kw), str(plain), str(custom)], max_keywords=4)) as srv:
         yield srv
 
 
@@ -67,6 +69,30 @@ def test_the_prompt_is_the_document_prefix(server):
         assert out == {"title": title.strip(), "body": body.split("<|endoftext|>")[0].strip()}
     else:
         assert out == {"title": generated.split("<|endoftext|>")[0].strip(), "body": ""}
+
+
+def test_a_model_with_its_own_delimiters(server):
+    params = {
+        "keywords": ["king"],
+        "title": "T",
+        "model": "custom",
+        "decoder_input_details": True,
+        "details": True,
+    }
+    r = post(server, params)
+    assert r.status_code == 200, r.text
+    prefill = "".join(t["text"] for t in r.json()["details"]["prefill"])
+    assert prefill == "<|endoftext|><|startoftext|>|`|#king|=T|>"
+    assert r.json()["keywords_output"]["title"] == "T"
+    # Its delimiters are refused in its keywords, "~" is not; the document forbids both models' own.
+    refused = post(server, {**params, "keywords": ["a#b"]})
+    assert refused.status_code == 422 and "none of | ` # = >" in refused.json()["error"]
+    assert post(server, {**params, "keywords": ["a~b"]}).status_code == 200
+    doc = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    pattern = doc["components"]["schemas"]["Parameters"]["properties"]["keywords"]["anyOf"][0]["items"][
+        "pattern"
+    ]
+    assert "#" in pattern and "~" in pattern and "=" in pattern
 
 
 def test_a_given_title_and_inputs_start_the_body(server):
@@ -166,7 +192,7 @@ def test_openapi_declares_the_limits(server):
 
 
 def test_openapi_of_a_server_without_keyword_models(models):
-    _, plain = models
+    _, plain, _ = models
     with live_server(tiny_settings(plain)) as srv:
         doc = httpx.get(f"{srv.url}/openapi.json", timeout=10).json()
         r = post(srv, {"keywords": ["a"]})

@@ -113,16 +113,18 @@ def _keyword_fields(
         for name in KEYWORD_FIELDS:
             fields[name] = {"type": "null", "description": fields[name].get("description", "")}
         return
+    # The characters the loaded keyword models' own delimiters forbid (the default ones before load).
+    formats = [e.model.keywords.delimiters for e in loaded or [] if e.model.keywords] or [DEFAULT]
     text = {
         "type": "string",
         "maxLength": settings.max_title_length,
-        "pattern": text_pattern(DEFAULT.section),
+        "pattern": text_pattern("".join(d.section for d in formats)),
     }
     fields["category"]["anyOf"] = fields["title"]["anyOf"] = [text, {"type": "null"}]
     item = {
         "type": "string",
         "maxLength": settings.max_keyword_length,
-        "pattern": keyword_pattern(keyword_chars()),
+        "pattern": keyword_pattern("".join(keyword_chars(d) for d in formats)),
     }
     fields["keywords"]["anyOf"] = [
         {"type": "array", "maxItems": settings.max_keywords, "items": item},
