@@ -1,7 +1,7 @@
 """Does the keyword demo steer? ``make eval-keywords`` (after ``make demo-keywords``).
 
 For every held-out speech (``bench/speeches.py`` keeps every 50th out of training) the model is
-asked, with the same seed in every condition, for a document:
+asked ``--samples`` times (seeds differ between samples, not between conditions) for a document:
 
 * ``keywords``: the speech's keywords (YAKE's top ``max_keywords``, as ``encode --keywords`` finds
   them), its play as category and its speaker as title: the model writes the body;
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Tally:
     speaker: int = 0  # model-written titles that are the held-out speaker
     words: int = 0
     examples: list[str] = field(default_factory=list)
+    per_document: list[int] = field(default_factory=list)  # hits of each document, in request order
 
 
 def stems(text: str, stemmer) -> set[str]:
@@ -75,6 +77,18 @@ def hits(keywords: list[str], body: str, stemmer) -> int:
     """How many of ``keywords`` have every word's stem in ``body``."""
     found = stems(body, stemmer)
     return sum(all(s in found for s in stemmer.stemWords(WORD.findall(k.lower()))) for k in keywords)
+
+
+def paired(conditioned: list[int], baseline: list[int]) -> str:
+    """A sign test over the document pairs (same speech, same seed) whose hits differ."""
+    more = sum(a > b for a, b in zip(conditioned, baseline))
+    fewer = sum(a < b for a, b in zip(conditioned, baseline))
+    n, k = more + fewer, min(more, fewer)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return (
+        f"paired (same speech, same seed): with keywords more hits in {more} documents, fewer in {fewer}; "
+        f"two-sided sign test p = {p:.2g}"
+    )
 
 
 def norm(name: str) -> str:
@@ -103,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-k", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=3, help="documents per held-out speech and condition")
     ap.add_argument("--slots", type=int, default=32)
     args = ap.parse_args(argv)
 
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     plays = speakers_by_play(args.train or args.heldout.with_name("train.jsonl"))
     stemmer = snowballstemmer.stemmer("english")
     asks = [extract_keywords(r["text"], language=spec.language, top=spec.max_keywords) for r in rows]
-    keep = [(r, k) for r, k in zip(rows, asks) if k]
+    keep = [(r, k) for r, k in zip(rows, asks) if k] * args.samples  # sample j of speech i: seed + j*n + i
     enc, d = model.encoder, spec.delimiters
     tallies = {c.name: Tally() for c in CONDITIONS}
 
@@ -148,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             t.asked += len(kws)
             t.hit += n
             t.documents_hit += n > 0
+            t.per_document.append(n)
             t.words += len(doc.body.split())
             if not c.title:
                 t.of_play += norm(doc.title) in plays.get(row["category"], set())
@@ -158,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     print(
-        f"model {model.path} ({len(keep)} held-out speeches with keywords of {len(rows)}; "
+        f"model {model.path} ({len(keep) // args.samples} held-out speeches with keywords of {len(rows)}, "
+        f"{args.samples} documents each per condition; "
         f"{args.length} new tokens at most, temperature {args.temperature}, top-k {args.top_k}, "
         f"seeds {args.seed}..{args.seed + len(keep) - 1}; {time.monotonic() - started:.0f} s)\n"
     )
@@ -174,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {c.name} | {t.hit / t.asked:.1%} ({t.hit}/{t.asked}) | {t.documents_hit / t.documents:.1%} "
             f"| {titled} | {exact} | {t.words / t.documents:.0f} |"
         )
+    print()
+    print(paired(tallies["keywords"].per_document, tallies["no keywords"].per_document))
     print()
     for c in CONDITIONS:
         for ex in tallies[c.name].examples:
