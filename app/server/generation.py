@@ -286,11 +286,11 @@ class Generation:
     def document(self, index: int, done: Done) -> Parsed | None:
         """A keyword request's title and body, parsed from its prefix, ``inputs`` and the generated
         text (None for other requests)."""
-        req = self.asked[index]
-        if not req.keyword_request:
+        req, spec = self.asked[index], self.worker.model.keywords
+        if not req.keyword_request or spec is None:  # validation refuses keywords for other models
             return None
         text = (req.prompt_text or "") + done.generated_text
-        return keywords.parsed_output(self.worker.model.keywords, req.keywords, req.category, req.title, text)
+        return keywords.parsed_output(spec, req.keywords, req.category, req.title, text)
 
     async def __aenter__(self) -> Generation:
         return self

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.keywords.format import (
-    DEFAULT,
     Delimiters,
     Parsed,
     keyword_chars,
@@ -78,12 +77,12 @@ def keyword_prompt(
 
 
 def parsed_output(
-    spec: KeywordSpec | None,
+    spec: KeywordSpec,
     keywords: Sequence[str] | None,
     category: str | None,
     title: str | None,
     text: str,
 ) -> Parsed:
     """Title and body of ``text`` (the request's ``inputs`` and what the model generated)."""
-    d = spec.delimiters if spec else DEFAULT
+    d = spec.delimiters
     return parse(prefix(keywords or (), category, title, d) + text, d)

@@ -155,7 +155,6 @@ def describe(entry: ModelEntry) -> dict:
             queue={"length": worker.queued, "capacity": worker.queue_size},
             memory_plan=model.plan.as_dict(),
         )
-        out["keywords"] = (
-            model.keywords.as_dict() if model.keywords else None
-        )  # keyword-conditioned: its format
+        # A keyword-conditioned model's format; null for the others.
+        out["keywords"] = model.keywords.as_dict() if model.keywords else None
     return out
