@@ -117,6 +117,10 @@ class Trainer:
         # per run; off by default (no gain measured here on 2 busy cores, and tests build many runs).
         self._grad_fn = tf.function(self._loss_and_grads, jit_compile=cfg.jit_compile)
         self._loss_fn = tf.function(self._loss, jit_compile=cfg.jit_compile)
+        # The optimizer's update as one graph: run eagerly, Adam's per-variable ops cost more than
+        # the gradient itself on small models (measured on the demo at 8x32 tokens: 364 ms eager,
+        # about 80 ms as a graph, against 262 ms for the gradient).
+        self._apply_fn = tf.function(self._apply)
 
     # ---- checkpoints ----
 
@@ -151,6 +155,11 @@ class Trainer:
         # projection); dense tensors accumulate across micro-batches simply.
         return loss, [tf.convert_to_tensor(g) for g in grads]
 
+    def _apply(self, grad_sums: list[tf.Tensor], n: int) -> None:
+        """Apply the mean of ``n`` micro-batches' gradients and count the step."""
+        self.optimizer.apply_gradients(zip([g / n for g in grad_sums], self.trainable))
+        self.step.assign_add(1)
+
     def train_step(self, micro_batches: list[np.ndarray]) -> float:
         """One optimizer step over ``accumulate_gradients`` micro-batches; returns their mean loss."""
         total, acc = 0.0, None
@@ -159,8 +168,7 @@ class Trainer:
             total += float(loss)
             acc = list(grads) if acc is None else [a + g for a, g in zip(acc, grads)]
         n = len(micro_batches)
-        self.optimizer.apply_gradients(zip([g / n for g in acc], self.trainable))
-        self.step.assign_add(1)
+        self._apply_fn(acc, n)
         return total / n
 
     def evaluate(self, sampler: Sampler) -> float:
