@@ -15,6 +15,7 @@ from app.model.loader import detect_layout, load_weights
 from app.model.random_init import random_params, write_random_model
 from app.tokenizer.bpe import Encoder
 from app.tokenizer.bundled import bundled_bpe_files
+from app.train.export import run_tokenizer
 from app.train.trainer import TrainConfig, Trainer
 from tests.hf_reference import hf_greedy, hf_model
 from tests.server_harness import STORY, TRAIN_HP, running_server, tiny_settings
@@ -97,6 +98,10 @@ def test_encode_train_export_and_serve(tmp_path):
     )
     folder = models / "mine"
     assert detect_layout(folder) == "openai"
+    # The source model's tokenizer went with the run into the model.
+    for name in ("encoder.json", "vocab.bpe"):
+        assert (ck / "r1" / name).read_bytes() == (base / name).read_bytes()
+        assert (folder / name).read_bytes() == (base / name).read_bytes()
     card = (folder / "MODEL_CARD.md").read_text()
     assert "Steps: 8" in card and "Validation loss:" in card and "Sample 2" in card
     hp, params = load_weights(folder)
@@ -124,3 +129,11 @@ def test_encode_train_export_and_serve(tmp_path):
         assert r.status_code == 200 and r.json()["generated_text"]
         assert [t["id"] for t in r.json()["details"]["tokens"]] == expected
         assert r.json()["generated_text"] == enc.decode([t for t in expected if t != enc.eot_token])
+
+
+def test_a_run_without_a_kept_tokenizer_exports_gpt2s(tmp_path):
+    """Runs from before the trainer kept the source's tokenizer all started from GPT-2's vocabulary."""
+    assert run_tokenizer(tmp_path) == bundled_bpe_files()
+    for name in ("encoder.json", "vocab.bpe"):
+        (tmp_path / name).write_text("{}")
+    assert run_tokenizer(tmp_path) == (tmp_path / "encoder.json", tmp_path / "vocab.bpe")

@@ -1,5 +1,6 @@
 """The keyword format teaches: a small GPT-2 fine-tuned here, with the project's trainer, on
-documents written by ``encode --keywords``'s code learns to write the continuation its keyword marks.
+documents written by ``encode --keywords``'s code learns to write the continuation its keyword marks,
+and once exported and served, ``/generate`` with ``keywords`` writes it.
 
 Eight documents, ``"<Word>."``; YAKE finds the word as each one's keyword, and every document is
 written three times, each time with 0 or 1 keyword (``keyword_subsets``). Without the keyword the
@@ -29,13 +30,12 @@ import tensorflow as tf
 from app.engine import gpt2
 from app.keywords.dataset import Doc, KeywordConfig, encode_keyword_dataset, spec
 from app.keywords.format import prefix
-from app.keywords.model_spec import write_model_spec
-from app.model.formats.openai_tf import write_openai_model
 from app.model.hparams import HParams
 from app.model.loader import load_weights
 from app.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN, Encoder, bytes_to_unicode, read_merges, read_vocab
 from app.train.data import Sampler
-from app.train.trainer import TrainConfig, Trainer
+from app.train.export import export_weights
+from app.train.trainer import TrainConfig, Trainer, write_run_info
 from tests.server_harness import live_server, tiny_settings
 
 DEMO = Path(__file__).resolve().parents[1] / "model_store" / "demo"
@@ -115,7 +115,12 @@ KW_CFG = KeywordConfig(n_ctx=256, keywords_per_doc=1, repeat=3, max_keywords=1, 
 
 
 @pytest.fixture(scope="module")
-def trained(cut, tmp_path_factory):
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("kwlearn") / "run"
+
+
+@pytest.fixture(scope="module")
+def trained(cut, run_dir):
     hp, params, enc = cut.hp, cut.params, cut.enc
     tokens, stats = encode_keyword_dataset(iter(documents()), enc, KW_CFG)
     assert stats.pieces == 600 and stats.split == stats.dropped == 0
@@ -123,22 +128,25 @@ def trained(cut, tmp_path_factory):
     for w in WORDS:  # YAKE found each word as its document's keyword
         assert text.count(f"~^{w}~@~}}{w.capitalize()}.") > 10
     cfg = TrainConfig(batch_size=16, learning_rate=1e-3, context=32)
-    trainer = Trainer(hp, params, cfg, tmp_path_factory.mktemp("kwlearn") / "run")
+    tokenizer = (cut.bpe / "encoder.json", cut.bpe / "vocab.bpe")
+    write_run_info(
+        run_dir,
+        hp=hp,
+        source="demo, cut",
+        dataset="words",
+        cfg=cfg,
+        keywords=spec(KW_CFG),
+        tokenizer=tokenizer,
+    )
+    trainer = Trainer(hp, params, cfg, run_dir)
     trainer.fit(Sampler([tokens], seed=0), steps=STEPS, progress=False)
     return trainer.params()
 
 
 @pytest.fixture(scope="module")
-def served(cut, trained, tmp_path_factory):
-    """The fine-tuned model as a model folder (its cut tokenizer, ``keywords.json``) behind a server."""
-    dest = write_openai_model(
-        tmp_path_factory.mktemp("kwmodel") / "kw",
-        cut.hp,
-        trained,
-        encoder_json=cut.bpe / "encoder.json",
-        vocab_bpe=cut.bpe / "vocab.bpe",
-    )
-    write_model_spec(dest, spec(KW_CFG))
+def served(trained, run_dir, tmp_path_factory):
+    """The run exported as a model folder (with the cut tokenizer and ``keywords.json``), served."""
+    dest = export_weights(run_dir, "kw", tmp_path_factory.mktemp("kwmodels"))
     with live_server(tiny_settings(dest)) as server:
         yield server
 

@@ -118,9 +118,16 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     from app.keywords.dataset import read_spec
+    from app.tokenizer.bpe import tokenizer_files
 
     write_run_info(
-        run_dir, hp=hp, source=str(model_dir), dataset=args.dataset, cfg=cfg, keywords=read_spec(args.dataset)
+        run_dir,
+        hp=hp,
+        source=str(model_dir),
+        dataset=args.dataset,
+        cfg=cfg,
+        keywords=read_spec(args.dataset),
+        tokenizer=tokenizer_files(model_dir),
     )
 
     def show(step: int, samples: list[list[int]]) -> None:

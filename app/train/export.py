@@ -18,7 +18,7 @@ from app.model.formats.openai_tf import write_openai_model
 from app.model.hparams import HParams, param_shapes
 from app.tokenizer.bundled import bundled_bpe_files
 from app.train.losslog import last_losses
-from app.train.trainer import Weights
+from app.train.trainer import RUN_TOKENIZER, Weights
 
 
 def read_run(run_dir: Path) -> dict:
@@ -45,11 +45,18 @@ def export_weights(run_dir: Path | str, name: str, models_dir: Path | str = "mod
     dest = Path(models_dir) / name
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"{dest} already exists; choose another --name or remove it")
-    encoder_json, vocab_bpe = bundled_bpe_files()
+    encoder_json, vocab_bpe = run_tokenizer(run_dir)
     write_openai_model(dest, hp, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
     if info.get("keywords") is not None:  # trained on a keyword-encoded dataset
         write_model_spec(dest, info["keywords"])
     return dest
+
+
+def run_tokenizer(run_dir: Path) -> tuple[Path, Path]:
+    """The tokenizer files the run kept from its source model; GPT-2's own for a run that kept none
+    (runs made before the trainer kept them, which all started from GPT-2's vocabulary)."""
+    kept = tuple(run_dir / name for name in RUN_TOKENIZER)
+    return kept if all(f.is_file() for f in kept) else bundled_bpe_files()
 
 
 def write_model_card(dest: Path, run_dir: Path, name: str, samples: list[str] | None = None) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -283,12 +284,27 @@ def _show(bar, row: dict) -> None:
     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_sec']:.0f}", **val)
 
 
+RUN_TOKENIZER = ("encoder.json", "vocab.bpe")  # the source model's tokenizer, kept in the run folder
+
+
 def write_run_info(
-    run_dir: Path, *, hp: HParams, source: str, dataset: str, cfg: TrainConfig, keywords: dict | None = None
+    run_dir: Path,
+    *,
+    hp: HParams,
+    source: str,
+    dataset: str,
+    cfg: TrainConfig,
+    keywords: dict | None = None,
+    tokenizer: tuple[Path, Path] | None = None,
 ) -> None:
     """``run.json``: what export needs to describe the run (model card) and rebuild its weights;
-    ``keywords``: the keyword format of a keyword-encoded dataset (export records it in the model)."""
+    ``keywords``: the keyword format of a keyword-encoded dataset (export records it in the model);
+    ``tokenizer``: the source model's vocabulary and merges, copied into the run (export gives
+    them to the model, so a model whose tokenizer is not GPT-2's keeps its own)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        for src, name in zip(tokenizer, RUN_TOKENIZER, strict=True):
+            shutil.copyfile(src, run_dir / name)
     info = {"hparams": asdict(hp), "source_model": source, "dataset": dataset, "config": asdict(cfg)}
     if keywords is not None:
         info["keywords"] = keywords
