@@ -193,7 +193,7 @@ def test_logprobs(client, url, model, greedy):
     n = out.usage.completion_tokens
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == n
     assert all(isinstance(v, float) and v < 0 for v in lp.token_logprobs)
-    assert lp.top_logprobs is None
+    assert [list(top) for top in lp.top_logprobs] == [[t] for t in lp.tokens]  # greedy: its own is the top 1
     assert lp.text_offset[0] == 0
     assert all(b - a == len(t) for a, b, t in zip(lp.text_offset, lp.text_offset[1:], lp.tokens))
     if choice.finish_reason == "length":
@@ -210,6 +210,47 @@ def test_logprobs(client, url, model, greedy):
     streamed = [v for c in chunks for v in c.choices[0].logprobs.token_logprobs]
     assert streamed == pytest.approx(lp.token_logprobs, abs=1e-6)
     assert [o for c in chunks for o in c.choices[0].logprobs.text_offset] == lp.text_offset
+
+
+def test_top_logprobs(client, url, model):
+    """``logprobs=N``: each token's N most likely tokens and its own, all the model's own
+    log-probabilities; streamed chunks carry the same."""
+    out = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, logprobs=3
+    )
+    lp = out.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens)
+    # The TGI route's alternatives of the same greedy tokens (greedy: under the model itself).
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": N_TOKENS, "details": True, "top_n_tokens": 3}}
+    tgi = httpx.post(f"{url}/generate", json=body, timeout=60).json()["details"]["top_tokens"]
+    for own, own_lp, top, alts in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, tgi, strict=True):
+        expected = {}
+        for a in alts:
+            expected.setdefault(a["text"], a["logprob"])
+        assert top == pytest.approx(expected, abs=1e-6)
+        assert max(top, key=top.get) == own and top[own] == pytest.approx(own_lp, abs=1e-5)
+
+    # Sampling at temperature 0.5: the values are still the model's own, so the sampled token's
+    # entry is its token_logprob, and they do not depend on the temperature.
+    sampled = (
+        client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0.5, seed=7, logprobs=5
+        )
+        .choices[0]
+        .logprobs
+    )
+    for own, own_lp, top in zip(sampled.tokens, sampled.token_logprobs, sampled.top_logprobs, strict=True):
+        assert 5 <= len(top) <= 6 and top[own] == pytest.approx(own_lp, abs=1e-5)
+    first = sampled.top_logprobs[0]
+    assert all(first[k] == pytest.approx(v, abs=1e-6) for k, v in lp.top_logprobs[0].items())
+
+    chunks = list(
+        client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, logprobs=3, stream=True
+        )
+    )
+    streamed = [top for c in chunks for top in c.choices[0].logprobs.top_logprobs]
+    assert streamed == [pytest.approx(top, abs=1e-6) for top in lp.top_logprobs]
 
 
 def test_list_of_prompts(client, url, model, greedy):

@@ -48,6 +48,9 @@ class Entry:
     stop_at_eos: bool = True
     speculate: bool = True  # may use speculative decoding when the engine offers it (same tokens)
     top_n: int = 0  # alternatives reported with each token (sampling.alternatives)
+    # The alternatives under the model itself (temperature 1, no repetition penalty), like each
+    # token's own logprob; by default under the distribution the token is drawn from.
+    raw_alternatives: bool = False
     seed: int = field(init=False)
     generated: list[int] = field(default_factory=list, init=False)
     logprobs: list[float] = field(default_factory=list, init=False)
@@ -245,10 +248,13 @@ class Batcher:
 
     def _alternatives(self, seq: Entry, scores: Scores, row: int) -> tuple[tuple[int, float], ...]:
         """Row ``row``'s most likely tokens for ``seq`` (before its new token is appended): from the
-        penalised logits when it has a repetition penalty, as its token was drawn."""
+        penalised logits when it has a repetition penalty, as its token was drawn; from the model's
+        own logits at temperature 1 when it asks for ``raw_alternatives``."""
         if not seq.top_n:
             return ()
         logits, ranked = scores.logits[row], scores.top_ids[row]
+        if seq.raw_alternatives:
+            return tuple(alternatives(logits, seq.top_n, 1.0, top_ids=ranked))
         if seq.params.repetition_penalty != 1.0:
             logits = penalize_repetition(
                 logits, seq.prompt_ids + seq.generated, seq.params.repetition_penalty

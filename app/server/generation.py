@@ -61,6 +61,7 @@ class TextRequest:
     truncate: int | None = None  # keep the prompt's last tokens
     speculative: bool = True
     top_n_tokens: int = 0  # alternatives reported with each token
+    raw_alternatives: bool = False  # the alternatives under the model itself (OpenAI's top_logprobs)
     special_text: bool = False  # "<|endoftext|>" in the text is the end-of-text token (OpenAI's reading)
     # Keyword-conditioned models (README "Keywords"): the prompt is the document prefix, then `prompt`.
     keywords: Sequence[str] | None = None
@@ -119,7 +120,9 @@ def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> Gener
     if req.keyword_request:
         req, stop = _keyword_prompt(worker, settings, req), (*stop, ENDOFTEXT)
     ids = _prompt_ids(worker, req)
-    return GenerationRequest(ids, n_new, _sampling(req), stop, True, req.speculative, req.top_n_tokens)
+    return GenerationRequest(
+        ids, n_new, _sampling(req), stop, True, req.speculative, req.top_n_tokens, req.raw_alternatives
+    )
 
 
 def _keyword_prompt(worker: ModelWorker, settings: Settings, req: TextRequest) -> TextRequest:

@@ -47,6 +47,7 @@ class GenerationRequest:
     stop_at_eos: bool = True
     speculative: bool = True  # may use speculative decoding (same tokens; off for timing-sensitive clients)
     top_n_tokens: int = 0  # most likely alternatives reported with each token
+    raw_alternatives: bool = False  # their logprobs under the model (temperature 1), not as sampled
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ class ModelWorker:
                 stop_at_eos=req.stop_at_eos,
                 speculate=req.speculative,
                 top_n=req.top_n_tokens,
+                raw_alternatives=req.raw_alternatives,
             )
             live = _Active(handle, seq, TextStream(self.model.encoder, req.stop))
         except ValueError as exc:

@@ -78,6 +78,8 @@ def text_requests(body: oa.CompletionRequest) -> list[TextRequest]:
             stop=body.stops(),
             seed=None if body.seed is None else (body.seed + j) % 2**64,
             special_text=True,
+            top_n_tokens=body.logprobs or 0,
+            raw_alternatives=True,
         )
         for prompt in body.prompts()
         for j in range(n)
@@ -103,16 +105,31 @@ def _prompt_tokens(gen: Generation, body: oa.CompletionRequest) -> int:
     return sum(len(r.prompt_ids) for r in gen.requests[:: body.n or 1])
 
 
+def _top_logprobs(gen: Generation, t: Token, own: str) -> dict[str, float]:
+    """OpenAI's ``top_logprobs`` entry of one token: the ``logprobs`` most likely tokens by their
+    text, and the sampled token's own (so up to ``logprobs + 1`` entries, as OpenAI documents).
+    Two ids with the same text (bytes of a split character) keep the likelier one."""
+    top: dict[str, float] = {}
+    for i, lp in t.top:
+        top.setdefault(gen.worker.model.encoder.decode([i]), lp)
+    top.setdefault(own, t.logprob)
+    return top
+
+
 def _logprobs(gen: Generation, tokens: list[Token], start: int) -> oa.Logprobs:
-    """Each token's own text (``decode([id])``, so ``<|endoftext|>`` for end of text) and its offset
-    in the choice's text, counting from ``start``."""
+    """Each token's own text (``decode([id])``, so ``<|endoftext|>`` for end of text), its
+    logprob, the most likely alternatives and its offset in the choice's text, counting from
+    ``start``."""
     texts = [gen.worker.model.encoder.decode([t.id]) for t in tokens]
     offsets, pos = [], start
     for text in texts:
         offsets.append(pos)
         pos += len(text)
     return oa.Logprobs(
-        tokens=texts, token_logprobs=[t.logprob for t in tokens], top_logprobs=None, text_offset=offsets
+        tokens=texts,
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[_top_logprobs(gen, t, text) for t, text in zip(tokens, texts, strict=True)],
+        text_offset=offsets,
     )
 
 
@@ -181,9 +198,8 @@ class _Chunks:
     def token(self, i: int, t: Token) -> str | None:
         lp = None
         if self.body.logprobs is not None:
-            own = self.gen.worker.model.encoder.decode([t.id])
-            lp = oa.Logprobs(tokens=[own], token_logprobs=[t.logprob], text_offset=[self.offsets[i]])
-            self.offsets[i] += len(own)
+            lp = _logprobs(self.gen, [t], self.offsets[i])
+            self.offsets[i] += len(lp.tokens[0])
         if t.finish_reason is not None:
             return self.chunk(i, t.text, _finish(t.finish_reason), lp)
         return self.chunk(i, t.text, None, lp) if t.text or lp is not None else None

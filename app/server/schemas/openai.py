@@ -59,7 +59,12 @@ class CompletionRequest(BaseModel):
     )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="include the sampled tokens' logprobs")
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=5,
+        description="include the sampled tokens' logprobs and this many most likely alternatives",
+    )
     echo: bool | None = False
     user: str | None = None
     # Not implemented: accepted only at their neutral values.
@@ -114,9 +119,10 @@ class CompletionRequest(BaseModel):
 
 
 class Logprobs(BaseModel):
-    """The sampled tokens' own text and log-probability (under the model, temperature 1) and each
-    token's character offset in the choice's ``text``. ``top_logprobs`` is always null: the engine
-    computes the sampled token's logprob only, not the most likely alternatives."""
+    """The sampled tokens' own text and log-probability, for each token the ``logprobs`` most
+    likely tokens and the sampled one (``top_logprobs``, text -> logprob), and each token's
+    character offset in the choice's ``text``. All log-probabilities are the model's own
+    (temperature 1, before top-k/top-p), as vLLM reports them by default."""
 
     tokens: list[str]
     token_logprobs: list[float]
