@@ -33,6 +33,7 @@ from tests.server_harness import (
     LiveServer,
     check_message,
     live_server,
+    metric,
     running_server,
     tiny_settings,
 )
@@ -174,6 +175,13 @@ def test_route_equals_transformers_for_each_model(http, engines, reference, layo
     assert maps.shape == (TINY.n_layer, TINY.n_head, len(ids), len(ids))
     np.testing.assert_allclose(maps, hf_attentions(reference, ids), atol=TOL, rtol=0)
     check_stochastic_and_causal(maps)
+
+
+def test_answers_are_counted_with_the_generation_requests(server: LiveServer, http):
+    labels = {"route": "/attention", "model": MODELS["hf"], "outcome": "ok"}
+    before = metric(server.url, "gpt2_requests_total", **labels) or 0.0
+    assert http.post("/attention", json={"inputs": TEXT, "model": MODELS["hf"]}).status_code == 200
+    assert metric(server.url, "gpt2_requests_total", **labels) == before + 1
 
 
 def test_default_model_is_the_first(http):

@@ -27,24 +27,33 @@ from app.server.schemas.attention import AttentionRequest, AttentionResponse
 from app.server.state import StateDep
 
 router = APIRouter(tags=["attention"])
+ROUTE = "/attention"
 # 401: API keys are on; 413: the body limit; 422: a bad request; 503: loading, draining.
 ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 503)}
 DECIMALS = 7  # of each weight in the body (well inside float32's precision at 1)
 
 
-@router.post("/attention", response_model=AttentionResponse, responses=ERRORS)
+@router.post(ROUTE, response_model=AttentionResponse, responses=ERRORS)
 async def attention(body: AttentionRequest, state: StateDep):
     """Attention maps of ``inputs`` (at most ``GPT2_ATTENTION_MAX_TOKENS`` tokens) for the chosen
     ``layers`` and ``heads`` (default: all): ``attention[i][j]`` is layer ``layers[i]``, head
     ``heads[j]``, a ``[query][key]`` matrix whose rows sum to 1, as bertviz's head view reads it."""
-    _, worker = ready_worker(state.registry, body.model)
+    entry, worker = ready_worker(state.registry, body.model)
     model = worker.model
     check_text(body.inputs, "inputs")
     layers = _indices(body.layers, model.hparams.n_layer, "layers")
     heads = _indices(body.heads, model.hparams.n_head, "heads")
     limit = min(state.settings.attention_max_tokens, model.hparams.n_ctx)
     job = functools.partial(_answer, model, body.inputs, limit, layers, heads)
-    content = await asyncio.get_running_loop().run_in_executor(state.attention_pool, job)
+    outcome = "error"
+    try:
+        content = await asyncio.get_running_loop().run_in_executor(state.attention_pool, job)
+        outcome = "ok"
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:  # counted with the generation routes (gpt2_requests_total{route="/attention"})
+        state.metrics.requests.labels(ROUTE, entry.name, outcome).inc()
     return Response(content, media_type="application/json")
 
 
