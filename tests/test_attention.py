@@ -182,6 +182,11 @@ def test_answers_are_counted_with_the_generation_requests(server: LiveServer, ht
     before = metric(server.url, "gpt2_requests_total", **labels) or 0.0
     assert http.post("/attention", json={"inputs": TEXT, "model": MODELS["hf"]}).status_code == 200
     assert metric(server.url, "gpt2_requests_total", **labels) == before + 1
+    # Refused for its own input (too long): not counted, as a refused generation is not.
+    refused = http.post("/attention", json={"inputs": TEXT * 5, "model": MODELS["hf"]})
+    assert refused.status_code == 422
+    assert metric(server.url, "gpt2_requests_total", **labels) == before + 1
+    assert not metric(server.url, "gpt2_requests_total", **{**labels, "outcome": "error"})
 
 
 def test_default_model_is_the_first(http):

@@ -45,15 +45,18 @@ async def attention(body: AttentionRequest, state: StateDep):
     heads = _indices(body.heads, model.hparams.n_head, "heads")
     limit = min(state.settings.attention_max_tokens, model.hparams.n_ctx)
     job = functools.partial(_answer, model, body.inputs, limit, layers, heads)
-    outcome = "error"
+    labels = {"route": ROUTE, "model": entry.name}  # counted with the generation routes
     try:
         content = await asyncio.get_running_loop().run_in_executor(state.attention_pool, job)
-        outcome = "ok"
-    except asyncio.CancelledError:
-        outcome = "cancelled"
+    except APIError:  # refused for its own input (too long): not counted, as a refused generation is not
         raise
-    finally:  # counted with the generation routes (gpt2_requests_total{route="/attention"})
-        state.metrics.requests.labels(ROUTE, entry.name, outcome).inc()
+    except asyncio.CancelledError:
+        state.metrics.requests.labels(**labels, outcome="cancelled").inc()
+        raise
+    except Exception:
+        state.metrics.requests.labels(**labels, outcome="error").inc()
+        raise
+    state.metrics.requests.labels(**labels, outcome="ok").inc()
     return Response(content, media_type="application/json")
 
 
