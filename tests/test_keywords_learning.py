@@ -9,8 +9,8 @@ first word of the body is any of the eight; with it, the fine-tuned model writes
 The model is the committed demo (4 layers, width 96, trained on Shakespeare), so it starts, like a
 real fine-tune, from a model that already attends back: trained from random weights, a model this
 small learns to look back at the keyword only after thousands of steps. To make each step cheap,
-its vocabulary is cut to the tokens these texts use: GPT-2's merges that encoding them applies
-(in GPT-2's order) and the embedding rows of the tokens they build, written in GPT-2's own file
+its vocabulary is cut to the tokens these texts use: the GPT-2 merges that build the tokens GPT-2's
+encoder gives them (in GPT-2's order) and the embedding rows of those tokens, written in GPT-2's own file
 formats. On these texts the cut model computes exactly what the demo computes (checked below), with
 an output layer of a few hundred rows instead of 50257.
 """
@@ -24,7 +24,6 @@ from typing import NamedTuple
 import httpx
 import numpy as np
 import pytest
-import regex
 import tensorflow as tf
 
 from app.engine import gpt2
@@ -32,7 +31,7 @@ from app.keywords.dataset import Doc, KeywordConfig, encode_keyword_dataset, spe
 from app.keywords.format import prefix
 from app.model.hparams import HParams
 from app.model.loader import load_weights
-from app.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN, Encoder, bytes_to_unicode, read_merges, read_vocab
+from app.tokenizer.bpe import ENDOFTEXT, Encoder, bytes_to_unicode, read_merges, read_vocab
 from app.train.data import Sampler
 from app.train.export import export_weights
 from app.train.trainer import TrainConfig, Trainer, write_run_info
@@ -43,28 +42,21 @@ WORDS = ("apple", "river", "castle", "winter", "garden", "silver", "horse", "can
 STEPS = 700  # about 50 s here; every word is learned by about 600 (data seeds 0, 1, 2)
 
 
-def used_merges(texts: list[str], merges: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The merges GPT-2's BPE applies to the pre-tokens of ``texts`` (the reference merge loop)."""
-    ranks = {pair: rank for rank, pair in enumerate(merges)}
-    b2u = bytes_to_unicode()
+def used_merges(
+    texts: list[str], vocab: dict[str, int], merges: list[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """The merges that build the tokens GPT-2's encoder gives ``texts``. Every GPT-2 token but the
+    256 bytes and ``<|endoftext|>`` is made by exactly one merge, of two tokens: follow them down."""
+    enc = Encoder(vocab, merges)
+    by_id = {i: token for token, i in vocab.items()}
+    by_result = {a + b: (a, b) for a, b in merges}
     used: set[tuple[str, str]] = set()
-    for text in texts:
-        for piece in regex.findall(GPT2_PATTERN, text):
-            parts = [b2u[b] for b in piece.encode()]
-            while len(parts) > 1:
-                pair = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, len(ranks)))
-                if pair not in ranks:
-                    break
-                used.add(pair)
-                merged, i = [], 0
-                while i < len(parts):
-                    if parts[i : i + 2] == list(pair):
-                        merged.append(pair[0] + pair[1])
-                        i += 2
-                    else:
-                        merged.append(parts[i])
-                        i += 1
-                parts = merged
+    todo = [by_id[i] for text in texts for i in enc.encode(text, allowed_special="all")]
+    while todo:
+        pair = by_result.get(todo.pop())
+        if pair is not None and pair not in used:
+            used.add(pair)
+            todo.extend(pair)
     return used
 
 
@@ -82,7 +74,7 @@ def cut_vocabulary(model_dir: Path, texts: list[str], out: Path) -> Cut:
     hp, params = load_weights(model_dir)
     vocab = read_vocab(model_dir / "encoder.json")
     merges, _ = read_merges(model_dir / "vocab.bpe")
-    used = used_merges(texts, merges)
+    used = used_merges(texts, vocab, merges)
     kept_merges = [m for m in merges if m in used]
     tokens = {*bytes_to_unicode().values(), *(a + b for a, b in kept_merges), ENDOFTEXT}
     old_ids = sorted(vocab[t] for t in tokens)
