@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from websockets.sync.client import connect
 
+from app.keywords.model_spec import write_model_spec
 from tests.server_harness import LiveServer, live_server, tiny_settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -489,3 +491,71 @@ def test_attention_errors_are_shown_as_they_are(page):
     assert "inputs" in page.shown("#attention-error")
     logged = page.console_errors()  # the browser logs the 422 itself: expected, and nothing else
     assert logged and all("/attention" in e["message"] and "422" in e["message"] for e in logged), logged
+
+
+# ---- a keyword-conditioned model ----
+
+
+@pytest.fixture(scope="module")
+def kw_server(tiny_dirs, tmp_path_factory) -> Iterator[LiveServer]:
+    """The tiny model served twice: ``plain`` (the default) and ``kw``, marked keyword-conditioned."""
+    root = tmp_path_factory.mktemp("playground-kw")
+    plain, kw = root / "plain", root / "kw"
+    for folder in (plain, kw):
+        shutil.copytree(tiny_dirs["openai"], folder)
+    write_model_spec(kw, {"delimiters": {}, "max_keywords": 3, "language": "en"})
+    with live_server(tiny_settings(plain, models=[str(plain), str(kw)], slots=2)) as live:
+        yield live
+
+
+@pytest.fixture
+def kw_page(driver, kw_server, tmp_path) -> Iterator[Page]:
+    p = Page(driver, kw_server, tmp_path)
+    p.console_errors()
+    p.open()
+    yield p
+    assert p.console_errors() == []
+
+
+def text_of(page: Page, element_id: str) -> str:
+    return page.js(f"return document.getElementById('{element_id}').textContent")
+
+
+def test_a_keyword_model_is_asked_with_keywords_and_shows_the_title_and_body(kw_page):
+    page = kw_page
+    assert not page.el("#keywords-fields").is_displayed()  # the plain model is the default
+    page.el('#models input[value="kw"]').click()
+    page.wait(lambda: page.el("#keywords-fields").is_displayed(), "the keyword fields")
+    assert page.shown("#kw-note") == "(comma-separated, at most 3)"
+
+    page.fill("Once", do_sample=True, max_new_tokens=10, temperature=1, seed=5)
+    page.fill("Once", kw_keywords=" king,  dark castle ,", kw_category="tales", kw_title="The Knight")
+    page.generate()
+    page.wait_state("done")
+    page.shot("keyword-document")
+    asked = dict(keywords=["king", "dark castle"], category="tales", title="The Knight")
+    r = post_generate(
+        page.server, "Once", model="kw", do_sample=True, max_new_tokens=10, temperature=1, seed=5, **asked
+    )
+    assert r.status_code == 200, r.text
+    expected = r.json()
+    assert page.text() == expected["generated_text"]
+    assert page.el("#document").is_displayed()
+    assert text_of(page, "document-title") == expected["keywords_output"]["title"] == "The Knight"
+    assert text_of(page, "document-body") == expected["keywords_output"]["body"]
+    assert expected["keywords_output"]["body"].startswith("Once")
+
+    # A keyword the model's format cannot carry: the server's message, as it is.
+    page.fill("", kw_keywords="a~b", kw_title="")
+    page.generate()
+    page.wait_state("error")
+    assert page.shown("#error") == server_error(page.server, "", model="kw", keywords=["a~b"])
+    assert "~" in page.shown("#error") and not page.el("#document").is_displayed()
+
+    # Back to the plain model: no keyword fields, and nothing of them is sent.
+    page.el('#models input[value="plain"]').click()
+    page.wait(lambda: not page.el("#keywords-fields").is_displayed(), "the keyword fields to hide")
+    page.fill("Hello", do_sample=False, max_new_tokens=3)
+    page.generate()
+    page.wait_state("done")
+    assert not page.el("#document").is_displayed() and page.count() >= 1

@@ -1,7 +1,9 @@
 // gpt2-serve playground: plain JavaScript, no build step, no dependencies.
 // Lists GET /models, streams one generation at a time over ws /stream (one element per token,
 // appended as each `token` message arrives), cancels with {"type": "cancel"}, and shows each
-// token's probability and its top alternatives on hover or focus.
+// token's probability and its top alternatives on hover or focus. For a keyword-conditioned model
+// (GET /models gives its `keywords`), it asks with keywords, a category and a title and shows the
+// title and body the server parses from the document.
 "use strict";
 
 // Alternatives asked for per token (TGI's parameters.top_n_tokens, 0-10; 0: none). `?top_n_tokens=0`
@@ -17,6 +19,7 @@ const state = {
   current: null, // the streaming request: {id, sentAt, firstAt, lastAt, count}
   tokens: new Map(), // token element -> its token message (for the hover panel)
   model: null, // the model chosen in the table (null: the server's default)
+  models: new Map(), // name -> the model as GET /models lists it
 };
 
 function topNFromUrl(fallback) {
@@ -63,7 +66,21 @@ function showModelsError(message) {
 function renderModels(models) {
   const tbody = $("models").tBodies[0];
   if (state.model === null && models.length) state.model = models[0].name;
+  state.models = new Map(models.map((m) => [m.name, m]));
   tbody.replaceChildren(...models.map(modelRow));
+  showKeywordFields();
+}
+
+function keywordFormat() {
+  // the chosen model's keyword format ({delimiters, max_keywords, ...}), or null
+  const m = state.models.get(state.model);
+  return (m && m.keywords) || null;
+}
+
+function showKeywordFields() {
+  const format = keywordFormat();
+  $("keywords-fields").hidden = format === null;
+  if (format) $("kw-note").textContent = `(comma-separated, at most ${format.max_keywords})`;
 }
 
 function modelRow(m) {
@@ -73,7 +90,10 @@ function modelRow(m) {
   Object.assign(pick, { type: "radio", name: "model", value: m.name, checked: m.name === state.model });
   pick.disabled = m.state !== "ready";
   pick.setAttribute("aria-label", `use ${m.name}`);
-  pick.addEventListener("change", () => (state.model = m.name));
+  pick.addEventListener("change", () => {
+    state.model = m.name;
+    showKeywordFields();
+  });
   const slots = m.slots ? `${m.slots.busy}/${m.slots.total}` : "–";
   const stateText = m.reason ? `${m.state}: ${m.reason}` : m.state;
   row.append(cell(pick), cell(m.name), cell(stateText, "state"), cell(m.device), cell(slots, "slots"));
@@ -185,6 +205,19 @@ function parameters() {
   const stops = $("stop").value.split("\n").filter((s) => s !== "");
   if (stops.length) p.stop = stops;
   if (TOP_N_TOKENS) p.top_n_tokens = TOP_N_TOKENS;
+  if (keywordFormat()) Object.assign(p, keywordParameters());
+  return p;
+}
+
+function keywordParameters() {
+  // only what is filled in: none of them makes a plain continuation of the prompt
+  const p = {};
+  const keywords = $("kw-keywords").value.split(",").map((k) => k.trim()).filter((k) => k !== "");
+  if (keywords.length) p.keywords = keywords;
+  for (const [name, id] of [["category", "kw-category"], ["title", "kw-title"]]) {
+    const value = $(id).value.trim();
+    if (value) p[name] = value;
+  }
   return p;
 }
 
@@ -249,7 +282,15 @@ function onDone(cur, msg) {
   $("finish-reason").textContent = msg.finish_reason;
   $("tps").textContent = rate(cur);
   $("output").dataset.generatedText = msg.generated_text;
+  if (msg.keywords_output) showDocument(msg.keywords_output);
   finish("done");
+}
+
+function showDocument(doc) {
+  // the title and body the server parsed from the keyword document
+  $("document-title").textContent = doc.title;
+  $("document-body").textContent = doc.body;
+  $("document").hidden = false;
 }
 
 function finish(status) {
@@ -268,6 +309,7 @@ function cancel() {
 function clearOutput() {
   $("output").replaceChildren();
   delete $("output").dataset.generatedText;
+  $("document").hidden = true;
   state.tokens.clear();
   hideInfo();
   showError(null);
