@@ -80,7 +80,7 @@ def model_card(
         f"- Trained on: `{info['dataset']}`",
         f"- Started from: `{info['source_model']}`",
         f"- Size: {hp.n_layer} layers, width {hp.n_embd}, {hp.n_head} heads, context {hp.n_ctx}, "
-        f"vocabulary {hp.n_vocab} (GPT-2's BPE); {hp.n_params():,} parameters",
+        f"vocabulary {hp.n_vocab} (the source model's BPE); {hp.n_params():,} parameters",
         f"- Steps: {steps} (batch {cfg['batch_size']} x {cfg['accumulate_gradients']} accumulated, "
         f"windows of {cfg['context'] or hp.n_ctx} tokens, {cfg['optimizer']} at learning rate {cfg['learning_rate']})",
         f"- Final training loss: {loss:.4f}" if loss is not None else "- Final training loss: n/a",
