@@ -110,8 +110,8 @@ def _top_logprobs(gen: Generation, t: Token, own: str) -> dict[str, float]:
     text, and the sampled token's own (so up to ``logprobs + 1`` entries, as OpenAI documents).
     Two ids with the same text (bytes of a split character) keep the likelier one."""
     top: dict[str, float] = {}
-    for i, lp in t.top:
-        top.setdefault(gen.worker.model.encoder.decode([i]), lp)
+    for alt in gen.alternatives(t) or []:
+        top.setdefault(alt["text"], alt["logprob"])
     top.setdefault(own, t.logprob)
     return top
 
