@@ -106,6 +106,13 @@ class Page:
     def generate(self) -> None:
         self.el("#generate").click()
 
+    def choose_model(self, name: str) -> None:
+        """Click the model's radio button. The table is drawn again every 2 s (and after each
+        request), so a WebElement found before may be stale by the click: found and clicked in one
+        script instead."""
+        self.js("document.querySelector(`#models input[value='${arguments[0]}']`).click()", name)
+        self.wait(lambda: self.js("return window.playground.state.model") == name, f"model {name} chosen")
+
     def state(self) -> str:
         return self.js("return document.body.dataset.state")
 
@@ -524,7 +531,7 @@ def text_of(page: Page, element_id: str) -> str:
 def test_a_keyword_model_is_asked_with_keywords_and_shows_the_title_and_body(kw_page):
     page = kw_page
     assert not page.el("#keywords-fields").is_displayed()  # the plain model is the default
-    page.el('#models input[value="kw"]').click()
+    page.choose_model("kw")
     page.wait(lambda: page.el("#keywords-fields").is_displayed(), "the keyword fields")
     assert page.shown("#kw-note") == "(comma-separated, at most 3)"
 
@@ -553,7 +560,7 @@ def test_a_keyword_model_is_asked_with_keywords_and_shows_the_title_and_body(kw_
     assert "~" in page.shown("#error") and not page.el("#document").is_displayed()
 
     # Back to the plain model: no keyword fields, and nothing of them is sent.
-    page.el('#models input[value="plain"]').click()
+    page.choose_model("plain")
     page.wait(lambda: not page.el("#keywords-fields").is_displayed(), "the keyword fields to hide")
     page.fill("Hello", do_sample=False, max_new_tokens=3)
     page.generate()
