@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install run generate test lint bench-engine bench-serve bench-roofline soak demo-model demo-keywords eval-keywords clean
+.PHONY: install test-deps run generate test lint bench-engine bench-serve bench-roofline soak demo-model demo-keywords eval-keywords clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,27 @@ run: install
 generate: install
 	$(VENV)/bin/gpt2-serve generate --models-dir $(MODELS_DIR) --model $(MODELS) --prompt "$${PROMPT:-The meaning of life is}" --length 40
 
-test: install
+# Debian packages the tests drive for real: Chromium and its driver (tests/test_playground.py) and
+# Prometheus' server and promtool (tests/test_prometheus_*.py, make lint). Installed with apt-get when
+# missing (sudo when not root); a one-line error names them when neither can. .ci/run goes through here.
+TEST_APT_PACKAGES := chromium chromium-driver prometheus
+test-deps:
+	@missing=""; for p in $(TEST_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "make test-deps: cannot install the Debian packages$$missing (not root, no sudo): apt-get install$$missing" >&2; exit 1; fi; \
+	  echo "make test-deps: apt-get install$$missing"; \
+	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; } \
+	  || { echo "make test-deps: apt-get could not install$$missing; install them by hand: apt-get install$$missing" >&2; exit 1; }; \
+	fi
+
+test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Python, both Dockerfiles, all YAML, the Kubernetes manifests (1.32 schemas; the CRDs are checked
 # by tests/test_deploy_k8s.py) and the Prometheus config and rules (promtool: Debian's prometheus).
-lint: install
+lint: install test-deps
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/ruff format --check app tests bench
 	$(VENV)/bin/hadolint Dockerfile.cuda deploy/Dockerfile.cpu

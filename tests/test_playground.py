@@ -1,8 +1,8 @@
 """The playground page (``GET /playground``) in a real browser: Debian's headless Chromium driven by
 Selenium through Debian's chromedriver, against a real server on the tiny real GPT-2.
 
-Chromium and chromedriver must be installed (``apt-get install chromium chromium-driver``; ``bash
-.ci/run`` does it): without them these tests fail, they are never skipped. Each test saves
+Chromium and chromedriver must be installed (``apt-get install chromium chromium-driver``; ``make
+test-deps`` does it): without them these tests fail, they are never skipped. Each test saves
 screenshots of the states it reaches under its ``tmp_path``.
 """
 
@@ -50,7 +50,7 @@ TOP_N = 5  # the alternatives the page asks for with each token (its TOP_N_TOKEN
 def driver() -> Iterator[webdriver.Chrome]:
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
-            pytest.fail(f"{path} is missing: apt-get install chromium chromium-driver (bash .ci/run does)")
+            pytest.fail(f"{path} is missing: apt-get install chromium chromium-driver (make test-deps does)")
     options = Options()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):

@@ -13,7 +13,7 @@ rule's evaluation health is ``ok``. Whether the conditions fire on the right inp
 ``promtool test rules`` (tests/test_prometheus_rules.py).
 
 Finally the dashboard and the rules may name only metrics the server exports (``GET /metrics``).
-Prometheus missing is a failure, not a skip: ``.ci/run`` installs it (apt-get install prometheus).
+Prometheus missing is a failure, not a skip: ``make test-deps`` installs it (apt-get install prometheus).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def prometheus_binary() -> str:
     )
     if not found:
         pytest.fail(
-            "the prometheus server is not installed: `apt-get install -y prometheus` (.ci/run does it)"
+            "the prometheus server is not installed: `apt-get install -y prometheus` (make test-deps does it)"
         )
     return found
 

@@ -1,7 +1,7 @@
 """The Prometheus files, checked by Prometheus' own tool: ``promtool check config`` (the scrape
 config and the rule files it names), ``promtool check rules`` and ``promtool test rules`` (each
 alert fires on the input written for it, and a healthy model raises none:
-deploy/prometheus/alerts_test.yml). promtool missing is a failure: ``.ci/run`` installs Debian's
+deploy/prometheus/alerts_test.yml). promtool missing is a failure: ``make test-deps`` installs Debian's
 ``prometheus`` package, which has it."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ PROM = ROOT / "deploy" / "prometheus"
 def promtool(*args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.fail("promtool is not installed: `apt-get install -y prometheus` (.ci/run does it)")
+        pytest.fail("promtool is not installed: `apt-get install -y prometheus` (make test-deps does it)")
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120, cwd=PROM)
 
 
