@@ -17,14 +17,27 @@ a request can reach to be compiled) and the load average before and after.
 
 Targets (issue 8): served/offline >= 0.9 at 8, 32 and 64 clients; at 32 clients TTFT p50 <= 1 s
 and ITL p99 <= 3x ITL p50.
+
+Serving patterns (issue 18, ``--scenarios survivor,slide``), each against a baseline of the same run:
+
+* survivor: 31 requests of 32 new tokens arrive together and hold slots 0..30, then one of 512
+  tokens takes slot 31 and outlives them. Its tokens/s once alone (from the others' last token on)
+  against the same request run alone. Target >= 0.9.
+* slide: one stream generates 3,000 tokens past the 1,024-token context (its window slides about
+  every 256 tokens) while 7 others stream (256 new tokens each, restarted while it runs). The
+  others' longest inter-token gap against their median gap while it runs. Target <= 3.
+
+The CPU's AVX-512/AMX flags and the load average before and after are printed with the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -54,7 +67,22 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def one_client(url: str, ids: list[int], new_tokens: int, seed: int, decode) -> dict:
+def cpu_flags() -> str:
+    """The CPU model and its AVX-512 / AMX flags (what decides which kernels win)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line), "?")
+    flags = sorted(set(re.findall(r"\b(avx512\w*|amx\w*)", info)))
+    return f"{model}; flags: {' '.join(flags) or 'no avx512/amx'}"
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def one_client(
+    url: str, ids: list[int], new_tokens: int, seed: int, decode, first: asyncio.Event | None = None
+) -> dict:
+    """One WebSocket request; ``first`` is set when its first token arrives."""
     text = decode(ids)
     async with websockets.connect(url, max_size=None) as ws:
         t0 = time.perf_counter()
@@ -77,6 +105,8 @@ async def one_client(url: str, ids: list[int], new_tokens: int, seed: int, decod
             msg = json.loads(raw)
             if msg["type"] == "token":
                 stamps.append(time.perf_counter())
+                if first is not None:
+                    first.set()
             elif msg["type"] == "done":
                 done = msg
                 break
@@ -106,6 +136,70 @@ async def run_clients(url: str, c: int, all_prompts, new_tokens: int, decode) ->
     }
 
 
+def rate(stamps: list[float]) -> float:
+    """Tokens per second over a run of arrival times."""
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+
+
+async def survivor(
+    url: str, all_prompts, decode, *, burst: int = 32, long: int = 512, short: int = 32
+) -> dict:
+    """The request in the highest slot of a burst, once alone, against the same request alone."""
+    lone = await one_client(url, all_prompts[0], long, 0, decode)
+    firsts = [asyncio.Event() for _ in range(burst - 1)]
+    shorts = [
+        asyncio.create_task(one_client(url, all_prompts[i + 1], short, i + 1, decode, firsts[i]))
+        for i in range(burst - 1)
+    ]
+    for event in firsts:  # every short one holds a slot: the long one gets the highest
+        await event.wait()
+    last = asyncio.create_task(one_client(url, all_prompts[0], long, 0, decode))
+    # from a second after the others' last token: their connections are closed by then
+    alone_from = max(r["stamps"][-1] for r in await asyncio.gather(*shorts)) + 1.0
+    stamps = [t for t in (await last)["stamps"] if t > alone_from]
+    return {
+        "lone_tok_s": rate(lone["stamps"]),
+        "survivor_tok_s": rate(stamps),
+        "survivor_tokens": len(stamps),
+    }
+
+
+async def slide(
+    url: str, all_prompts, decode, *, others: int = 7, long: int = 3000, other_tokens: int
+) -> dict:
+    """The other streams' inter-token gaps while one stream slides its window again and again."""
+    running = asyncio.Event()
+    running.set()
+    runs: list[list[float]] = []
+
+    async def other(i: int) -> None:
+        n = 0
+        while running.is_set():
+            runs.append(
+                (await one_client(url, all_prompts[1 + i], other_tokens, 1000 * i + n, decode))["stamps"]
+            )
+            n += 1
+
+    tasks = [asyncio.create_task(other(i)) for i in range(others)]
+    await asyncio.sleep(2.0)  # the others are streaming
+    started = time.perf_counter()
+    r = await one_client(url, all_prompts[0], long, 0, decode)
+    end = r["stamps"][-1]
+    running.clear()
+    await asyncio.gather(*tasks)
+    gaps = [b - a for stamps in runs for a, b in zip(stamps, stamps[1:]) if a >= started and b <= end]
+    own = [b - a for a, b in zip(r["stamps"], r["stamps"][1:])]
+    return {
+        "tokens": len(r["stamps"]),
+        "wall": end - started,
+        "others_gap_p50": pct(gaps, 50),
+        "others_gap_max": max(gaps),
+        "others_gaps": len(gaps),
+        "own_gap_p50": pct(own, 50),
+        "own_gap_max": max(own),
+    }
+
+
 def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float:
     def seqs():
         return [
@@ -126,7 +220,11 @@ def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", default="32,1,8,64")
+    ap.add_argument(
+        "--clients", default="32,1,8,64", help="client counts of the throughput table ('' for none)"
+    )
+    ap.add_argument("--scenarios", default="survivor,slide", help="serving patterns to run ('' for none)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of the survivor pattern (best of each side)")
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -135,13 +233,17 @@ def main() -> int:
     )
     args = ap.parse_args()
     hp = HParams(n_ctx=256, n_embd=128, n_head=4, n_layer=2) if args.tiny else PRESETS["124M"]
-    counts = [int(c) for c in args.clients.split(",")]
+    counts = [int(c) for c in args.clients.split(",") if c]
+    scenarios = [name for name in args.scenarios.split(",") if name]
+    unknown = set(scenarios) - {"survivor", "slide"}
+    if unknown:
+        ap.error(f"--scenarios: unknown {', '.join(sorted(unknown))} (survivor, slide)")
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_model(Path(tmp) / "bench-124M", hp, seed=0)
-        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        print(f"load average before: {load_average()}", flush=True)
         started = time.perf_counter()
-        flags = ["--slots", str(args.slots), "--queue-size", "256"]
+        flags = ["--slots", str(args.slots), "--queue-size", "256", "--max-new-tokens-limit", "4096"]
         with serve_process(
             model_dir, *flags, env=dict(os.environ), ready_timeout=600, stop_timeout=120
         ) as srv:
@@ -150,6 +252,7 @@ def main() -> int:
             print(f"server ready (every shape compiled) {startup:.1f} s after start", flush=True)
             model = load_model(model_dir, slots=args.slots)
             decode = model.encoder.decode
+            gc.freeze()  # this client's TensorFlow objects: a full collection must not stall its timing
             all_prompts = prompts(64, args.prompt_tokens, hp.n_vocab)
             rows = []
             for c in counts:
@@ -162,18 +265,68 @@ def main() -> int:
                 served["ratio"] = served["tok_s"] / offline
                 rows.append(served)
                 print(f"clients {c}: {served['tok_s']:.1f} tok/s served, {offline:.1f} offline", flush=True)
+            patterns = {}
+            if "survivor" in scenarios:
+                asyncio.run(survivor(url, all_prompts, decode, long=64))  # untimed: shapes and caches warm
+                runs = [asyncio.run(survivor(url, all_prompts, decode)) for _ in range(args.repeat)]
+                patterns["survivor"] = {  # the best of each side
+                    "lone_tok_s": max(r["lone_tok_s"] for r in runs),
+                    "survivor_tok_s": max(r["survivor_tok_s"] for r in runs),
+                    "survivor_tokens": runs[0]["survivor_tokens"],
+                }
+                print(f"survivor: {patterns['survivor']}", flush=True)
+            if "slide" in scenarios:
+                # the others never reach the context themselves (256 new tokens at 124M)
+                other_tokens = min(256, hp.n_ctx - args.prompt_tokens - 8)
+                patterns["slide"] = asyncio.run(slide(url, all_prompts, decode, other_tokens=other_tokens))
+                print(f"slide: {patterns['slide']}", flush=True)
 
     print(
         f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
-        f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}\n"
+        f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}"
     )
+    print(f"CPU: {cpu_flags()}\n")
+    if rows:
+        print_throughput(rows, args.slots, startup)
+    if patterns:
+        print_patterns(patterns)
+    print(f"load average after: {load_average()}")
+    return 0
+
+
+def print_patterns(patterns: dict) -> None:
+    print("\n| serving pattern | measured | baseline (same run) | ratio | target |")
+    print("|---|---|---|---|---|")
+    if "survivor" in patterns:
+        p = patterns["survivor"]
+        ratio = p["survivor_tok_s"] / p["lone_tok_s"]
+        print(
+            f"| survivor of a 32-request burst, once alone ({p['survivor_tokens']} tokens) | "
+            f"{p['survivor_tok_s']:.1f} tok/s | lone request {p['lone_tok_s']:.1f} tok/s | {ratio:.2f} | "
+            f">= 0.9: {'met' if ratio >= 0.9 else 'NOT met'} |"
+        )
+    if "slide" in patterns:
+        p = patterns["slide"]
+        ratio = p["others_gap_max"] / p["others_gap_p50"]
+        print(
+            f"| 7 streams while one slides ({p['tokens']} tokens in {p['wall']:.0f} s) | longest gap "
+            f"{p['others_gap_max'] * 1e3:.0f} ms | median gap {p['others_gap_p50'] * 1e3:.0f} ms "
+            f"({p['others_gaps']} gaps) | {ratio:.2f} | <= 3: {'met' if ratio <= 3 else 'NOT met'} |"
+        )
+        print(
+            f"\nthe sliding stream itself: median gap {p['own_gap_p50'] * 1e3:.0f} ms, longest "
+            f"{p['own_gap_max'] * 1e3:.0f} ms (its slides)"
+        )
+
+
+def print_throughput(rows: list[dict], slots: int, startup: float) -> None:
     print(
         "| clients | served tok/s | offline tok/s (batch) | ratio | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['clients']} | {r['tok_s']:.1f} | {r['offline_tok_s']:.1f} ({min(r['clients'], args.slots)}) | "
+            f"| {r['clients']} | {r['tok_s']:.1f} | {r['offline_tok_s']:.1f} ({min(r['clients'], slots)}) | "
             f"{r['ratio']:.2f} | {r['ttft_p50'] * 1e3:.0f} ms | {r['ttft_p99'] * 1e3:.0f} ms | "
             f"{r['itl_p50'] * 1e3:.0f} ms | {r['itl_p99'] * 1e3:.0f} ms |"
         )
@@ -190,8 +343,6 @@ def main() -> int:
                 f"{'met' if r['ttft_p50'] <= 1 else 'NOT met'}); ITL p99 / p50: "
                 f"{r['itl_p99'] / r['itl_p50']:.2f} (target <= 3: {'met' if r['itl_p99'] <= 3 * r['itl_p50'] else 'NOT met'})"
             )
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 from app.engine.batcher import Batcher, Entry, generate
+from app.engine.buckets import round_up
 from app.engine.engine import Engine, EngineConfig, Piece
 from app.engine.sampling import SamplingParams, make_rng, sample, sample_batch
+from app.model.hparams import HParams
 from app.model.random_init import random_params
 from tests.server_harness import TINY as HP
 
@@ -198,3 +200,149 @@ def test_blocks_per_compiled_program_do_not_change_the_numbers(params):
     np.testing.assert_allclose(both.step({0: 3}), one.step({0: 3}), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="must divide n_layer=2"):
         Engine(HP, params, EngineConfig(slots=1, layers_per_call=3))
+
+
+def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
+    """Eight arrive together; the one in the highest slot outlives the rest. Once alone it moves to
+    slot 0 and every later decode call runs one row, and its tokens are a lone run's."""
+    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
+    batcher = Batcher(engine, eos_id=None)
+    ids = prompts([5 + i for i in range(8)], seed=11)
+    seqs = [Entry(p, 4, SamplingParams(temperature=0), stop_at_eos=False) for p in ids[:7]]
+    survivor = Entry(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)
+    for seq in [*seqs, survivor]:
+        batcher.admit(seq)
+    assert survivor.slot == 7
+    while not all(s.finished for s in seqs):
+        batcher.step()
+    with mock.patch.object(engine, "_decode_fn", wraps=engine._decode_fn) as decode:
+        while not survivor.finished:
+            batcher.step()
+    assert decode.call_count > 0
+    assert {call.args[0].shape[0] for call in decode.call_args_list} == {1}
+    assert engine.free_slots() == list(range(8))
+    solo = generate(
+        Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
+        [Entry(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)],
+        eos_id=None,
+    )[0]
+    assert survivor.generated == solo.generated
+
+
+def test_live_sequences_stay_in_the_lowest_slots(params):
+    """Whatever order requests end in, the live ones sit below the batch bucket of their count."""
+    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
+    batcher = Batcher(engine, eos_id=None)
+    rng = np.random.default_rng(12)
+    lengths = rng.integers(2, 12, size=8).tolist()
+    seqs = [
+        Entry(p, n, SamplingParams(temperature=0), stop_at_eos=False)
+        for p, n in zip(prompts([6] * 8, seed=12), lengths)
+    ]
+    for seq in seqs:
+        batcher.admit(seq)
+    while batcher.active:
+        live = len(batcher.active)
+        with mock.patch.object(engine, "_decode_fn", wraps=engine._decode_fn) as decode:
+            batcher.step()
+        if decode.called:
+            assert decode.call_args.args[0].shape[0] <= round_up(live, engine.batch_buckets)
+        for s in batcher.active:
+            assert engine.length(s.slot) == len(s.prompt_ids) + len(s.generated) - 1
+
+
+def test_a_moved_slot_scores_what_it_would_have_scored(params):
+    moved = Engine(HP, params, EngineConfig(slots=4))
+    stayed = Engine(HP, params, EngineConfig(slots=4))
+    (ids,) = prompts([70], seed=13)
+    moved.prefill(3, ids)
+    stayed.prefill(3, ids)
+    moved.move(3, 1)
+    assert moved.free_slots() == [0, 2, 3] and moved.window(1) == ids
+    np.testing.assert_allclose(moved.step({1: 5}), stayed.step({3: 5}), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="slot 1 is not free"):
+        moved.move(2, 1)
+    with pytest.raises(ValueError, match="slot 2 is free"):
+        moved.move(2, 0)
+
+
+def _serial_slide(params, hp, ids, n, keep):
+    """Greedy tokens of one slot stepped through Engine.step_scores, which slides in place."""
+    engine = Engine(hp, params, EngineConfig(slots=1, window_keep=keep, prefill_chunk=16))
+    token, out = int(np.argmax(engine.prefill(0, ids))), []
+    for _ in range(n):
+        out.append(token)
+        token = int(np.argmax(engine.step({0: token})[0]))
+    return out
+
+
+def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
+    """n_ctx 64, keep 40, chunks of 16: a slide is three prefill rounds; the other stream gets a
+    token in every round but those of its own slides, and the sliding stream's tokens are the
+    in-place slide's."""
+    hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
+    params = random_params(hp, seed=14, ln_noise=True)
+    engine = Engine(hp, params, EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
+    batcher = Batcher(engine, eos_id=None)
+    long_ids, short_ids = prompts([60, 5], seed=14)
+    sliding = Entry(long_ids, 80, SamplingParams(temperature=0), stop_at_eos=False)
+    other = Entry(short_ids, 200, SamplingParams(temperature=0), stop_at_eos=False)
+    batcher.admit(other)
+    batcher.step()
+    batcher.admit(sliding)
+    slides = streamed_during_slides = 0
+    with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as prefill:
+        while not sliding.finished:
+            before = len(other.generated)
+            was_prefilling = sliding.prefilling
+            batcher.step()
+            slides += sliding.prefilling and not was_prefilling
+            got_token = len(other.generated) == before + 1
+            assert got_token or other.prefilling  # it waits only for its own slide
+            streamed_during_slides += got_token and sliding.prefilling
+    assert slides >= 2  # 80 tokens past a 64 context with 40 kept: it slid more than once
+    assert streamed_during_slides >= 2 * slides
+    assert all(len(call.args[0][0].ids) <= 16 for call in prefill.call_args_list)
+    assert sliding.generated == _serial_slide(params, hp, long_ids, 80, keep=40)
+
+
+def test_a_request_cancelled_mid_slide_frees_its_slot(params):
+    hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
+    engine = Engine(hp, random_params(hp, seed=15), EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
+    batcher = Batcher(engine, eos_id=None)
+    (ids,) = prompts([63], seed=15)
+    seq = Entry(ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
+    batcher.admit(seq)
+    while not seq.prefilling or len(seq.generated) < 2:
+        batcher.step()
+        assert not seq.finished, "the window never slid"
+    batcher.finish(seq, "cancelled")
+    assert not batcher.active and engine.free_slots() == [0, 1] and not batcher._waiting
+    assert batcher.step() == []
+
+
+def test_compiled_programs_do_not_depend_on_slot_or_position_values(params):
+    """XLA compiles a program again for each value of an input it must know at compile time (a
+    strided slice's index), which tf.function's trace count does not show: a move once cost 250 ms
+    per new slot pair that way. The programs' HLO must be the same for any slots and positions."""
+    engine = Engine(HP, params, EngineConfig(slots=8))
+    layers, caches = engine._groups()[0]
+    c, i32 = HP.n_embd, tf.int32
+
+    def hlo(fn, *args):
+        return fn.experimental_get_compiler_ir(*args)(stage="hlo")
+
+    def move(src, dst):
+        return hlo(engine._move_fn, tf.constant(src), tf.constant(dst), 64)
+
+    def decode(pos):
+        return hlo(engine._decode_layer_fn, tf.zeros([4, c]), layers, caches, tf.constant(pos, i32), 64)
+
+    def prefill(slots, start, n_valid):
+        x = tf.zeros([2 * 16, c])
+        consts = (tf.constant(v, i32) for v in (slots, start, n_valid))
+        return hlo(engine._prefill_layer_fn, x, layers, caches, *consts, 64)
+
+    assert move(7, 0) == move(5, 1)
+    assert decode([1, 2, 3, 4]) == decode([9, HP.n_ctx, 0, 30])
+    assert prefill([0, 1], [0, 0], [16, 3]) == prefill([5, 2], [32, 0], [1, 16])

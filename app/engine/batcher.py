@@ -8,6 +8,18 @@ the next chunk of one long prompt, so a burst of arrivals is prefilled together 
 prompt is written a chunk per round while the others keep streaming (vLLM's chunked prefill). A
 sequence emits its first token in the round its prompt is complete.
 
+Slots stay dense: at the start of a round, a live sequence whose slot lies above the batch bucket
+that the live count needs moves down to a free slot (:meth:`Engine.move`), so a request that
+outlives a burst decodes as a one-row program, not as the burst's highest slot.
+
+The window slide is the batcher's too: a sequence whose slot holds ``n_ctx`` tokens leaves the
+decode rounds and re-prefills its last ``window_keep`` tokens (plus its newest token) through the
+same plan as a waiting prompt (its first piece batched with others', the rest a chunk per
+round), emitting its next token when done, while the other streams keep decoding. It is written
+``slide_chunk`` tokens per round (64 by default, a quarter of a prompt's chunk: at 124M on 2 cores
+a 256-token piece cost ~5 decode rounds of 8 streams, and every stream waits for it), the chunks
+:meth:`Engine.step_scores`'s own slide runs, so its tokens are the serial slide's.
+
 A sequence leaves its slot the moment it finishes (EOS, length, or :meth:`Batcher.finish` from the
 caller: stop sequence, cancellation), so a new one can join at the next round. Sampling runs for
 the whole batch at once (:func:`~app.engine.sampling.sample_batch`), each row with its own
@@ -24,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.engine.buckets import round_up
 from app.engine.engine import Engine, Piece, Scores
 from app.engine.sampling import (
     SamplingParams,
@@ -56,7 +69,9 @@ class Entry:
     logprobs: list[float] = field(default_factory=list, init=False)
     finish_reason: str | None = field(default=None, init=False)  # "length" | "eos_token" | caller's
     slot: int | None = field(default=None, init=False)
-    prefilled: int = field(default=0, init=False)  # prompt tokens written into the slot so far
+    # What the slot must hold before the next token: the prompt's window, or a slid window.
+    prefill_ids: list[int] = field(default_factory=list, init=False)
+    prefilled: int = field(default=0, init=False)  # of prefill_ids, written into the slot so far
     _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +85,10 @@ class Entry:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prefilled < len(self.prefill_ids)
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,8 @@ class Batcher:
         if not free:
             raise RuntimeError("no free slot")
         seq.slot = free[0]
+        # Sliding window from the start: a prompt longer than the context keeps its last tokens.
+        seq.prefill_ids = seq.prompt_ids[-self.engine.hp.n_ctx :]
         seq.prefilled = 0
         self._slots[seq.slot] = seq
         self._waiting.append(seq)
@@ -126,7 +147,9 @@ class Batcher:
     def step(self) -> list[TokenEvent | StepFailure]:
         """One round: decode every sequence that has tokens, then one prefill call."""
         events: list[TokenEvent | StepFailure] = []
-        decoding = [s for s in self._slots.values() if s.generated]
+        self._compact()
+        self._slide_full_windows()
+        decoding = [s for s in self._slots.values() if s.generated and not s.prefilling]
         self.times = StepTimes()
         if decoding:
             t0 = time.perf_counter()
@@ -150,35 +173,61 @@ class Batcher:
             seq.finish_reason = reason
         self._release(seq)
 
-    # ---- prefill ----
+    # ---- slots ----
 
-    def _window(self, seq: Entry) -> list[int]:
-        # Sliding window from the start: a prompt longer than the context keeps its last tokens.
-        return seq.prompt_ids[-self.engine.hp.n_ctx :]
+    def _compact(self) -> None:
+        """Move live sequences above the batch bucket of the live count into free lower slots."""
+        if not self._slots:
+            return
+        limit = round_up(len(self._slots), self.engine.batch_buckets)
+        for src in sorted((s for s in self._slots if s >= limit), reverse=True):
+            dst = min(s for s in range(limit) if s not in self._slots)
+            seq = self._slots.pop(src)
+            if self.engine.occupied(src):
+                self.engine.move(src, dst)
+            seq.slot = dst
+            self._slots[dst] = seq
+
+    def _slide_full_windows(self) -> None:
+        """Queue every decoding sequence whose slot is full for a re-prefill of its kept window
+        (first in line: a stream is waiting mid-answer)."""
+        n_ctx, keep = self.engine.hp.n_ctx, self.engine.window_keep
+        for seq in self._slots.values():
+            if seq.generated and not seq.prefilling and self.engine.length(seq.slot) >= n_ctx:
+                seq.prefill_ids = (self.engine.window(seq.slot) + [seq.generated[-1]])[-keep:]
+                seq.prefilled = 0
+                self._waiting.appendleft(seq)
+
+    # ---- prefill ----
 
     def _prefill_plan(self) -> list[Piece]:
         """The oldest waiting prompt's next chunk alone, or the first pieces of the oldest waiting
         prompts that fit one prefill call together."""
         if not self._waiting:
             return []
-        chunk = self.engine.chunk_buckets[-1]
         head = self._waiting[0]
         if head.prefilled:
-            ids = self._window(head)
-            return [Piece(head.slot, ids[head.prefilled : head.prefilled + chunk], head.prefilled)]
+            ids, end = head.prefill_ids, head.prefilled + self._chunk(head)
+            return [Piece(head.slot, ids[head.prefilled : end], head.prefilled)]
         plan: list[Piece] = []
         for seq in self._waiting:
-            ids = self._window(seq)[:chunk]
+            ids = seq.prefill_ids[: self._chunk(seq)]
             if seq.prefilled or not self.engine.piece_fits([len(p.ids) for p in plan] + [len(ids)]):
                 break
             plan.append(Piece(seq.slot, ids, 0))
         return plan
 
+    def _chunk(self, seq: Entry) -> int:
+        """Tokens per call: a slide (a sequence with tokens already) goes in the engine's smaller
+        ``slide_chunk``, so the streams waiting on each round wait less; a new prompt in the
+        longest piece, for its first token's sake."""
+        return self.engine.slide_chunk if seq.generated else self.engine.chunk_buckets[-1]
+
     def _prefill(self, pieces: list[Piece]) -> list[TokenEvent | StepFailure]:
         seqs = [self._slots[p.slot] for p in pieces]
         for seq, piece in zip(seqs, pieces):
             seq.prefilled = piece.start + len(piece.ids)
-        done = [i for i, s in enumerate(seqs) if s.prefilled == len(self._window(s))]
+        done = [i for i, s in enumerate(seqs) if not s.prefilling]
         for i in done:
             self._waiting.remove(seqs[i])
         return self._run(seqs, lambda: self.engine.prefill_batch(pieces), phase="prefill", rows=done)

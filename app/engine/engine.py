@@ -58,6 +58,8 @@ class EngineConfig:
     device: str | None = None  # e.g. "/GPU:0", "/CPU:0"; None lets TensorFlow choose
     prefill_chunk: int = 256  # prompt tokens (padded) run in one prefill call; longer prompts are chunked
     window_keep: int | None = None  # tokens kept when the window slides; None = 3/4 of n_ctx
+    # tokens of a slid window re-prefilled per call (per batcher round): streams wait on each round
+    slide_chunk: int = 64
     candidates: int = 64  # most likely tokens returned per row with the logits (top-k sampling)
     speculative_tokens: int = 0  # draft length verified per call for a lone stream (0 = no speculation)
     layers_per_call: int = 1  # blocks per compiled program (a divisor of n_layer): compile time vs step time
@@ -70,6 +72,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.prefill_chunk < _SMALLEST_PIECE:
             raise ValueError(f"prefill_chunk must be >= {_SMALLEST_PIECE}, got {self.prefill_chunk}")
+        if self.slide_chunk < _SMALLEST_PIECE:
+            raise ValueError(f"slide_chunk must be >= {_SMALLEST_PIECE}, got {self.slide_chunk}")
         if self.candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {self.candidates}")
 
@@ -114,6 +118,7 @@ class Engine:
         self.window_keep = keep
         self.ctx_buckets = power_buckets(64, hp.n_ctx)
         self.chunk_buckets = power_buckets(_SMALLEST_PIECE, min(config.prefill_chunk, hp.n_ctx))
+        self.slide_chunk = min(config.slide_chunk, self.chunk_buckets[-1])
         self.batch_buckets = power_buckets(1, config.slots)
         self.piece_buckets = power_buckets(1, min(config.slots, config.prefill_chunk // _SMALLEST_PIECE))
         self._candidates = min(config.candidates, hp.n_vocab)
@@ -131,6 +136,7 @@ class Engine:
         self._head_fn = tf.function(self._head, jit_compile=jit)
         self._decode_fn = tf.function(self._decode_graph)
         self._prefill_fn = tf.function(self._prefill_graph)
+        self._move_fn = tf.function(self._move_rows, jit_compile=jit)
 
     def _build_variables(self, params: Mapping[str, np.ndarray]) -> None:
         hp = self.hp
@@ -206,6 +212,15 @@ class Engine:
         last = tf.range(n) * t_len + tf.maximum(n_valid - 1, 0)  # each piece's last real token
         return self._scores(tf.gather(x, last))
 
+    def _move_rows(self, src, dst, ctx_len: int):
+        # Row ``dst`` of every layer's keys and values takes row ``src``'s first ctx_len positions.
+        # (A gather, not ``k[src]``: XLA compiles a strided slice once per constant index.)
+        where = tf.stack([tf.fill([ctx_len], dst), tf.range(ctx_len)], axis=1)  # [L, 2]
+        for k, v in self._cache:
+            k.scatter_nd_update(where, tf.gather(k, src)[:ctx_len])
+            v.scatter_nd_update(where, tf.gather(v, src)[:ctx_len])
+        return tf.constant(0)
+
     def _placement(self):
         return tf.device(self.config.device) if self.config.device else contextlib.nullcontext()
 
@@ -233,6 +248,28 @@ class Engine:
             raise ValueError(f"slot {slot} is free")
         return list(w)
 
+    def length(self, slot: int) -> int:
+        """How many tokens slot ``slot`` holds (0 when free)."""
+        self._check_slot(slot)
+        return len(self._windows[slot] or [])
+
+    def move(self, src: int, dst: int) -> None:
+        """Move what slot ``src`` holds to the free slot ``dst`` (its cache rows, in one compiled
+        copy over the context bucket in use) and free ``src``. The batcher keeps live sequences in
+        the lowest slots this way, so a decode step's rows follow how many are live, not which
+        slots they were given."""
+        self._check_slot(src)
+        self._check_slot(dst)
+        if self._windows[dst] is not None:
+            raise ValueError(f"slot {dst} is not free")
+        window = self._windows[src]
+        if window is None:
+            raise ValueError(f"slot {src} is free")
+        ctx_len = round_up(len(window), self.ctx_buckets)
+        with self._placement():
+            self._move_fn(tf.constant(src), tf.constant(dst), ctx_len)
+        self._windows[dst], self._windows[src] = window, None
+
     def release(self, slot: int) -> None:
         self._check_slot(slot)
         self._windows[slot] = None
@@ -251,6 +288,7 @@ class Engine:
             self._prefill_layer_fn,
             self._decode_layer_fn,
             self._head_fn,
+            self._move_fn,
         )
         return sum(f.experimental_get_tracing_count() for f in fns)
 
@@ -266,21 +304,27 @@ class Engine:
         )
 
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Every program a request can reach: ``("decode", (rows, ctx))`` and ``("prefill", (pieces,
-        length, ctx))``. Pieces that start at 0 run alone or together, with their length's context
-        bucket; a continuation (a long prompt's later chunk, or a slid window's) runs alone from a
-        multiple of the chunk size, so only the contexts it can reach are listed."""
+        """Every program a request can reach: ``("decode", (rows, ctx))``, ``("prefill", (pieces,
+        length, ctx))`` and ``("move", (ctx,))`` (:meth:`move`). Pieces that start at 0 run alone
+        or together, with their length's context bucket; a continuation (a long prompt's later
+        chunk, or a slid window's) runs alone from a multiple of the chunk size, so only the
+        contexts it can reach are listed."""
         out: set[tuple[str, tuple[int, ...]]] = set()
         for n in self.piece_buckets:
             for t in self.chunk_buckets:
                 if n == 1 or self.piece_fits([t] * n):
                     out.add(("prefill", (n, t, round_up(t, self.ctx_buckets))))
-        chunk = self.chunk_buckets[-1]
-        for start in range(chunk, self.hp.n_ctx, chunk):
-            for length in range(1, min(chunk, self.hp.n_ctx - start) + 1):
-                shape = (1, round_up(length, self.chunk_buckets), round_up(start + length, self.ctx_buckets))
-                out.add(("prefill", shape))
+        for chunk in {self.chunk_buckets[-1], self.slide_chunk}:  # a prompt's chunks, a slide's
+            for start in range(chunk, self.hp.n_ctx, chunk):
+                for length in range(1, min(chunk, self.hp.n_ctx - start) + 1):
+                    t_len, ctx = (
+                        round_up(length, self.chunk_buckets),
+                        round_up(start + length, self.ctx_buckets),
+                    )
+                    out.add(("prefill", (1, t_len, ctx)))
         out.update(("decode", (b, c)) for c in self.ctx_buckets for b in self.batch_buckets)
+        if self.slots > 1:
+            out.update(("move", (c,)) for c in self.ctx_buckets)
         if self.config.speculative_tokens:
             t = self.config.speculative_tokens + 1  # a draft and the token before it, unpadded
             out.update(("verify", (1, t, c)) for c in self.ctx_buckets)
@@ -291,7 +335,8 @@ class Engine:
 
         ``threads`` calls at once (XLA compiles one program per thread; measured on 2 cores: 1.05 s
         per 124M program with 2 threads, 1.45 s with 1). The dummy calls write only scratch rows
-        (``n_valid = 0``, ``pos = n_ctx``), so slots keep what they hold.
+        (``n_valid = 0``, ``pos = n_ctx``) or copy row 0 onto itself (moves), so slots keep what
+        they hold.
         """
         shapes = self.shapes()
         done = iter(range(1, len(shapes) + 1))
@@ -302,6 +347,8 @@ class Engine:
                 if kind == "decode":
                     b, ctx = shape
                     self._decode_fn(tf.zeros([b], tf.int32), tf.fill([b], self.hp.n_ctx), ctx)
+                elif kind == "move":
+                    self._move_fn(tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
                 else:
                     n, t, ctx = shape
                     zeros = tf.zeros([n], tf.int32)
@@ -322,10 +369,11 @@ class Engine:
         """
         return self.prefill_scores(slot, ids).logits[0]
 
-    def prefill_scores(self, slot: int, ids: Sequence[int]) -> Scores:
-        """:meth:`prefill` returning the :class:`Scores` of the last token (one row)."""
+    def prefill_scores(self, slot: int, ids: Sequence[int], chunk: int | None = None) -> Scores:
+        """:meth:`prefill` returning the :class:`Scores` of the last token (one row), written
+        ``chunk`` tokens per call (default: the longest piece, ``prefill_chunk``)."""
         ids = self._check_ids(ids)
-        chunk = self.chunk_buckets[-1]
+        chunk = chunk or self.chunk_buckets[-1]
         scores = None
         for start in range(0, len(ids), chunk):
             scores = self.prefill_batch([Piece(slot, ids[start : start + chunk], start)])
@@ -424,8 +472,9 @@ class Engine:
     def step_scores(self, tokens: Mapping[int, int]) -> Scores:
         """Append ``tokens[slot]`` to each given slot; rows of the result follow ``tokens``' keys.
 
-        Slots that are full slide their window (re-prefill); the others run together in one
-        batched decode call.
+        Slots that are full slide their window (re-prefill, here and serially); the others run
+        together in one batched decode call. The batcher never hands this method a full slot: it
+        slides windows through its prefill plan, so the other streams keep stepping.
         """
         slots = list(tokens)
         rows: list[Scores | None] = [None] * len(slots)
@@ -439,7 +488,7 @@ class Engine:
             if not 0 <= tok < self.hp.n_vocab:
                 raise ValueError(f"token id {tok} is outside the vocabulary (0..{self.hp.n_vocab - 1})")
             if len(window) >= self.hp.n_ctx:
-                rows[row] = self.prefill_scores(slot, (window + [tok])[-self.window_keep :])
+                rows[row] = self.prefill_scores(slot, (window + [tok])[-self.window_keep :], self.slide_chunk)
                 continue
             batch_rows.append(row)
             batch_slots.append(slot)
@@ -464,8 +513,9 @@ class Engine:
     def _decode(self, slots: list[int], tokens: list[int], pos: list[int]) -> Scores:
         """Run slots ``0..b-1`` (b: the bucket above the highest slot stepping) in one call.
 
-        Slots are handed out lowest first, so the rows in use are mostly contiguous; rows with
-        nothing to do write to the scratch row (``pos = n_ctx``) and are dropped.
+        The batcher keeps live sequences in the lowest slots (:meth:`move`), so the rows in use are
+        contiguous but for those prefilling; rows with nothing to do write to the scratch row
+        (``pos = n_ctx``) and are dropped.
         """
         b_bucket = round_up(max(slots) + 1, self.batch_buckets)
         ctx_len = round_up(max(pos) + 1, self.ctx_buckets)

@@ -41,6 +41,7 @@ def load_model(
     slots: int | None = None,
     memory_limit: int | None = None,
     prefill_chunk: int = 256,
+    slide_chunk: int = 64,
     speculative_tokens: int = 0,
     layers_per_call: int = 1,
 ) -> LoadedModel:
@@ -63,6 +64,7 @@ def load_model(
         dtype=dtype,
         device=device,
         prefill_chunk=prefill_chunk,
+        slide_chunk=slide_chunk,
         speculative_tokens=speculative_tokens,
         layers_per_call=layers_per_call,
     )
