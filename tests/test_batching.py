@@ -266,9 +266,9 @@ def test_a_moved_slot_scores_what_it_would_have_scored(params):
         moved.move(2, 0)
 
 
-def _serial_slide(params, hp, ids, n, keep):
+def _serial_slide(params, hp, ids, n, config):
     """Greedy tokens of one slot stepped through Engine.step_scores, which slides in place."""
-    engine = Engine(hp, params, EngineConfig(slots=1, window_keep=keep, prefill_chunk=16))
+    engine = Engine(hp, params, config)
     token, out = int(np.argmax(engine.prefill(0, ids))), []
     for _ in range(n):
         out.append(token)
@@ -303,7 +303,8 @@ def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
     assert slides >= 2  # 80 tokens past a 64 context with 40 kept: it slid more than once
     assert streamed_during_slides >= 2 * slides
     assert all(len(call.args[0][0].ids) <= 16 for call in prefill.call_args_list)
-    assert sliding.generated == _serial_slide(params, hp, long_ids, 80, keep=40)
+    serial = EngineConfig(slots=1, window_keep=40, prefill_chunk=16)
+    assert sliding.generated == _serial_slide(params, hp, long_ids, 80, serial)
 
 
 def test_a_request_cancelled_mid_slide_frees_its_slot(params):
@@ -346,3 +347,20 @@ def test_compiled_programs_do_not_depend_on_slot_or_position_values(params):
     assert move(7, 0) == move(5, 1)
     assert decode([1, 2, 3, 4]) == decode([9, HP.n_ctx, 0, 30])
     assert prefill([0, 1], [0, 0], [16, 3]) == prefill([5, 2], [32, 0], [1, 16])
+
+
+def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks():
+    hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
+    config = EngineConfig(slots=2, window_keep=40, prefill_chunk=64, slide_chunk=16)
+    params = random_params(hp, seed=16)
+    engine = Engine(hp, params, config)
+    batcher = Batcher(engine, eos_id=None)
+    (ids,) = prompts([60], seed=16)
+    seq = Entry(ids, 10, SamplingParams(temperature=0), stop_at_eos=False)
+    batcher.admit(seq)
+    with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as prefill:
+        while not seq.finished:
+            batcher.step()
+    lengths = [len(call.args[0][0].ids) for call in prefill.call_args_list]
+    assert lengths == [60, 16, 16, 8]  # the prompt in one piece; its 40-token slide in three
+    assert seq.generated == _serial_slide(params, hp, ids, 10, config)
