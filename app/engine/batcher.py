@@ -160,7 +160,7 @@ class Batcher:
                 tokens = {s.slot: s.generated[-1] for s in decoding}
                 events += self._run(decoding, lambda: self.engine.step_scores(tokens), phase="decode")
             self.times.decode_s = time.perf_counter() - t0
-        pieces = self._prefill_plan()
+        pieces = self._prefill_plan(streaming=bool(decoding))
         if pieces:
             t0 = time.perf_counter()
             events += self._prefill(pieces)
@@ -200,19 +200,27 @@ class Batcher:
 
     # ---- prefill ----
 
-    def _prefill_plan(self) -> list[Piece]:
+    def _prefill_plan(self, *, streaming: bool) -> list[Piece]:
         """The oldest waiting prompt's next chunk alone, or the first pieces of the oldest waiting
-        prompts that fit one prefill call together."""
+        prompts that fit one prefill call together. While other streams decode (``streaming``),
+        first pieces are packed only up to ``slide_chunk`` padded tokens (the oldest always goes):
+        every stream waits on the round (124M, 2 AMD cores: seven 32-token first pieces in one call
+        723 ms, two 242 ms, a decode round of 8 streams at context 1024 241 ms). Where a prompt
+        is cut into chunks never depends on the load, only how many first pieces share a call."""
         if not self._waiting:
             return []
         head = self._waiting[0]
         if head.prefilled:
             ids, end = head.prefill_ids, head.prefilled + self._chunk(head)
             return [Piece(head.slot, ids[head.prefilled : end], head.prefilled)]
+        budget = self.engine.slide_chunk if streaming else self.engine.chunk_buckets[-1]
         plan: list[Piece] = []
         for seq in self._waiting:
             ids = seq.prefill_ids[: self._chunk(seq)]
-            if seq.prefilled or not self.engine.piece_fits([len(p.ids) for p in plan] + [len(ids)]):
+            lengths = [len(p.ids) for p in plan] + [len(ids)]
+            if seq.prefilled or not self.engine.piece_fits(lengths):
+                break
+            if plan and self.engine.padded_tokens(lengths) > budget:
                 break
             plan.append(Piece(seq.slot, ids, 0))
         return plan

@@ -296,12 +296,11 @@ class Engine:
         """Whether first pieces (start 0) of these lengths can run in one prefill call."""
         if not lengths or len(lengths) > self.piece_buckets[-1] or max(lengths) > self.chunk_buckets[-1]:
             return False
-        if len(lengths) == 1:
-            return True
-        return (
-            round_up(len(lengths), self.piece_buckets) * round_up(max(lengths), self.chunk_buckets)
-            <= self.chunk_buckets[-1]
-        )
+        return len(lengths) == 1 or self.padded_tokens(lengths) <= self.chunk_buckets[-1]
+
+    def padded_tokens(self, lengths: Sequence[int]) -> int:
+        """The tokens a prefill call of first pieces of these lengths computes, padding included."""
+        return round_up(len(lengths), self.piece_buckets) * round_up(max(lengths), self.chunk_buckets)
 
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Every program a request can reach: ``("decode", (rows, ctx))``, ``("prefill", (pieces,

@@ -44,7 +44,13 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=0, description="requests waiting for a slot, per model")
     prefill_chunk: int = Field(default=256, ge=16, le=4096, description="longest prompt piece per call")
     slide_chunk: int = Field(
-        default=64, ge=16, le=4096, description="tokens of a slid window re-prefilled per round"
+        default=64,
+        ge=16,
+        le=4096,
+        description=(
+            "prefill tokens a round computes while streams decode: a slid window's chunk, and"
+            " the padded first pieces of new prompts packed together (the oldest always goes)"
+        ),
     )
     warmup: bool = Field(
         default=True,
