@@ -54,10 +54,12 @@ def test_text_report_with_gpus_hidden(tiny_dirs):
     assert lines[0].startswith("TensorFlow ") and "CPU-only build" in lines[0]
     assert lines[1] == "GPUs: none (CUDA_VISIBLE_DEVICES=-1 hides them)"
     assert lines[2].startswith("CPU: ") and "cores" in lines[2]
+    assert lines[3].startswith("  kernel flags: ") and "bfloat16: " in lines[3]
     assert (
-        lines[3] == "Models:" and lines[4].startswith("  tiny-hf -> /CPU:0 (") and lines[4].endswith(": fits")
+        lines[4] == "Models:" and lines[5].startswith("  tiny-hf -> /CPU:0 (") and lines[5].endswith(": fits")
     )
-    assert len(lines) == 5  # no complaint: hiding the GPUs was asked for
+    assert lines[6].startswith("    kernels: not measured on this machine yet")
+    assert len(lines) == 7  # no complaint: hiding the GPUs was asked for
 
 
 def test_gpu_asked_for_but_not_visible_says_why_in_one_line(tiny_dirs):
@@ -128,3 +130,21 @@ def test_gather_on_this_machine():
     facts = gather()
     assert facts.cuda_build is False  # tensorflow-cpu is what the test venv has
     assert facts.cuda_visible_devices == os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_devices_says_which_kernels_serve_chose_here_and_whether_bfloat16_is_native(tiny_dirs, tmp_path):
+    from app.engine import kernels
+    from app.engine.load import load_model
+
+    model = load_model(tiny_dirs["openai"], slots=2, prefill_chunk=32, kernels="auto", cache_dir=tmp_path)
+    before = devices("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path), cvd=None)
+    assert "kernels: not measured on this machine yet" in before.stdout, before.stderr[-2000:]
+    plan = model.engine.choose_kernels(model.cache_dir, repeats=1)
+    proc = devices("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path), "--json", cvd=None)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    (line,) = r["models"][0]["kernels"]
+    assert line.startswith("float32, 2 slots: decode 1:") and plan.summary().split(" (")[0] in line
+    flags = kernels.cpu_info()[1]
+    assert r["cpu"]["kernel_flags"] == list(flags)
+    assert r["cpu"]["bfloat16"].startswith("native" if kernels.bf16_native(flags) else "emulated")

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 from text_generation import Client
 
+from app.engine import kernels
 from app.engine.batcher import Entry, generate
 from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
@@ -220,3 +223,31 @@ def test_the_start_up_heap_is_frozen_once_a_model_is_loaded(tiny_dirs):
     with running_server(tiny_settings(tiny_dirs["openai"], slots=2, warmup=False)) as url:
         assert httpx.get(f"{url}/ready", timeout=5.0).status_code == 200
         assert gc.get_freeze_count() > 10_000
+
+
+def test_models_and_the_log_say_which_kernels_and_dtype_were_chosen_and_why(tiny_dirs, tmp_path, caplog):
+    """kernels=auto is timed at the first start and read back at the next (issue 18 §3); dtype=auto
+    keeps float32 on a CPU without native bfloat16 and says so (§4)."""
+    settings = tiny_settings(
+        tiny_dirs["openai"], slots=2, prefill_chunk=32, warmup=True, kernels="auto", cache_dir=tmp_path
+    )
+    reasons = []
+    for _ in range(2):
+        with caplog.at_level(logging.INFO, logger="gpt2serve.registry"), running_server(settings) as url:
+            (model,) = httpx.get(f"{url}/models", timeout=5.0).json()["models"]
+        plan = model["kernels"]
+        assert plan["fixed"] is None and set(plan["decode"]) == {"1", "2"}
+        assert all(v in ("xla", "onednn") for v in [*plan["decode"].values(), *plan["prefill"].values()])
+        assert f"kernels: decode 1:{plan['decode']['1']}" in caplog.text
+        reasons.append(plan["reason"])
+        caplog.clear()
+    assert reasons[0].startswith("measured at this start") and "earlier start" in reasons[1]
+    assert list(tmp_path.iterdir()) == [tmp_path / Path(tiny_dirs["openai"]).name]
+
+    settings = tiny_settings(tiny_dirs["openai"], slots=2, dtype="auto", cache_dir=tmp_path)
+    with running_server(settings) as url:
+        (model,) = httpx.get(f"{url}/models", timeout=5.0).json()["models"]
+    if kernels.bf16_native(kernels.cpu_info()[1]):
+        assert model["dtype_reason"].startswith("auto: bfloat16 measured")
+    else:
+        assert model["dtype"] == "float32" and "neither AVX512-BF16 nor AMX-BF16" in model["dtype_reason"]

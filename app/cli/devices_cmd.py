@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--expect-gpu", action="store_true", help="exit 1 with the reason when no GPU is visible")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
-    add_settings_flags(p, fields=("models", "models_dir", "placement", "dtype", "slots", "cpu_devices"))
+    add_settings_flags(
+        p, fields=("models", "models_dir", "placement", "dtype", "slots", "cpu_devices", "cache_dir")
+    )
     p.set_defaults(func=run)
 
 
@@ -80,8 +82,17 @@ def cpu_report() -> dict:
                 total = int(line.split()[1]) * 1024
     except OSError:
         pass
+    from app.engine import kernels
+
+    flags = kernels.cpu_info()[1]
     return {
         "name": name,
+        "kernel_flags": list(flags),
+        "bfloat16": (
+            f"native ({', '.join(f for f in flags if f in kernels.BF16_FLAGS)}): dtype=auto times it against float32"
+            if kernels.bf16_native(flags)
+            else "emulated (neither AVX512-BF16 nor AMX-BF16): dtype=auto keeps float32"
+        ),
         "cores": os.cpu_count(),
         "total_bytes": total,
         "free_bytes": devices.available_memory("/CPU:0"),
@@ -107,6 +118,7 @@ def model_report(settings) -> tuple[list[dict], str | None]:
             row["error"] = str(exc).splitlines()[0]
             out.append(row)
             continue
+        row["kernels"] = stored_kernels(settings, entry.source, row["source"])
         free = devices.available_memory(entry.device)
         slots = memory.startup_slots(hp, dtype=settings.dtype, configured=settings.slots, available=free)
         plan = memory.plan(hp, slots=slots, dtype=settings.dtype)
@@ -115,6 +127,22 @@ def model_report(settings) -> tuple[list[dict], str | None]:
         )
         out.append(row)
     return out, None
+
+
+def stored_kernels(settings, name: str, source: str) -> list[str]:
+    """The kernel plans ``serve`` measured for this model on this machine (kernels=auto), one line each."""
+    from app.engine import kernels
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return []
+    cache = settings.cache_dir / folder.name if settings.cache_dir is not None else folder / ".gpt2-serve"
+    if not cache.is_dir():
+        return []
+    return [
+        f"{key.get('dtype')}, {max(key.get('decode_rows') or [0])} slots: {plan.summary()}"
+        for key, plan in kernels.stored_here(cache)
+    ]
 
 
 def gpu_problem(report: dict, settings, expect: bool) -> str | None:
@@ -164,6 +192,9 @@ def render(r: dict) -> str:
     lines.append(
         f"CPU: {c['name']}, {c['cores']} cores, {_size(c['total_bytes'])}, {_size(c['free_bytes'])} free"
     )
+    lines.append(
+        f"  kernel flags: {' '.join(c['kernel_flags']) or 'none of note'}; bfloat16: {c['bfloat16']}"
+    )
     lines.append("Models:")
     for m in r["models"]:
         if "error" in m:
@@ -176,6 +207,10 @@ def render(r: dict) -> str:
             f" + {p['slots']} slots x {human(p['cache_bytes_per_slot'])} + {human(p['overhead_bytes'])}"
             f" overhead = {human(p['total_bytes'])}; {_size(m['free_bytes'])} free: {fits}"
         )
+        for line in m["kernels"] or [
+            "not measured on this machine yet (kernels=auto times them at the first start)"
+        ]:
+            lines.append(f"    kernels: {line}")
     if r["placement_error"]:
         lines.append(f"placement: {r['placement_error']}")
     if r["gpu_problem"]:

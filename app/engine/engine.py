@@ -35,15 +35,18 @@ never exceed ``n_ctx - 1``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from app.engine import gpt2
+from app.engine import gpt2, kernels
 from app.engine.buckets import power_buckets, round_up
 from app.model.hparams import HParams, param_shapes
 
@@ -64,6 +67,9 @@ class EngineConfig:
     speculative_tokens: int = 0  # draft length verified per call for a lone stream (0 = no speculation)
     layers_per_call: int = 1  # blocks per compiled program (a divisor of n_layer): compile time vs step time
     jit_compile: bool = True  # XLA: required on CPU for in-place cache updates
+    # Matmul kernels (app.engine.kernels): "xla", "onednn", or "auto" (timed at warm-up). Half
+    # precision on the CPU is always "onednn".
+    kernels: str = "xla"
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -76,6 +82,10 @@ class EngineConfig:
             raise ValueError(f"slide_chunk must be >= {_SMALLEST_PIECE}, got {self.slide_chunk}")
         if self.candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if self.kernels not in (*kernels.VARIANTS, "auto"):
+            raise ValueError(
+                f"kernels must be one of {', '.join(kernels.VARIANTS)} or auto, got {self.kernels!r}"
+            )
 
 
 class Scores(NamedTuple):
@@ -131,8 +141,11 @@ class Engine:
         with self._placement():
             self._build_variables(params)
         jit = config.jit_compile
+        self.kernel_plan = self._initial_plan()
         self._decode_layer_fn = tf.function(self._decode_layer, jit_compile=jit)
         self._prefill_layer_fn = tf.function(self._prefill_layer, jit_compile=jit)
+        self._decode_attention_fn = tf.function(self._decode_attention, jit_compile=jit)
+        self._prefill_attention_fn = tf.function(self._prefill_attention, jit_compile=jit)
         self._head_fn = tf.function(self._head, jit_compile=jit)
         self._decode_fn = tf.function(self._decode_graph)
         self._prefill_fn = tf.function(self._prefill_graph)
@@ -178,6 +191,25 @@ class Engine:
             )
         return x
 
+    def _decode_attention(self, q, k, v, cache, pos, ctx_len: int):
+        return gpt2.decode_attention(q, k, v, cache, hp=self.hp, pos=pos, ctx_len=ctx_len)
+
+    def _prefill_attention(self, q, k, v, cache, slots, start, n_valid, ctx_len: int):
+        return gpt2.prefill_attention(
+            q, k, v, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid, ctx_len=ctx_len
+        )
+
+    def _blocks(self, x, variant: str, layer_fn, attention_fn, *args):
+        """Every block over rows ``x``: XLA's way, one program per group of layers (``layer_fn``);
+        oneDNN's way, the block's graph ops with only the attention compiled (``attention_fn``)."""
+        for layers, caches in self._groups():
+            if variant == "xla":
+                x = layer_fn(x, layers, caches, *args)
+                continue
+            for lw, cache in zip(layers, caches):
+                x = gpt2.block(x, lw, functools.partial(_attend, attention_fn, cache, args))
+        return x
+
     def _groups(self):
         """The layers (and their caches) of each compiled call, in order."""
         g = self._layers_per_call
@@ -190,27 +222,33 @@ class Engine:
         logits = gpt2.logits_of(x, *self._ln_f, self._wte)  # [N, V] float32
         return logits, tf.reduce_logsumexp(logits, axis=-1)
 
-    def _scores(self, x) -> tuple[tf.Tensor, ...]:
-        logits, lse = self._head_fn(x)
+    def _scores(self, x, variant: str) -> tuple[tf.Tensor, ...]:
+        logits, lse = self._head_fn(x) if variant == "xla" else self._head(x)
         top_logits, top_ids = tf.math.top_k(logits, k=self._candidates, sorted=True)
         return logits, lse, top_ids, top_logits
 
-    def _decode_graph(self, tokens, pos, ctx_len: int):
-        x = gpt2.embed(self._wte, self._wpe, tokens, tf.minimum(pos, self.hp.n_ctx - 1))  # [B, C]
-        for layers, caches in self._groups():
-            x = self._decode_layer_fn(x, layers, caches, pos, ctx_len)
-        return self._scores(x)
+    def _embed(self, tokens, positions):
+        """Token plus position embeddings as float32 rows, whatever the weights' dtype."""
+        return tf.cast(gpt2.embed(self._wte, self._wpe, tokens, positions), tf.float32)
 
-    def _prefill_graph(self, tokens, slots, start, n_valid, ctx_len: int, every_row: bool = False):
+    def _decode_graph(self, tokens, pos, ctx_len: int, variant: str = "xla"):
+        x = self._embed(tokens, tf.minimum(pos, self.hp.n_ctx - 1))  # [B, C]
+        x = self._blocks(x, variant, self._decode_layer_fn, self._decode_attention_fn, pos, ctx_len)
+        return self._scores(x, variant)
+
+    def _prefill_graph(
+        self, tokens, slots, start, n_valid, ctx_len: int, every_row: bool = False, variant: str = "xla"
+    ):
         n, t_len = tokens.shape
         positions = tf.minimum(start[:, None] + tf.range(t_len)[None, :], self.hp.n_ctx - 1)  # [N, T]
-        x = tf.reshape(gpt2.embed(self._wte, self._wpe, tokens, positions), [n * t_len, self.hp.n_embd])
-        for layers, caches in self._groups():
-            x = self._prefill_layer_fn(x, layers, caches, slots, start, n_valid, ctx_len)
+        x = tf.reshape(self._embed(tokens, positions), [n * t_len, self.hp.n_embd])
+        x = self._blocks(
+            x, variant, self._prefill_layer_fn, self._prefill_attention_fn, slots, start, n_valid, ctx_len
+        )
         if every_row:  # scores after every token (speculative verification)
-            return self._scores(x)
+            return self._scores(x, variant)
         last = tf.range(n) * t_len + tf.maximum(n_valid - 1, 0)  # each piece's last real token
-        return self._scores(tf.gather(x, last))
+        return self._scores(tf.gather(x, last), variant)
 
     def _move_rows(self, src, dst, ctx_len: int):
         # Row ``dst`` of every layer's keys and values takes row ``src``'s first ctx_len positions.
@@ -220,6 +258,112 @@ class Engine:
             k.scatter_nd_update(where, tf.gather(k, src)[:ctx_len])
             v.scatter_nd_update(where, tf.gather(v, src)[:ctx_len])
         return tf.constant(0)
+
+    def _on_gpu(self) -> bool:
+        device = self.config.device
+        if device is None:
+            return bool(tf.config.list_logical_devices("GPU"))
+        return "GPU" in device.upper()
+
+    def _initial_plan(self) -> kernels.KernelPlan:
+        """The kernel plan before any timing: the configured variant, oneDNN for half-precision
+        weights on the CPU, XLA on a GPU; ``auto`` starts as XLA until :meth:`choose_kernels`."""
+        if self._on_gpu():
+            return kernels.fixed("xla", "GPU: XLA (cuBLAS under either variant)")
+        if self.config.dtype != "float32":
+            return kernels.fixed(
+                "onednn",
+                f"{self.config.dtype} weights on the CPU: oneDNN (XLA's half dot measured 3-6x slower)",
+            )
+        if self.config.kernels == "auto":
+            return kernels.fixed("xla", "auto: not measured yet")
+        return kernels.fixed(self.config.kernels, f"kernels={self.config.kernels}")
+
+    def kernel_key(self) -> dict:
+        """What the kernel timings depend on (the machine's part added by :func:`kernels.machine_key`)."""
+        return kernels.machine_key(
+            {
+                "model": asdict(self.hp),
+                "dtype": self.config.dtype,
+                "layers_per_call": self._layers_per_call,
+                "decode_rows": list(self.batch_buckets),
+                "prefill_rows": list(self.chunk_buckets),
+                "timing": 2,  # what time_kernels measures: a new way of timing measures again
+            }
+        )
+
+    def choose_kernels(
+        self,
+        cache_dir: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        *,
+        repeats: int = 3,
+        threads: int = 2,
+    ) -> kernels.KernelPlan:
+        """For ``kernels="auto"`` on the CPU in float32: the plan kept in ``cache_dir`` for this
+        machine and model, or, failing that, time both variants of every row class (decode rows at
+        context 64, one prefill piece of each length) and keep the faster; stored for the next
+        start (124M on 2 AMD cores: ~30 s the first time). Any other configuration keeps its fixed
+        plan. Writes only scratch rows."""
+        if self.config.kernels != "auto" or self.kernel_plan.fixed != "xla" or self._on_gpu():
+            return self.kernel_plan
+        if self.kernel_plan.reason != "auto: not measured yet":
+            return self.kernel_plan
+        key = self.kernel_key()
+        plan = kernels.load(cache_dir, key)
+        if plan is None:
+            plan = kernels.choose(
+                self.time_kernels(repeats=repeats, threads=threads), "measured at this start"
+            )
+            where = kernels.save(cache_dir, key, plan)
+            if where is not None:
+                plan = kernels.KernelPlan(
+                    plan.decode, plan.prefill, f"measured at this start, kept in {where}", plan.timings, None
+                )
+        self.kernel_plan = plan
+        if progress is not None:
+            progress(f"kernels: {plan.summary()}")
+        return plan
+
+    def time_kernels(self, *, repeats: int = 3, threads: int = 2) -> dict[str, dict[int, dict[str, float]]]:
+        """Milliseconds of one call (best of up to ``repeats``) of each row class in each variant:
+        decode rows ``batch_buckets`` at context 64, prefill rows as one piece of the shortest,
+        middle and longest chunk bucket. The programs are compiled first (``threads`` at once),
+        then timed one at a time, the variants interleaved; a variant over 1.5x the other's best
+        after a round is not timed again (its loss is clear, and start-up time counts)."""
+        ctx = self.ctx_buckets[0]
+        zeros = functools.partial(tf.zeros, dtype=tf.int32)
+
+        def call(kind: str, rows: int, variant: str) -> None:
+            with self._placement():
+                if kind == "decode":
+                    out = self._decode_fn(zeros([rows]), tf.fill([rows], self.hp.n_ctx), ctx, variant)
+                else:
+                    z = zeros([1])
+                    ctx_len = round_up(rows, self.ctx_buckets)
+                    out = self._prefill_fn(zeros([1, rows]), z, z, z, ctx_len, False, variant)
+            out[1].numpy()
+
+        chunks = self.chunk_buckets
+        cases = [("decode", b) for b in self.batch_buckets]
+        cases += [("prefill", t) for t in sorted({chunks[0], chunks[len(chunks) // 2], chunks[-1]})]
+        runs = [(kind, rows, v) for kind, rows in cases for v in kernels.VARIANTS]
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="kernels") as pool:
+            list(pool.map(lambda r: call(*r), runs))  # compile
+        best: dict[tuple[str, int, str], float] = {}
+        for _ in range(repeats):
+            for kind, rows, v in runs:
+                other = best.get((kind, rows, next(o for o in kernels.VARIANTS if o != v)))
+                if other is not None and best.get((kind, rows, v), 0.0) > 1.5 * other:
+                    continue
+                t0 = time.perf_counter()
+                call(kind, rows, v)
+                ms = (time.perf_counter() - t0) * 1e3
+                best[kind, rows, v] = min(best.get((kind, rows, v), float("inf")), ms)
+        out: dict[str, dict[int, dict[str, float]]] = {kind: {} for kind in kernels.KINDS}
+        for (kind, rows, v), ms in best.items():
+            out[kind].setdefault(rows, {})[v] = round(ms, 3)
+        return out
 
     def _placement(self):
         return tf.device(self.config.device) if self.config.device else contextlib.nullcontext()
@@ -287,6 +431,8 @@ class Engine:
             self._decode_fn,
             self._prefill_layer_fn,
             self._decode_layer_fn,
+            self._prefill_attention_fn,
+            self._decode_attention_fn,
             self._head_fn,
             self._move_fn,
         )
@@ -345,13 +491,17 @@ class Engine:
             with self._placement():
                 if kind == "decode":
                     b, ctx = shape
-                    self._decode_fn(tf.zeros([b], tf.int32), tf.fill([b], self.hp.n_ctx), ctx)
+                    variant = self.kernel_plan.variant("decode", b)
+                    self._decode_fn(tf.zeros([b], tf.int32), tf.fill([b], self.hp.n_ctx), ctx, variant)
                 elif kind == "move":
                     self._move_fn(tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
                 else:
                     n, t, ctx = shape
                     zeros = tf.zeros([n], tf.int32)
-                    self._prefill_fn(tf.zeros([n, t], tf.int32), zeros, zeros, zeros, ctx, kind == "verify")
+                    variant = self.kernel_plan.variant("prefill", n * t)
+                    self._prefill_fn(
+                        tf.zeros([n, t], tf.int32), zeros, zeros, zeros, ctx, kind == "verify", variant
+                    )
             if progress is not None:
                 progress(f"compiled {kind} {'x'.join(map(str, shape))} ({next(done)}/{len(shapes)})")
 
@@ -403,6 +553,7 @@ class Engine:
                 tf.constant(n_valid),
                 ctx_len,
                 False,
+                self.kernel_plan.variant("prefill", n_bucket * t_bucket),
             )
         for p in pieces:
             self._windows[p.slot] = (self._windows[p.slot] or [])[: p.start] + list(p.ids)
@@ -452,6 +603,7 @@ class Engine:
                 tf.constant([len(tokens)]),
                 ctx_len,
                 True,
+                self.kernel_plan.variant("prefill", t_bucket),
             )
         self._windows[slot] += tokens
         return _numpy_scores(out, len(tokens))
@@ -523,8 +675,14 @@ class Engine:
         tok[slots] = tokens
         where[slots] = pos
         with self._placement():
-            out = self._decode_fn(tf.constant(tok), tf.constant(where), ctx_len)
+            variant = self.kernel_plan.variant("decode", b_bucket)
+            out = self._decode_fn(tf.constant(tok), tf.constant(where), ctx_len, variant)
         return Scores(*(a[slots] for a in _numpy_scores(out, b_bucket)))
+
+
+def _attend(attention_fn, cache, args, q, k, v):
+    """``attention_fn`` (a compiled attention of one layer) in :func:`gpt2.block`'s signature."""
+    return attention_fn(q, k, v, cache, *args)
 
 
 def _numpy_scores(out: tuple[tf.Tensor, ...], rows: int) -> Scores:

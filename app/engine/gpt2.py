@@ -28,7 +28,9 @@ row, and slicing ``[:, :L]`` costs nothing under XLA, so attention cost follows 
 (``L``), not ``n_ctx``. XLA updates the cache variables in place.
 
 Numerics follow Hugging Face's GPT2 (layer-norm epsilon 1e-5, tanh GELU); layer norm, softmax and
-logits are computed in float32 whatever the weight dtype.
+logits are computed in float32 whatever the weight dtype. The serving engine keeps its rows (the
+residual stream) in float32 too: half-precision weights (bfloat16, float16) are multiplied in their
+own dtype by :func:`dense` and the KV cache stores keys and values in it, read back as float32.
 """
 
 from __future__ import annotations
@@ -108,9 +110,15 @@ def gelu(x: tf.Tensor) -> tf.Tensor:
     return 0.5 * x * (1.0 + tf.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * tf.pow(x, 3))))
 
 
-def dense(x: tf.Tensor, w_t: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Affine map of rows: ``x [N, in] @ w_t [out, in]^T + b [out]`` -> ``[N, out]``."""
-    return tf.matmul(x, w_t, transpose_b=True) + b
+def dense(x: tf.Tensor, w_t: tf.Tensor, b: tf.Tensor | None = None) -> tf.Tensor:
+    """Affine map of rows: ``x [N, in] @ w_t [out, in]^T + b [out]`` -> ``[N, out]`` in x's dtype.
+
+    Weights in a narrower dtype than ``x`` (the engine's bfloat16 / float16: float32 rows, half
+    weights) multiply in the weights' dtype, ``x`` cast to it; the product comes back in x's dtype.
+    """
+    y = tf.matmul(tf.cast(x, w_t.dtype), w_t, transpose_b=True)
+    y = tf.cast(y, x.dtype)
+    return y if b is None else y + tf.cast(b, x.dtype)
 
 
 def block(x: tf.Tensor, lw: Layer, attend: Attend) -> tf.Tensor:
@@ -153,10 +161,11 @@ def prefill_attention(
     write_pos = tf.where(t_idx < n_valid[:, None], start[:, None] + t_idx, hp.n_ctx)  # [N, T]
     rows = tf.stack([tf.broadcast_to(slots[:, None], [n, t_len]), write_pos], axis=-1)  # [N, T, 2]
     rows = tf.reshape(rows, [n * t_len, 2])
-    cache[0].scatter_nd_update(rows, k)
-    cache[1].scatter_nd_update(rows, v)
+    cache[0].scatter_nd_update(rows, tf.cast(k, cache[0].dtype))
+    cache[1].scatter_nd_update(rows, tf.cast(v, cache[1].dtype))
     keys = tf.reshape(tf.gather(cache[0][:, :ctx_len], slots), [n, ctx_len, h, d])  # [N, L, H, D]
     vals = tf.reshape(tf.gather(cache[1][:, :ctx_len], slots), [n, ctx_len, h, d])
+    keys, vals = tf.cast(keys, q.dtype), tf.cast(vals, q.dtype)
     q = tf.reshape(q, [n, t_len, h, d])
     scores = tf.einsum("nthd,nlhd->nhtl", q, keys) * (1.0 / math.sqrt(d))  # [N, H, T, L]
     qpos = start[:, None] + t_idx  # [N, T]
@@ -187,10 +196,10 @@ def decode_attention(
     bsz = q.shape[0]
     h, d = hp.n_head, hp.head_dim
     rows = tf.stack([tf.range(bsz), pos], axis=1)  # [B, 2]
-    cache[0].scatter_nd_update(rows, k)
-    cache[1].scatter_nd_update(rows, v)
-    keys = tf.reshape(cache[0][:bsz, :ctx_len], [bsz, ctx_len, h, d])  # [B, L, H, D]
-    vals = tf.reshape(cache[1][:bsz, :ctx_len], [bsz, ctx_len, h, d])
+    cache[0].scatter_nd_update(rows, tf.cast(k, cache[0].dtype))
+    cache[1].scatter_nd_update(rows, tf.cast(v, cache[1].dtype))
+    keys = tf.cast(tf.reshape(cache[0][:bsz, :ctx_len], [bsz, ctx_len, h, d]), q.dtype)  # [B, L, H, D]
+    vals = tf.cast(tf.reshape(cache[1][:bsz, :ctx_len], [bsz, ctx_len, h, d]), q.dtype)
     # Multiply-and-reduce instead of einsum: XLA fuses it into one pass over the cache, where its
     # batched dot for these shapes is ~4x slower on CPU (measured at B=32, L=256).
     q = tf.reshape(q, [bsz, 1, h, d])
@@ -264,7 +273,7 @@ def logits_of(x: tf.Tensor, ln_f_g: tf.Tensor, ln_f_b: tf.Tensor, wte: tf.Tensor
 
     ``wte [V, C]`` is already the ``[out, in]`` layout, so this is :func:`dense` without a bias.
     """
-    return tf.cast(tf.matmul(norm(x, ln_f_g, ln_f_b), wte, transpose_b=True), tf.float32)
+    return tf.cast(dense(norm(x, ln_f_g, ln_f_b), wte), tf.float32)
 
 
 def forward_full(w: Weights, tokens: tf.Tensor, *, hp: HParams) -> tf.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engine import devices, memory
+from app.engine import devices, memory, precision
 from app.engine.engine import Engine, EngineConfig
 from app.keywords.model_spec import KeywordSpec, read_model_spec
 from app.model.hparams import HParams
@@ -26,6 +26,8 @@ class LoadedModel:
     engine: Engine
     plan: memory.MemoryPlan
     keywords: KeywordSpec | None = None  # its keywords.json: keyword-conditioned, with these delimiters
+    cache_dir: Path | None = None  # where start-up measurements (kernels, dtype) are kept
+    dtype_reason: str = ""  # why this dtype (dtype="auto"): one line for /models and the log
 
     @property
     def device(self) -> str:
@@ -44,14 +46,23 @@ def load_model(
     slide_chunk: int = 64,
     speculative_tokens: int = 0,
     layers_per_call: int = 1,
+    kernels: str = "xla",
+    cache_dir: Path | None = None,
 ) -> LoadedModel:
-    """``memory_limit`` (bytes) overrides what the device reports as free."""
+    """``memory_limit`` (bytes) overrides what the device reports as free. Start-up measurements
+    (``dtype="auto"``, ``kernels="auto"``) are kept in ``cache_dir / <model folder name>``, by
+    default in a ``.gpt2-serve`` folder inside the model's folder."""
     path = resolve_model_dir(name_or_path, models_dir)
     hp = read_hparams(path)
     device = devices.normalize(device) if device else devices.default_device(0)
     available = memory_limit if memory_limit is not None else devices.available_memory(device)
+    cache = Path(cache_dir) / path.name if cache_dir is not None else path / ".gpt2-serve"
     if slots is None:
-        slots = memory.default_slots(hp, dtype=dtype, available=available) if available else 8
+        sized_as = "float32" if dtype == "auto" else dtype  # auto: sized for the larger weights
+        slots = memory.default_slots(hp, dtype=sized_as, available=available) if available else 8
+    reason = f"dtype={dtype}"
+    if dtype == "auto":
+        dtype, reason = precision.auto_dtype(hp, slots=slots, on_gpu="GPU" in device.upper(), cache_dir=cache)
     plan = memory.plan(hp, slots=slots, dtype=dtype)
     if available is not None:
         memory.check_fits(plan, hp, available=available, where=f"{device} for {path.name}")
@@ -67,6 +78,9 @@ def load_model(
         slide_chunk=slide_chunk,
         speculative_tokens=speculative_tokens,
         layers_per_call=layers_per_call,
+        kernels=kernels,
     )
     engine = Engine(hp, params, config)
-    return LoadedModel(Path(name_or_path).name, path, hp, encoder, engine, plan, read_model_spec(path))
+    return LoadedModel(
+        Path(name_or_path).name, path, hp, encoder, engine, plan, read_model_spec(path), cache, reason
+    )

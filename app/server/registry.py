@@ -7,6 +7,7 @@ to load is ``failed`` with its reason; the others serve on.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -103,10 +104,15 @@ class Registry:
                 slide_chunk=s.slide_chunk,
                 speculative_tokens=spec,
                 layers_per_call=s.layers_per_call,
+                kernels=s.kernels,
+                cache_dir=s.cache_dir,
             )
+            log.info("model %s: %s (%s)", entry.name, model.engine.config.dtype, model.dtype_reason)
             if s.warmup:
                 started = time.monotonic()
-                model.engine.warmup(lambda line, name=entry.name: log.info("model %s: %s", name, line))
+                progress = functools.partial(_progress, entry.name)
+                model.engine.choose_kernels(model.cache_dir, progress)
+                model.engine.warmup(progress)
                 log.info("model %s: every shape compiled in %.1f s", entry.name, time.monotonic() - started)
             _freeze_heap()
             worker = ModelWorker(entry.name, model, queue_size=s.queue_size, metrics=self.metrics)
@@ -136,6 +142,10 @@ class Registry:
         return ok
 
 
+def _progress(name: str, line: str) -> None:
+    log.info("model %s: %s", name, line)
+
+
 def _freeze_heap() -> None:
     """Move every object alive now (TensorFlow's graphs, the weights' wrappers: hundreds of
     thousands) out of the garbage collector's reach. A full collection scanned them all and
@@ -163,6 +173,8 @@ def describe(entry: ModelEntry) -> dict:
             path=str(Path(model.path)),
             hparams=model.hparams.__dict__,
             dtype=model.engine.config.dtype,
+            dtype_reason=model.dtype_reason,
+            kernels=model.engine.kernel_plan.as_dict(),
             slots={"busy": worker.active, "total": model.engine.slots},
             queue={"length": worker.queued, "capacity": worker.queue_size},
             memory_plan=model.plan.as_dict(),

@@ -31,9 +31,13 @@ class Settings(BaseSettings):
     placement: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="model=device pairs; default: model i on GPU i, else CPU"
     )
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
         default="float32",
-        description=("weights and KV cache precision; half precision halves both (see `gpt2-serve plan`)"),
+        description=(
+            "weights and KV cache precision; half precision halves both (see `gpt2-serve plan`), rows"
+            " stay float32. auto: bfloat16 where the CPU multiplies it natively (AVX512-BF16/AMX) and"
+            " the start-up timing found it faster, else float32"
+        ),
     )
     slots: int | None = Field(
         default=None,
@@ -65,6 +69,20 @@ class Settings(BaseSettings):
         description=(
             "transformer blocks per compiled program (a divisor of the model's layers): 1 compiles fastest; "
             "12 (124M) runs ~12% faster at 32 rows and compiles ~4x longer"
+        ),
+    )
+    kernels: Literal["auto", "xla", "onednn"] = Field(
+        default="auto",
+        description=(
+            "matmul kernels on the CPU: auto times XLA's and oneDNN's for each row count at the first"
+            " start on a machine and keeps the faster (remembered in cache_dir); xla or onednn forces one"
+        ),
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description=(
+            "where start-up measurements are kept across restarts; default: a .gpt2-serve folder in"
+            " each model's folder (a folder that cannot be written is warned about, not fatal)"
         ),
     )
     speculative: Literal["off", "ngram"] = Field(
