@@ -157,7 +157,9 @@ def main() -> int:
     )
     for rows in (1, SLOTS):
         a, b = rates["float32", rows], rates["bfloat16", rows]
-        print(f"| decode tokens/s, {rows} row{"s" if rows > 1 else ""} | {a:.0f} | {b:.0f} | bfloat16 {b / a:.2f}x |")
+        print(
+            f"| decode tokens/s, {rows} row{'s' if rows > 1 else ''} | {a:.0f} | {b:.0f} | bfloat16 {b / a:.2f}x |"
+        )
     print("\nload average after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 
