@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install test-deps run generate test lint bench-engine bench-serve bench-roofline bench-precision soak demo-model demo-keywords eval-keywords clean
+.PHONY: install test-deps run generate test lint bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ bench-serve: install
 
 bench-roofline: install
 	$(PY) bench/roofline.py
+
+# What GPT2_BATCH_INVARIANT=1 costs: generation tokens/s with and without it, same run.
+bench-invariant: install
+	$(PY) bench/invariant.py
 
 # Hundreds of clients for a set time (not a CI test): SOAK_ARGS="--clients 300 --seconds 900 --model 124M"
 soak: install

@@ -214,6 +214,8 @@ class Batcher:
             ids, end = head.prefill_ids, head.prefilled + self._chunk(head)
             return [Piece(head.slot, ids[head.prefilled : end], head.prefilled)]
         budget = self.engine.slide_chunk if streaming else self.engine.chunk_buckets[-1]
+        if self.engine.config.batch_invariant:
+            budget = 0  # one piece a call: a prompt's rows never share a matmul with another's
         plan: list[Piece] = []
         for seq in self._waiting:
             ids = seq.prefill_ids[: self._chunk(seq)]
@@ -248,6 +250,8 @@ class Batcher:
         k = self.engine.config.speculative_tokens
         if not k or not seq.speculate or seq.params.repetition_penalty != 1.0:
             return []
+        if self.engine.config.batch_invariant:
+            return []  # a verify call scores 5 positions with prefill's kernels, not decode's
         context = self.engine.window(seq.slot) + [seq.generated[-1]]
         if len(context) + k > self.engine.hp.n_ctx:
             return []  # the window slides first (a plain step)

@@ -70,6 +70,10 @@ class EngineConfig:
     # Matmul kernels (app.engine.kernels): "xla", "onednn", or "auto" (timed at warm-up). Half
     # precision on the CPU is always "onednn".
     kernels: str = "xla"
+    # Seeded requests bit-identical alone and in any batch (GPT2_BATCH_INVARIANT): a decode call
+    # never runs one row alone (XLA's matmul takes another kernel at one row; from two rows up a
+    # row's result depends neither on its neighbours nor on its place), and kernels are XLA's.
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -270,6 +274,12 @@ class Engine:
         weights on the CPU, XLA on a GPU; ``auto`` starts as XLA until :meth:`choose_kernels`."""
         if self._on_gpu():
             return kernels.fixed("xla", "GPU: XLA (cuBLAS under either variant)")
+        if self.config.batch_invariant:
+            return kernels.fixed(
+                "xla",
+                "batch-invariant: XLA, whose row results do not depend on their position; oneDNN's"
+                " matmul computes the last rows of a block with another kernel (2 of 8 rows differ)",
+            )
         if self.config.dtype != "float32":
             return kernels.fixed(
                 "onednn",
@@ -467,7 +477,10 @@ class Engine:
                         round_up(start + length, self.ctx_buckets),
                     )
                     out.add(("prefill", (1, t_len, ctx)))
-        out.update(("decode", (b, c)) for c in self.ctx_buckets for b in self.batch_buckets)
+        rows = self.batch_buckets
+        if self.config.batch_invariant and len(rows) > 1:
+            rows = rows[1:]  # never one row alone (see _decode)
+        out.update(("decode", (b, c)) for c in self.ctx_buckets for b in rows)
         if self.slots > 1:
             out.update(("move", (c,)) for c in self.ctx_buckets)
         if self.config.speculative_tokens:
@@ -670,6 +683,8 @@ class Engine:
         """
         b_bucket = round_up(max(slots) + 1, self.batch_buckets)
         ctx_len = round_up(max(pos) + 1, self.ctx_buckets)
+        if self.config.batch_invariant and b_bucket == 1 and len(self.batch_buckets) > 1:
+            b_bucket = self.batch_buckets[1]  # a lone row runs as two: the kernel of every batch
         tok = np.zeros([b_bucket], np.int32)
         where = np.full([b_bucket], self.hp.n_ctx, np.int32)
         tok[slots] = tokens

@@ -48,6 +48,7 @@ def load_model(
     layers_per_call: int = 1,
     kernels: str = "xla",
     cache_dir: Path | None = None,
+    batch_invariant: bool = False,
 ) -> LoadedModel:
     """``memory_limit`` (bytes) overrides what the device reports as free. Start-up measurements
     (``dtype="auto"``, ``kernels="auto"``) are kept in ``cache_dir / <model folder name>``, by
@@ -79,6 +80,7 @@ def load_model(
         speculative_tokens=speculative_tokens,
         layers_per_call=layers_per_call,
         kernels=kernels,
+        batch_invariant=batch_invariant,
     )
     engine = Engine(hp, params, config)
     return LoadedModel(

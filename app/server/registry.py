@@ -106,6 +106,7 @@ class Registry:
                 layers_per_call=s.layers_per_call,
                 kernels=s.kernels,
                 cache_dir=s.cache_dir,
+                batch_invariant=s.batch_invariant,
             )
             log.info("model %s: %s (%s)", entry.name, model.engine.config.dtype, model.dtype_reason)
             if s.warmup:

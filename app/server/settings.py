@@ -85,6 +85,13 @@ class Settings(BaseSettings):
             " each model's folder (a folder that cannot be written is warned about, not fatal)"
         ),
     )
+    batch_invariant: bool = Field(
+        default=False,
+        description=(
+            "a seeded request's tokens and logprobs bit-identical alone and in any batch: every decode"
+            " call runs all slots at the full context, prompts are prefilled alone, no speculation"
+        ),
+    )
     speculative: Literal["off", "ngram"] = Field(
         default="off",
         description=(
