@@ -25,18 +25,24 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from app.engine import xla_cache
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.xla_cache:  # before TensorFlow's first compile reads its XLA flags
+        root = settings.cache_dir if settings.cache_dir is not None else settings.models_dir / ".gpt2-serve"
+        xla_cache.enable(xla_cache.folder(root))
+
     from app.server.app import create_app
     from app.server.shutdown import GracefulServer
 
-    settings = settings_from_args(args)
     # On SIGTERM the server drains first (new requests refused, accepted ones finish within
     # drain_timeout: app.server.shutdown), then uvicorn shuts down and the lifespan stops the
     # workers; uvicorn then restores the previous handler and raises the signal again. With this
     # handler in place, a drained SIGTERM ends the process normally (exit 0) rather than by the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from app.engine import devices
+from app.engine import devices, xla_cache
 from app.engine.load import LoadedModel, load_model
 from app.model.default import DEFAULT_NAME, resolve_default
 from app.server.metrics import Metrics
@@ -113,7 +113,7 @@ class Registry:
                 started = time.monotonic()
                 progress = functools.partial(_progress, entry.name)
                 model.engine.choose_kernels(model.cache_dir, progress)
-                model.engine.warmup(progress)
+                _warmup(model.engine, progress)
                 log.info("model %s: every shape compiled in %.1f s", entry.name, time.monotonic() - started)
             _freeze_heap()
             worker = ModelWorker(entry.name, model, queue_size=s.queue_size, metrics=self.metrics)
@@ -141,6 +141,25 @@ class Registry:
             if entry.worker:
                 ok &= entry.worker.join(max(0.0, deadline - time.monotonic()))
         return ok
+
+
+def _warmup(engine, progress) -> None:
+    """Compile every shape; with XLA's persistent cache, vouch for what it now holds, and when a
+    program read from it fails, empty it and compile everything again (never a crash for a bad
+    cache: :mod:`app.engine.xla_cache`)."""
+    cache = xla_cache.active()
+    try:
+        engine.warmup(progress)
+    except Exception as exc:  # noqa: BLE001 - retried once without the cached programs
+        if cache is None:
+            raise
+        log.warning(
+            "warm-up failed with the XLA cache %s (%s); emptying it and compiling again", cache, _reason(exc)
+        )
+        xla_cache.wipe(cache)
+        engine.warmup(progress)
+    if cache is not None:
+        xla_cache.seal(cache)
 
 
 def _progress(name: str, line: str) -> None:

@@ -81,8 +81,15 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         default=None,
         description=(
-            "where start-up measurements are kept across restarts; default: a .gpt2-serve folder in"
-            " each model's folder (a folder that cannot be written is warned about, not fatal)"
+            "where start-up measurements and compiled programs are kept across restarts; default: a"
+            " .gpt2-serve folder in each model's folder (measurements) and in models_dir (XLA programs)"
+        ),
+    )
+    xla_cache: bool = Field(
+        default=True,
+        description=(
+            "keep XLA's compiled programs across restarts (per TensorFlow version and CPU; files a"
+            " finished warm-up did not check are deleted, never read)"
         ),
     )
     batch_invariant: bool = Field(
