@@ -148,3 +148,11 @@ def test_devices_says_which_kernels_serve_chose_here_and_whether_bfloat16_is_nat
     flags = kernels.cpu_info()[1]
     assert r["cpu"]["kernel_flags"] == list(flags)
     assert r["cpu"]["bfloat16"].startswith("native" if kernels.bf16_native(flags) else "emulated")
+
+
+def test_devices_with_dtype_auto_plans_memory_as_serve_sizes_it(tiny_dirs):
+    proc = devices(
+        "--models", str(tiny_dirs["openai"]), "--dtype", "auto", "--slots", "2", "--json", cvd=None
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["models"][0]["plan"]["dtype"] == "float32"

@@ -247,6 +247,7 @@ def test_models_and_the_log_say_which_kernels_and_dtype_were_chosen_and_why(tiny
     settings = tiny_settings(tiny_dirs["openai"], slots=2, dtype="auto", cache_dir=tmp_path)
     with running_server(settings) as url:
         (model,) = httpx.get(f"{url}/models", timeout=5.0).json()["models"]
+        assert httpx.get(f"{url}/info", timeout=5.0).json()["model_dtype"] == model["dtype"]  # not "auto"
     if kernels.bf16_native(kernels.cpu_info()[1]):
         assert model["dtype_reason"].startswith("auto: bfloat16 measured")
     else:

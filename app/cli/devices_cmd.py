@@ -120,8 +120,9 @@ def model_report(settings) -> tuple[list[dict], str | None]:
             continue
         row["kernels"] = stored_kernels(settings, entry.source, row["source"])
         free = devices.available_memory(entry.device)
-        slots = memory.startup_slots(hp, dtype=settings.dtype, configured=settings.slots, available=free)
-        plan = memory.plan(hp, slots=slots, dtype=settings.dtype)
+        dtype = "float32" if settings.dtype == "auto" else settings.dtype  # auto: sized as serve sizes it
+        slots = memory.startup_slots(hp, dtype=dtype, configured=settings.slots, available=free)
+        plan = memory.plan(hp, slots=slots, dtype=dtype)
         row.update(
             plan=plan.as_dict(), free_bytes=free, fits=None if free is None else plan.total_bytes <= free
         )

@@ -175,7 +175,7 @@ async def info(state: StateDep):
     capacity = sum(e.worker.capacity for e in state.registry.entries.values() if e.worker)
     return tgi.Info(
         model_id=entry.name,
-        model_dtype=s.dtype,
+        model_dtype=entry.model.engine.config.dtype if entry.model else s.dtype,
         model_device_type=entry.device.split(":")[0].strip("/").lower(),
         max_concurrent_requests=capacity,
         max_stop_sequences=s.max_stop_sequences,
