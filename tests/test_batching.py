@@ -231,6 +231,23 @@ def test_blocks_per_compiled_program_do_not_change_the_numbers(params):
         Engine(HP, params, EngineConfig(slots=1, layers_per_call=3))
 
 
+def test_a_lone_stream_decodes_with_every_block_in_one_program(params):
+    engine = Engine(HP, params, EngineConfig(slots=4))  # whole_model_rows=1 by default
+    per_layer = Engine(HP, params, EngineConfig(slots=4, whole_model_rows=0))
+    (ids,) = prompts([9], seed=40)
+    for e in (engine, per_layer):
+        e.prefill(0, ids)
+        e.prefill(1, ids)
+    with mock.patch.object(engine, "_decode_fn", wraps=engine._decode_fn) as spy:
+        alone = engine.step_scores({0: 5})
+        assert spy.call_args.args[3] == "whole"
+        engine.step_scores({0: 6, 1: 6})
+        assert spy.call_args.args[3] == "xla"  # two rows: a program per block
+    np.testing.assert_allclose(alone.logits, per_layer.step_scores({0: 5}).logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="whole_model_rows must be >= 0"):
+        EngineConfig(whole_model_rows=-1)
+
+
 def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
     """Eight arrive together; the one in the highest slot outlives the rest. Once alone it moves to
     slot 0 and every later decode call runs one row, and its tokens are a lone run's."""

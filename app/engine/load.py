@@ -49,6 +49,7 @@ def load_model(
     kernels: str = "xla",
     cache_dir: Path | None = None,
     batch_invariant: bool = False,
+    whole_model_rows: int = 1,
 ) -> LoadedModel:
     """``memory_limit`` (bytes) overrides what the device reports as free. Start-up measurements
     (``dtype="auto"``, ``kernels="auto"``) are kept in ``cache_dir / <model folder name>``, by
@@ -81,6 +82,7 @@ def load_model(
         layers_per_call=layers_per_call,
         kernels=kernels,
         batch_invariant=batch_invariant,
+        whole_model_rows=whole_model_rows,
     )
     engine = Engine(hp, params, config)
     return LoadedModel(

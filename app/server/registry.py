@@ -107,6 +107,7 @@ class Registry:
                 kernels=s.kernels,
                 cache_dir=s.cache_dir,
                 batch_invariant=s.batch_invariant,
+                whole_model_rows=s.whole_model_rows,
             )
             log.info("model %s: %s (%s)", entry.name, model.engine.config.dtype, model.dtype_reason)
             if s.warmup:
