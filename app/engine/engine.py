@@ -327,7 +327,7 @@ class Engine:
         """For ``kernels="auto"`` on the CPU in float32: the plan kept in ``cache_dir`` for this
         machine and model, or, failing that, time both variants of every row class (decode rows at
         context 64, one prefill piece of each length) and keep the faster; stored for the next
-        start (124M on 2 AMD cores: ~30 s the first time). Any other configuration keeps its fixed
+        start (124M on 2 AMD cores: 40-44 s the first time). Any other configuration keeps its fixed
         plan. Writes only scratch rows."""
         if self.config.kernels != "auto" or self.kernel_plan.fixed != "xla" or self._on_gpu():
             return self.kernel_plan
