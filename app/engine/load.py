@@ -42,18 +42,13 @@ def load_model(
     dtype: str = "float32",
     slots: int | None = None,
     memory_limit: int | None = None,
-    prefill_chunk: int = 256,
-    slide_chunk: int = 64,
-    speculative_tokens: int = 0,
-    layers_per_call: int = 1,
-    kernels: str = "xla",
     cache_dir: Path | None = None,
-    batch_invariant: bool = False,
-    whole_model_rows: int = 1,
+    **engine_options,
 ) -> LoadedModel:
     """``memory_limit`` (bytes) overrides what the device reports as free. Start-up measurements
     (``dtype="auto"``, ``kernels="auto"``) are kept in ``cache_dir / <model folder name>``, by
-    default in a ``.gpt2-serve`` folder inside the model's folder."""
+    default in a ``.gpt2-serve`` folder inside the model's folder. ``engine_options``: the other
+    fields of :class:`EngineConfig` (``prefill_chunk``, ``kernels``, ``batch_invariant``, ...)."""
     path = resolve_model_dir(name_or_path, models_dir)
     hp = read_hparams(path)
     device = devices.normalize(device) if device else devices.default_device(0)
@@ -72,18 +67,7 @@ def load_model(
     if encoder.n_vocab != hp.n_vocab:
         raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
     _, params = load_weights(path)
-    config = EngineConfig(
-        slots=slots,
-        dtype=dtype,
-        device=device,
-        prefill_chunk=prefill_chunk,
-        slide_chunk=slide_chunk,
-        speculative_tokens=speculative_tokens,
-        layers_per_call=layers_per_call,
-        kernels=kernels,
-        batch_invariant=batch_invariant,
-        whole_model_rows=whole_model_rows,
-    )
+    config = EngineConfig(slots=slots, dtype=dtype, device=device, **engine_options)
     engine = Engine(hp, params, config)
     return LoadedModel(
         Path(name_or_path).name, path, hp, encoder, engine, plan, read_model_spec(path), cache, reason
