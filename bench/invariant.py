@@ -66,12 +66,11 @@ def main() -> int:
     for n in (int(s) for s in args.streams.split(",")):
         fast, inv = (rate(engines[mode], n, args.prompt, args.new) for mode in (False, True))
         rows.append(f"| {n} | {fast:.1f} | {inv:.1f} | {inv / fast:.2f}x |")
-    model, flags = kernels.cpu_info()
     print(
         f"\n{'tiny 2-layer' if args.tiny else 'GPT-2 124M shape'}, random weights, float32, 32 slots;"
         f" prompt {args.prompt}, {args.new} new tokens, top-k 40, seeded"
     )
-    print(f"CPU: {model}; kernel flags: {' '.join(flags) or 'none'}\n")
+    print(f"CPU: {kernels.cpu_summary()}\n")
     print("| streams | default tok/s | batch-invariant tok/s | invariant / default |")
     print("|---:|---:|---:|---:|")
     print("\n".join(rows))

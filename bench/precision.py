@@ -111,7 +111,6 @@ def main() -> int:
     args = ap.parse_args()
 
     print("load average before:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    model_name, flags = kernels.cpu_info()
     engines = {
         dtype: load_model(args.model, args.models_dir, dtype=dtype, slots=SLOTS).engine
         for dtype in ("float32", "bfloat16")
@@ -140,7 +139,7 @@ def main() -> int:
 
     hp = engines["float32"].hp
     print(f"\nmodel {args.model}: {hp.n_layer} layers, width {hp.n_embd}, context {hp.n_ctx}; {SLOTS} slots")
-    print(f"CPU: {model_name}; kernel flags: {' '.join(flags) or 'none'}")
+    print(f"CPU: {kernels.cpu_summary()}")
     print(f"float32 kernels: {engines['float32'].kernel_plan.summary()}")
     print(f"bfloat16 kernels: {engines['bfloat16'].kernel_plan.summary()}\n")
     f32, b16 = results["float32"], results["bfloat16"]

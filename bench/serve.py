@@ -37,7 +37,6 @@ import asyncio
 import gc
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from app.engine import kernels  # noqa: E402
 from app.engine.batcher import Entry, generate  # noqa: E402
 from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
@@ -65,14 +65,6 @@ def prompts(n: int, length: int, vocab: int) -> list[list[int]]:
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
-
-
-def cpu_flags() -> str:
-    """The CPU model and its AVX-512 / AMX flags (what decides which kernels win)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line), "?")
-    flags = sorted(set(re.findall(r"\b(avx512\w*|amx\w*)", info)))
-    return f"{model}; flags: {' '.join(flags) or 'no avx512/amx'}"
 
 
 def load_average() -> str:
@@ -285,7 +277,7 @@ def main() -> int:
         f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
         f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new, top_k 40; server slots {args.slots}"
     )
-    print(f"CPU: {cpu_flags()}\n")
+    print(f"CPU: {kernels.cpu_summary()}\n")
     if rows:
         print_throughput(rows, args.slots, startup)
     if patterns:

@@ -156,6 +156,11 @@ def test_cpu_info_reads_the_model_and_the_flags_that_matter(tmp_path):
     assert flags == ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     assert kernels.bf16_native(flags) and not kernels.bf16_native(("avx2",))
     assert kernels.cpu_info(tmp_path / "missing") == ("?", ())
+    assert (
+        kernels.cpu_summary(cpuinfo)
+        == "Intel(R) Xeon(R) Platinum 8481C; flags: amx_bf16 amx_tile avx512_bf16 avx512f"
+    )
+    assert kernels.cpu_summary(tmp_path / "missing") == "?; flags: no avx512/amx"
 
 
 def test_auto_dtype_picks_bfloat16_only_when_faster_with_many_rows_and_not_slower_alone():

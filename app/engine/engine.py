@@ -52,6 +52,7 @@ from app.model.hparams import HParams, param_shapes
 
 DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
 _SMALLEST_PIECE = 16  # shortest prefill bucket
+_AUTO_PENDING = "auto: not measured yet"  # the reason of kernels="auto"'s plan until it is measured
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ class Engine:
             self._build_variables(params)
         jit = config.jit_compile
         self.kernel_plan = self._initial_plan()
+        # kernels="auto" on the CPU in float32: the plan is measured by choose_kernels (once)
+        self._kernels_to_measure = self.kernel_plan.reason == _AUTO_PENDING
         self._decode_layer_fn = tf.function(self._decode_layer, jit_compile=jit)
         self._prefill_layer_fn = tf.function(self._prefill_layer, jit_compile=jit)
         self._decode_attention_fn = tf.function(self._decode_attention, jit_compile=jit)
@@ -300,7 +303,7 @@ class Engine:
                 f"{self.config.dtype} weights on the CPU: oneDNN (XLA's half dot measured 3-6x slower)",
             )
         if self.config.kernels == "auto":
-            return kernels.fixed("xla", "auto: not measured yet")
+            return kernels.fixed("xla", _AUTO_PENDING)
         return kernels.fixed(self.config.kernels, f"kernels={self.config.kernels}")
 
     def kernel_key(self) -> dict:
@@ -329,9 +332,7 @@ class Engine:
         context 64, one prefill piece of each length) and keep the faster; stored for the next
         start (124M on 2 AMD cores: 40-44 s the first time). Any other configuration keeps its fixed
         plan. Writes only scratch rows."""
-        if self.config.kernels != "auto" or self.kernel_plan.fixed != "xla" or self._on_gpu():
-            return self.kernel_plan
-        if self.kernel_plan.reason != "auto: not measured yet":
+        if not self._kernels_to_measure:
             return self.kernel_plan
         key = self.kernel_key()
         plan = kernels.load(cache_dir, key)
@@ -344,7 +345,7 @@ class Engine:
                 plan = kernels.KernelPlan(
                     plan.decode, plan.prefill, f"measured at this start, kept in {where}", plan.timings, None
                 )
-        self.kernel_plan = plan
+        self.kernel_plan, self._kernels_to_measure = plan, False
         if progress is not None:
             progress(f"kernels: {plan.summary()}")
         return plan

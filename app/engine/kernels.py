@@ -113,6 +113,18 @@ def cpu_info(path: Path = Path("/proc/cpuinfo")) -> tuple[str, tuple[str, ...]]:
     return model, tuple(f for f in KERNEL_FLAGS if f in have)
 
 
+def cpu_summary(path: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU model and every AVX-512 / AMX flag it has, as ``grep -o 'avx512[^ ]*\\|amx[^ ]*'
+    /proc/cpuinfo | sort -u`` prints them: the line benchmarks print beside their tables."""
+    model = cpu_info(path)[0]
+    try:
+        text = path.read_text()
+    except OSError:
+        text = ""
+    flags = sorted(set(re.findall(r"\b(avx512\w*|amx\w*)", text)))
+    return f"{model}; flags: {' '.join(flags) or 'no avx512/amx'}"
+
+
 def bf16_native(flags: tuple[str, ...]) -> bool:
     return any(f in flags for f in BF16_FLAGS)
 
