@@ -27,6 +27,13 @@ Serving patterns (issue 18, ``--scenarios survivor,slide``), each against a base
   every 256 tokens) while 7 others stream (256 new tokens each, restarted while it runs). The
   others' longest inter-token gap against their median gap while it runs. Target <= 3.
 
+llama.cpp in the same run (issue 18; ``--skip-llama`` leaves it out): after the server has stopped,
+``bench/llamacpp.py`` measures llama.cpp (built once from the llama-cpp-python 0.3.36 sdist) on the
+same weights (``random_params(PRESETS["124M"], seed=0)`` converted to an f32 GGUF), 2 threads, the
+same prompt and new-token counts: ``llama-bench`` tg at batch 1, ``llama-batched-bench`` S_TG for the
+larger client counts. Its figures exclude prefill; the served figure includes prefill, detokenizing
+and the WebSocket, so the ratio leans against us. Targets: 1 stream >= 0.8x, 32 streams >= 1.0x.
+
 The CPU's AVX-512/AMX flags and the load average before and after are printed with the tables.
 """
 
@@ -220,6 +227,7 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--skip-llama", action="store_true", help="do not build or measure llama.cpp")
     ap.add_argument(
         "--tiny", action="store_true", help="2-layer model instead of the 124M shape (quick check)"
     )
@@ -272,6 +280,13 @@ def main() -> int:
                 other_tokens = min(256, hp.n_ctx - args.prompt_tokens - 8)
                 patterns["slide"] = asyncio.run(slide(url, all_prompts, decode, other_tokens=other_tokens))
                 print(f"slide: {patterns['slide']}", flush=True)
+    llama = None
+    if rows and not args.skip_llama and not args.tiny:
+        import llamacpp  # bench/llamacpp.py, beside this file
+
+        llama = llamacpp.baseline(
+            ROOT, threads=2, prompt=args.prompt_tokens, gen=args.new_tokens, batches=tuple(counts)
+        )
 
     print(
         f"\nGPT-2 {'tiny' if args.tiny else '124M'} shape, random weights, float32, {os.cpu_count()} CPUs; "
@@ -280,6 +295,8 @@ def main() -> int:
     print(f"CPU: {kernels.cpu_summary()}\n")
     if rows:
         print_throughput(rows, args.slots, startup)
+    if llama:
+        print_llama(rows, llama)
     if patterns:
         print_patterns(patterns)
     print(f"load average after: {load_average()}")
@@ -309,6 +326,24 @@ def print_patterns(patterns: dict) -> None:
             f"\nthe sliding stream itself: median gap {p['own_gap_p50'] * 1e3:.0f} ms, longest "
             f"{p['own_gap_max'] * 1e3:.0f} ms (its slides)"
         )
+
+
+LLAMA_TARGETS = {1: 0.8, 32: 1.0}  # issue 18: served / llama.cpp f32, same run
+
+
+def print_llama(rows: list[dict], llama: dict) -> None:
+    print(f"\nllama.cpp {llama['version']}, {llama['model']}, {llama['threads']} threads, {llama['cpu']}")
+    print("| clients | served tok/s (prefill included) | llama.cpp decode tok/s | ratio | target |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        theirs = llama["decode"].get(r["clients"])
+        if not theirs:
+            continue
+        ratio = r["tok_s"] / theirs
+        target = LLAMA_TARGETS.get(r["clients"])
+        verdict = f">= {target}: {'met' if ratio >= target else 'NOT met'}" if target else ""
+        tool = "llama-bench tg" if r["clients"] == 1 else "llama-batched-bench S_TG"
+        print(f"| {r['clients']} | {r['tok_s']:.1f} | {theirs:.1f} ({tool}) | {ratio:.2f} | {verdict} |")
 
 
 def print_throughput(rows: list[dict], slots: int, startup: float) -> None:

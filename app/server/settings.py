@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     batch_invariant: bool = Field(
         default=False,
         description=(
-            "a seeded request's tokens and logprobs bit-identical alone and in any batch: every decode"
-            " call runs all slots at the full context, prompts are prefilled alone, no speculation"
+            "a seeded request's tokens and logprobs bit-identical alone and in any batch: no decode call"
+            " runs one row alone, every block runs under XLA, prompts are prefilled alone, no speculation"
         ),
     )
     speculative: Literal["off", "ngram"] = Field(
