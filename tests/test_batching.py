@@ -112,33 +112,51 @@ def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
     assert sorted(e.seq.slot for e in events) == [0, 1, 2, 3] and all(len(s.generated) == 1 for s in seqs)
 
 
-def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params):
-    """Seven 10-token prompts arrive while one stream decodes: with a 32-token budget (16-token
-    buckets) they go two a round, the stream stepping each round; with nothing decoding, a burst
-    goes in one call (the test above). Their tokens are those they get alone."""
-    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128, slide_chunk=32))
+def _streams_then_arrivals(params, n_running: int) -> tuple[Batcher, list[Entry], list[Entry], list]:
+    """``n_running`` greedy streams decoding, then seven 10-token prompts admitted."""
+    engine = Engine(HP, params, EngineConfig(slots=16, prefill_chunk=128, slide_chunk=32))
     batcher = Batcher(engine, eos_id=None)
     greedy = SamplingParams(temperature=0)
-    running = Entry(prompts([5], seed=30)[0], 40, greedy, stop_at_eos=False)
-    batcher.admit(running)
+    running = [Entry(p, 40, greedy, stop_at_eos=False) for p in prompts([5] * n_running, seed=30)]
+    for seq in running:
+        batcher.admit(seq)
     batcher.step()
     ids = prompts([10] * 7, seed=31)
     seqs = [Entry(p, 3, greedy, stop_at_eos=False) for p in ids]
     for seq in seqs:
         batcher.admit(seq)
-    with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as spy:
+    return batcher, running, seqs, ids
+
+
+def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params):
+    """Seven 10-token prompts arrive while six streams decode (fewer than 1.2 waiting per stream):
+    with a 32-token budget (16-token buckets) they go two a round, the streams stepping each
+    round. Their tokens are those they get alone."""
+    batcher, running, seqs, ids = _streams_then_arrivals(params, 6)
+    with mock.patch.object(batcher.engine, "prefill_batch", wraps=batcher.engine.prefill_batch) as spy:
         for _ in range(4):
-            before = len(running.generated)
+            before = [len(r.generated) for r in running]
             batcher.step()
-            assert len(running.generated) == before + 1
+            assert [len(r.generated) for r in running] == [b + 1 for b in before]
     assert [len(call.args[0]) for call in spy.call_args_list] == [2, 2, 2, 1]
     while any(not s.finished for s in seqs):
         batcher.step()
+    greedy = SamplingParams(temperature=0)
     for seq, p in zip(seqs, ids):
         (solo,) = generate(
             Engine(HP, params, EngineConfig(slots=1)), [Entry(p, 3, greedy, stop_at_eos=False)], eos_id=None
         )
         assert seq.generated == solo.generated
+
+
+def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params):
+    """Seven prompts arriving beside one stream outnumber it 1.2 to 1 or more (TGI's
+    waiting_served_ratio): one round prefills them all, the stream still stepping in it."""
+    batcher, running, seqs, _ = _streams_then_arrivals(params, 1)
+    with mock.patch.object(batcher.engine, "prefill_batch", wraps=batcher.engine.prefill_batch) as spy:
+        batcher.step()
+    assert [len(call.args[0]) for call in spy.call_args_list] == [7]
+    assert len(running[0].generated) == 2 and all(len(s.generated) == 1 for s in seqs)
 
 
 def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
