@@ -38,10 +38,6 @@ import numpy as np
 
 from app.engine.buckets import round_up
 from app.engine.engine import Engine, Piece, Scores
-
-# New prompts waiting per decoding stream from which a round prefills them in full pieces rather
-# than a slide_chunk's worth (TGI's router default for the same trade).
-WAITING_SERVED_RATIO = 1.2
 from app.engine.sampling import (
     SamplingParams,
     alternatives,
@@ -53,6 +49,10 @@ from app.engine.sampling import (
     sample_batch,
 )
 from app.engine.speculative import accept, propose
+
+# New prompts waiting per decoding stream from which a round prefills them in full pieces rather
+# than a slide_chunk's worth (TGI's router default for the same trade).
+WAITING_SERVED_RATIO = 1.2
 
 
 @dataclass(eq=False)
