@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install test-deps run generate test lint bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords clean
+.PHONY: install test-deps run generate test test-fast lint bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,8 @@ run: install
 generate: install
 	$(VENV)/bin/gpt2-serve generate --models-dir $(MODELS_DIR) --model $(MODELS) --prompt "$${PROMPT:-The meaning of life is}" --length 40
 
-# Debian packages the tests drive for real: Chromium and its driver (tests/test_playground.py) and
-# Prometheus' server and promtool (tests/test_prometheus_*.py, make lint). Installed with apt-get when
+# Debian packages the tests drive for real: Chromium and its driver (tests/system/test_playground.py) and
+# Prometheus' server and promtool (tests/system/test_prometheus_*.py, make lint). Installed with apt-get when
 # missing (sudo when not root); a one-line error names them when neither can. .ci/run goes through here.
 TEST_APT_PACKAGES := chromium chromium-driver prometheus
 test-deps:
@@ -45,11 +45,16 @@ test-deps:
 	  || { echo "make test-deps: apt-get could not install$$missing; install them by hand: apt-get install$$missing" >&2; exit 1; }; \
 	fi
 
+# The full suite (both tiers); `make test-fast` is the edit loop: the unit tier (no server process,
+# training, browser or subprocess: tests/conftest.py), under 90 s.
 test: install test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: install
+	$(PY) -m pytest -m unit -q $(PYTEST_ARGS)
+
 # Python, both Dockerfiles, all YAML, the Kubernetes manifests (1.32 schemas; the CRDs are checked
-# by tests/test_deploy_k8s.py) and the Prometheus config and rules (promtool: Debian's prometheus).
+# by tests/system/test_deploy_k8s.py) and the Prometheus config and rules (promtool: Debian's prometheus).
 lint: install test-deps
 	$(VENV)/bin/ruff check app tests bench
 	$(VENV)/bin/ruff format --check app tests bench

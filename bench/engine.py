@@ -5,7 +5,7 @@ Run: ``make bench-engine`` (or ``.venv/bin/python bench/engine.py [--quick] [--s
 Set-up (same process for ours and transformers, same weights everywhere)
   * GPT-2 124M shape (``PRESETS["124M"]``), random weights ``random_params(hp, seed=0)``, float32.
     transformers gets the same arrays through a state dict keyed by ``hf_key`` (as
-    ``tests/hf_reference.py`` builds it), with its default attention implementation (SDPA).
+    ``tests/support/hf_reference.py`` builds it), with its default attention implementation (SDPA).
     llama.cpp (``bench/llamacpp.py``: commit 0c1e570 from the llama-cpp-python 0.3.36 sdist, built
     with ``-DGGML_NATIVE=ON`` into ``build/``) gets them converted to an f32 GGUF by its own
     ``convert_hf_to_gguf.py``, and runs ``llama-bench`` / ``llama-batched-bench`` with 2 threads.
@@ -214,7 +214,7 @@ def bench_ours_prefill(
 
 
 def build_hf(hp: HParams, params: dict[str, np.ndarray]):
-    """GPT2LMHeadModel with our weights, state dict built as in tests/hf_reference.py."""
+    """GPT2LMHeadModel with our weights, state dict built as in tests/support/hf_reference.py."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -62,7 +62,7 @@ from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
-from tests.server_harness import serve_process  # noqa: E402
+from tests.support.server_harness import serve_process  # noqa: E402
 
 
 def prompts(n: int, length: int, vocab: int) -> list[list[int]]:

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
-from tests.server_harness import serve_process, sse_event  # noqa: E402
+from tests.support.server_harness import serve_process, sse_event  # noqa: E402
 
 WORDS = [
     "the",

@@ -1,8 +1,16 @@
-"""Shared fixtures: a tiny real GPT-2 (real 50257-token vocabulary) in both on-disk layouts."""
+"""Shared fixtures (a tiny real GPT-2 with the real 50257-token vocabulary, in both on-disk layouts;
+the bundled encoder) and the two test tiers.
+
+Tiers: ``system`` tests run what a user's machine runs whole (server processes, training, the
+browser, Prometheus, other subprocesses, export round-trips): everything under ``tests/system/``
+and anything marked ``@pytest.mark.system``. Every other test is ``unit`` (``make test-fast``
+runs ``-m unit``) and may start no process: ``subprocess.Popen`` fails in it, saying to mark the
+test ``system``."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -11,7 +19,40 @@ import pytest  # noqa: E402
 
 from app.model.hparams import HParams  # noqa: E402
 from app.model.random_init import random_params  # noqa: E402
-from tests.server_harness import TINY  # noqa: E402
+from tests.support.server_harness import TINY  # noqa: E402
+
+SYSTEM_DIR = os.path.join(os.path.dirname(__file__), "system")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if str(item.path).startswith(SYSTEM_DIR + os.sep) and not item.get_closest_marker("system"):
+            item.add_marker(pytest.mark.system)
+        if not item.get_closest_marker("system"):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch) -> None:
+    if request.node.get_closest_marker("system"):
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid}: a unit test starts no process; mark it @pytest.mark.system "
+            "(or move it to tests/system/)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture(scope="session")
+def enc():
+    """The bundled GPT-2 BPE encoder (the real vocabulary), built once."""
+    from app.tokenizer.bpe import Encoder
+    from app.tokenizer.bundled import bundled_bpe_files
+
+    return Encoder.from_files(*bundled_bpe_files())
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,292 @@
+"""Faults against a real uvicorn server and the tiny real GPT-2, injected through the worker's own
+``step_hook`` (called inside every decode step; nothing is mocked):
+
+* an exception inside one decode step fails exactly the requests of that step, each on its own
+  transport (HTTP 424 ``generation``, an SSE error event, a WebSocket ``error``), and the worker
+  serves on: later requests succeed and ``/health`` stays 200;
+* a step that takes longer than ``health_stuck_seconds`` makes ``/health`` 503 naming the model,
+  and 200 again once it finishes;
+* a model that fails to load (a truncated checkpoint) leaves the server up for the other model:
+  ``/ready`` 503, ``GET /models`` says ``failed`` with a one-line reason naming the file, and
+  requests for it are answered 503 ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from app.server.settings import Settings
+from app.server.worker import ModelWorker
+from tests.support.server_harness import (
+    LEAKS,
+    check_message,
+    live_server,
+    running_server,
+    sse_events,
+    tiny_settings,
+)
+
+MODEL = "tiny-openai"
+STUCK = 0.5  # health_stuck_seconds of the test server
+FAILED = "generation failed: RuntimeError"  # what a client is told of INJECTED
+INJECTED = 'injected: File "/work/main/app/engine/secret.py", line 1, object at 0xdeadbeef00'
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dirs):
+    settings = tiny_settings(tiny_dirs["openai"], slots=4, queue_size=4, health_stuck_seconds=STUCK)
+    with live_server(settings) as live:
+        generate(live.url, "Warm up", 4)  # compile before anything is timed
+        yield live
+
+
+@pytest.fixture(autouse=True)
+def no_hook(server):
+    with server.no_step_hook():
+        yield
+
+
+def generate(url: str, inputs: str, n: int, **parameters) -> httpx.Response:
+    return httpx.post(
+        f"{url}/generate",
+        json={"inputs": inputs, "parameters": {"max_new_tokens": n, **parameters}},
+        timeout=60,
+        trust_env=False,
+    )
+
+
+def stream(url: str, inputs: str, n: int) -> list[dict]:
+    with httpx.stream(
+        "POST",
+        f"{url}/generate_stream",
+        json={"inputs": inputs, "parameters": {"max_new_tokens": n}},
+        timeout=60,
+        trust_env=False,
+    ) as r:
+        assert r.status_code == 200
+        return sse_events(r.iter_lines())
+
+
+def ws_messages(url: str, inputs: str, n: int) -> list[dict]:
+    with connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10) as ws:
+        ws.send(json.dumps({"inputs": inputs, "id": "f", "parameters": {"max_new_tokens": n}}))
+        messages = []
+        while True:
+            messages.append(json.loads(ws.recv(timeout=60)))
+            if messages[-1]["type"] != "token":
+                break
+        # The connection stays open after a generation error.
+        ws.send(json.dumps({"inputs": "After", "parameters": {"max_new_tokens": 2}}))
+        while (after := json.loads(ws.recv(timeout=60)))["type"] == "token":
+            pass
+        messages.append(after)
+    return messages
+
+
+class FailOnce:
+    """Raises once, inside the second step in which ``batch`` requests are live (the first writes
+    their prompts and gives each its first token). Until then a step returns at once while a
+    request waits (so the worker's loop admits it) and otherwise waits. With ``hold``, the full
+    step waits for ``go`` before raising (``full`` tells the test)."""
+
+    def __init__(self, worker: ModelWorker, batch: int, *, hold: bool = False):
+        self.worker = worker
+        self.batch = batch
+        self.fired = threading.Event()
+        self.full = threading.Event()
+        self.go = threading.Event()
+        self.full_steps = 0
+        if not hold:
+            self.go.set()
+
+    def __call__(self) -> None:
+        if self.fired.is_set():
+            return
+        deadline = time.monotonic() + 30
+        while self.worker.active < self.batch and time.monotonic() < deadline:
+            if self.worker.queued:
+                return
+            time.sleep(0.005)
+        self.full_steps += 1
+        if self.full_steps == 1:
+            return
+        self.full.set()
+        self.go.wait(30)
+        self.fired.set()
+        raise RuntimeError(INJECTED)
+
+
+def test_exception_in_a_step_fails_that_steps_requests_only(server):
+    errors_before = {
+        route: server.count("gpt2_requests_total", route=route, outcome="error")
+        for route in ("/generate", "/generate_stream", "/stream")
+    }
+    hook = FailOnce(server.worker, batch=3)
+    server.worker.step_hook = hook
+    with ThreadPoolExecutor(3) as pool:
+        http = pool.submit(generate, server.url, "Break one", 20)
+        sse = pool.submit(stream, server.url, "Break two", 20)
+        ws = pool.submit(ws_messages, server.url, "Break three", 20)
+        http, sse, ws = http.result(60), sse.result(60), ws.result(60)
+    assert hook.fired.is_set()
+
+    # HTTP: 424 with the TGI error shape.
+    assert http.status_code == 424, http.text
+    body = http.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == "generation"
+    check_message(body["error"], FAILED)
+    # SSE: the tokens before the failed step, then one error event, then the end of the stream.
+    *tokens, last = sse
+    assert tokens and [t["index"] for t in tokens] == list(range(len(tokens)))
+    assert all(t["generated_text"] is None for t in tokens)
+    assert set(last) == {"error", "error_type"} and last["error_type"] == "generation", last
+    check_message(last["error"], FAILED)
+    # WebSocket: tokens, one error message (the connection stays open: the next request is done).
+    *ws_tokens, ws_error, after = ws
+    assert all(m["type"] == "token" for m in ws_tokens)
+    assert ws_error == {"type": "error", "error_type": "generation", "request_id": "f", "message": FAILED}
+    assert after["type"] == "done"
+
+    for route, before in errors_before.items():
+        assert server.count("gpt2_requests_total", route=route, outcome="error") == before + 1, route
+    assert server.worker.last_error == "decode: RuntimeError"
+
+    # The worker serves on, on every transport; health is unaffected by one failed step.
+    assert server.worker.alive
+    assert generate(server.url, "Later", 5).status_code == 200
+    *later, final = stream(server.url, "Later", 5)
+    assert final["details"]["finish_reason"] in ("length", "eos_token")
+    assert httpx.get(f"{server.url}/health", timeout=10, trust_env=False).json() == {"status": "ok"}
+
+
+def test_requests_not_in_the_failed_step_are_untouched(server):
+    """A request queued behind the failing step (no free slot) is admitted afterwards and succeeds."""
+    reference = generate(server.url, "Queued", 6).json()["generated_text"]
+    hook = FailOnce(server.worker, batch=4, hold=True)  # all four slots
+    server.worker.step_hook = hook
+    with ThreadPoolExecutor(5) as pool:
+        failing = [pool.submit(generate, server.url, f"Fill {i}", 20) for i in range(4)]
+        assert hook.full.wait(30), "the four requests did not fill the slots"
+        queued = pool.submit(generate, server.url, "Queued", 6)
+        deadline = time.monotonic() + 30
+        while server.worker.queued != 1:
+            assert time.monotonic() < deadline, "the fifth request was not queued"
+            time.sleep(0.005)
+        hook.go.set()
+        results = [f.result(60) for f in failing]
+        late = queued.result(60)
+    assert hook.fired.is_set()
+    assert [r.status_code for r in results] == [424] * 4
+    assert late.status_code == 200 and late.json()["generated_text"] == reference
+
+
+def test_a_stuck_step_makes_health_503_until_it_ends(server):
+    release = threading.Event()
+
+    def block_once():
+        server.worker.step_hook = None
+        release.wait(30)  # far longer than health_stuck_seconds, until the test lets go
+
+    assert httpx.get(f"{server.url}/health", timeout=10, trust_env=False).status_code == 200
+    server.worker.step_hook = block_once
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(generate, server.url, "Stuck", 4)
+        started = time.monotonic()
+        while (r := httpx.get(f"{server.url}/health", timeout=10, trust_env=False)).status_code == 200:
+            assert time.monotonic() - started < 10, "health never reported the stuck worker"
+            time.sleep(0.05)
+        assert time.monotonic() - started >= STUCK * 0.9
+        assert r.status_code == 503
+        assert r.json() == {"status": "error", "error": f"worker of model {MODEL} is stuck"}
+        release.set()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/health", timeout=10, trust_env=False).status_code != 200:
+            assert time.monotonic() < deadline, "health stayed 503 after the step finished"
+            time.sleep(0.05)
+        done = pending.result(60)
+    assert done.status_code == 200 and done.json()["generated_text"]
+
+
+# ---- a model that fails to load ----
+
+BROKEN = "broken"
+BROKEN_FILE = "model.ckpt.data-00000-of-00001"
+
+
+def none_loading(client: httpx.Client) -> bool | str:
+    """Ready once no model is still loading (``/ready`` stays 503 here by design)."""
+    states = [m["state"] for m in client.get("/models").json()["models"]]
+    return "loading" not in states or f"models still loading: {states}"
+
+
+@pytest.fixture(scope="module")
+def half_broken(tiny_dirs, tmp_path_factory):
+    broken = tmp_path_factory.mktemp("faults") / BROKEN
+    shutil.copytree(tiny_dirs["openai"], broken)
+    with open(broken / BROKEN_FILE, "r+b") as f:
+        f.truncate(1000)  # a download cut short
+    settings = Settings(models=[str(tiny_dirs["openai"]), str(broken)], warmup=False, slots=2, queue_size=2)
+    with running_server(settings, ready=none_loading) as url:
+        yield url
+
+
+def test_failed_model_leaves_the_server_up(half_broken):
+    url = half_broken
+    with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+        assert http.get("/health").status_code == 200
+        ready = http.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not ready", "models": {MODEL: "ready", BROKEN: "failed"}}
+
+        models = {m["name"]: m for m in http.get("/models").json()["models"]}
+        assert models[MODEL]["state"] == "ready"
+        failed = models[BROKEN]
+        assert failed["state"] == "failed"
+        reason = failed["reason"]
+        assert BROKEN_FILE in reason and "\n" not in reason and len(reason) < 500, reason
+        assert "Traceback" not in reason and not re.search(r"0x[0-9a-f]{6,}", reason)
+
+        # The good model serves (it is the default, and by name).
+        assert (
+            http.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3}}).status_code
+            == 200
+        )
+        ok = http.post(
+            "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "model": MODEL}}
+        )
+        assert ok.status_code == 200, ok.text
+
+        # The failed one is unavailable, in each family's shape, without the server's paths.
+        r = http.post(
+            "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 3, "model": BROKEN}}
+        )
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert set(body) == {"error", "error_type"} and body["error_type"] == "unavailable"
+        assert BROKEN in body["error"] and not LEAKS.search(body["error"]), body
+        r = http.post("/v1/completions", json={"model": BROKEN, "prompt": "Hi", "max_tokens": 3})
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "unavailable" and err["type"] == "service_unavailable"
+        assert BROKEN in err["message"] and not LEAKS.search(err["message"]), err
+        r = http.post("/tokenize", json={"inputs": "Hi", "parameters": {"model": BROKEN}})
+        assert r.status_code == 503 and r.json()["error_type"] == "unavailable"
+
+    with connect(url.replace("http", "ws", 1) + "/stream", proxy=None, open_timeout=10) as ws:
+        ws.send(json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 2, "model": BROKEN}}))
+        message = json.loads(ws.recv(timeout=30))
+        assert message["type"] == "error" and message["error_type"] == "unavailable", message
+        assert not LEAKS.search(message["message"])
+        ws.send(json.dumps({"inputs": "Hi", "parameters": {"max_new_tokens": 2, "model": MODEL}}))
+        while (message := json.loads(ws.recv(timeout=30)))["type"] == "token":
+            pass
+        assert message["type"] == "done"
