@@ -56,13 +56,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from app.client.process import serve_process  # noqa: E402
 from app.engine import kernels  # noqa: E402
 from app.engine.batcher import Entry, generate  # noqa: E402
 from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
-from tests.support.server_harness import serve_process  # noqa: E402
 
 
 def prompts(n: int, length: int, vocab: int) -> list[list[int]]:

@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from app.client.process import serve_process  # noqa: E402
+from app.client.sse import sse_event  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
-from tests.support.server_harness import serve_process, sse_event  # noqa: E402
 
 WORDS = [
     "the",

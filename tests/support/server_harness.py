@@ -1,5 +1,5 @@
 """The test harness: real servers (no mocks), the shared test model shapes, SSE parsing, error
-message checks. Used by tests/ and by bench/ (``from tests.support.server_harness import ...``).
+message checks, for tests/ (bench/ uses :mod:`app.client` directly).
 
 A server in this process (uvicorn in a daemon thread; one per test module keeps the suite fast)::
 
@@ -18,7 +18,8 @@ to reach ``app.state.server`` (the :class:`~app.server.state.ServerState`) from 
 :func:`threaded_server` is the same with the uvicorn server object and its thread in hand (another
 server class, another readiness rule).
 
-A server in a child process (``gpt2-serve serve``, or any HTTP server: :func:`server_process`)::
+A server in a child process (``gpt2-serve serve``, or any HTTP server: :func:`server_process`, from
+:mod:`app.client.process`)::
 
     with serve_process(model_dir, "--no-warmup", "--slots", "2") as srv:
         httpx.get(f"{srv.url}/models")  # srv.proc is the Popen; the process is stopped on exit
@@ -27,21 +28,17 @@ A server in a child process (``gpt2-serve serve``, or any HTTP server: :func:`se
 ``GET /metrics`` (Prometheus text). ``sse_events`` parses Server-Sent Events (``sse_frames`` also
 checks their framing), ``check_message`` checks a client-facing error message.
 
-The app (and TensorFlow) is imported only by what starts an app in this process, so bench/soak.py,
-a pure client, does not load it.
+The app (and TensorFlow) is imported only by what starts an app in this process.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +47,17 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.client.process import (  # noqa: F401  (the harness's names for tests)
+    READY,
+    ServerProcess,
+    free_port,
+    ready_200,
+    serve_argv,
+    serve_process,
+    server_process,
+    wait_ready,
+)
+from app.client.sse import DONE, sse_data, sse_event, sse_events, sse_payloads  # noqa: F401
 from app.model.hparams import HParams
 
 if TYPE_CHECKING:
@@ -90,40 +98,7 @@ def check_message(message: object, expected: str | None = None) -> None:
         assert message == expected, message
 
 
-# ---- Server-Sent Events ----
-
-DONE = "[DONE]"  # the payload of the OpenAI stream's last event
-
-
-def sse_data(line: str) -> str | None:
-    """The payload of one SSE line (what follows ``data:``, one leading space dropped), or None for
-    any other line (blank separators, comments, other fields)."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:]
-    return data[1:] if data.startswith(" ") else data
-
-
-def sse_event(line: str) -> dict | None:
-    """The JSON event of one SSE line, or None when the line carries none (another line, ``[DONE]``):
-    for reading a stream line by line (``for line in r.iter_lines()``)."""
-    data = sse_data(line)
-    return None if data is None or data == DONE else json.loads(data)
-
-
-def _lines(text_or_lines: str | Iterable[str]) -> Iterable[str]:
-    return text_or_lines.splitlines() if isinstance(text_or_lines, str) else text_or_lines
-
-
-def sse_payloads(text_or_lines: str | Iterable[str]) -> list[str]:
-    """Every ``data:`` payload of a whole stream (a body or its lines), raw: ``[DONE]`` included."""
-    return [data for line in _lines(text_or_lines) if (data := sse_data(line)) is not None]
-
-
-def sse_events(text_or_lines: str | Iterable[str]) -> list[dict]:
-    """The JSON events of a whole stream (a body or its lines); ``[DONE]`` left out (see
-    :func:`sse_payloads` to see it)."""
-    return [json.loads(data) for data in sse_payloads(text_or_lines) if data != DONE]
+# ---- Server-Sent Events (app.client.sse) and a server in a child process (app.client.process) ----
 
 
 def sse_frames(body: str, *, done: bool = False) -> list[dict]:
@@ -142,56 +117,6 @@ def sse_frames(body: str, *, done: bool = False) -> list[dict]:
             f"not one {prefix!r} line of a JSON object: {frame!r}"
         )
     return [json.loads(frame[len(prefix) :]) for frame in frames]
-
-
-# ---- waiting for a server ----
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a child process to bind: it may be taken meanwhile)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ready_200(path: str = "/ready") -> Callable[[httpx.Client], bool | str]:
-    """The usual readiness rule: ``GET path`` answers 200."""
-
-    def probe(client: httpx.Client) -> bool | str:
-        r = client.get(path)
-        return r.status_code == 200 or f"{r.status_code} {r.text[:300]}"
-
-    return probe
-
-
-READY = ready_200("/ready")
-
-
-def wait_ready(
-    client: httpx.Client,
-    *,
-    timeout: float,
-    ready: Callable[[httpx.Client], bool | str] = READY,
-    stopped: Callable[[], str | None] = lambda: None,
-    poll: float = 0.05,
-) -> None:
-    """Poll ``ready(client)`` until it returns True (anything else is what was seen, for the error);
-    a transport error counts as not ready yet. ``stopped()`` says why the server is gone (None while
-    it runs): RuntimeError at once. TimeoutError with the last answer after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: object = "no answer"
-    while True:
-        if (why := stopped()) is not None:
-            raise RuntimeError(f"the server stopped while starting: {why}")
-        try:
-            last = ready(client)
-            if last is True:
-                return
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"server not ready after {timeout:.0f} s: {last}")
-        time.sleep(poll)
 
 
 # ---- a server in this process ----
@@ -318,109 +243,6 @@ def tiny_settings(model_dir: str | Path, **overrides) -> Settings:
     values = dict(models=[str(model_dir)], warmup=False, slots=4, queue_size=2, drain_timeout=5.0)
     values.update(overrides)
     return Settings(**values)
-
-
-# ---- a server in a child process ----
-
-
-@dataclass
-class ServerProcess:
-    """A server running as a child process on 127.0.0.1:``port``."""
-
-    proc: subprocess.Popen
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/stream"
-
-
-@contextmanager
-def server_process(
-    argv: list[str],
-    *,
-    port: int,
-    env: dict[str, str] | None = None,
-    cwd: str | Path = ROOT,
-    ready: Callable[[httpx.Client], bool | str] = READY,
-    ready_timeout: float = 180.0,
-    poll: float = 0.2,
-    log: Path | None = None,
-    stop_timeout: float = 60.0,
-) -> Iterator[ServerProcess]:
-    """Start ``argv`` (a server that listens on ``port``), yield once ``ready`` holds.
-
-    ``env`` is the whole environment (default: this one with TensorFlow's C++ log quiet). With
-    ``log``, the process's stderr goes to that file (stdout is discarded) and its tail is quoted
-    when the server stops while starting. On exit a process still running gets SIGTERM, then
-    SIGKILL after ``stop_timeout`` seconds (then ``subprocess.TimeoutExpired`` is raised, unless the
-    block is already raising); ``proc.returncode`` is then its exit status."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"} if env is None else env
-    if log is None:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env)
-    else:
-        with open(log, "w") as log_file:  # the child keeps its own descriptor
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-
-    def stopped() -> str | None:
-        if proc.poll() is None:
-            return None
-        tail = f"\n{Path(log).read_text()[-3000:]}" if log is not None else " (see the log above)"
-        return f"exit status {proc.returncode}{tail}"
-
-    try:
-        srv = ServerProcess(proc, port)
-        with httpx.Client(base_url=srv.url, timeout=5.0, trust_env=False) as client:
-            wait_ready(client, timeout=ready_timeout, ready=ready, stopped=stopped, poll=poll)
-        yield srv
-    except BaseException:
-        _stop(proc, stop_timeout, strict=False)  # the block's own error is the one to see
-        raise
-    else:
-        _stop(proc, stop_timeout, strict=True)
-
-
-def _stop(proc: subprocess.Popen, timeout: float, *, strict: bool) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        if strict:
-            raise
-
-
-def serve_argv(models: str | Path, port: int, *flags: str) -> list[str]:
-    """``gpt2-serve serve`` (this Python, this checkout) for ``models`` on ``port``; ``flags`` last."""
-    return [
-        sys.executable,
-        "-m",
-        "app.cli.main",
-        "serve",
-        "--models",
-        str(models),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *flags,
-    ]
-
-
-@contextmanager
-def serve_process(models: str | Path, *flags: str, **options: Any) -> Iterator[ServerProcess]:
-    """``gpt2-serve serve --models models *flags`` in a child process on a free port, once ready
-    (``GET /ready`` 200). ``options``: those of :func:`server_process`."""
-    port = free_port()
-    with server_process(serve_argv(models, port, *flags), port=port, **options) as srv:
-        yield srv
 
 
 # ---- metrics ----

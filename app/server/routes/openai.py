@@ -19,8 +19,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.server.errors import APIError, error_body
-from app.server.generation import ClientGone, Generation, TextRequest, failure, submit
+from app.server.generation import ClientGone, Generation, failure, submit
 from app.server.registry import UnknownModel
+from app.server.request import TextRequest
 from app.server.schemas import openai as oa
 from app.server.state import ServerState, StateDep
 from app.server.streaming import DONE, sse, sse_response

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from app.server.generation import TextRequest
+from app.server.request import TextRequest
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
