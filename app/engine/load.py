@@ -54,9 +54,7 @@ def load_model(
     device = devices.normalize(device) if device else devices.default_device(0)
     available = memory_limit if memory_limit is not None else devices.available_memory(device)
     cache = Path(cache_dir) / path.name if cache_dir is not None else path / ".gpt2-serve"
-    if slots is None:
-        sized_as = "float32" if dtype == "auto" else dtype  # auto: sized for the larger weights
-        slots = memory.default_slots(hp, dtype=sized_as, available=available) if available else 8
+    slots = memory.startup_slots(hp, dtype=dtype, configured=slots, available=available)
     reason = f"dtype={dtype}"
     if dtype == "auto":
         dtype, reason = precision.auto_dtype(hp, slots=slots, on_gpu="GPU" in device.upper(), cache_dir=cache)

@@ -88,11 +88,13 @@ def default_slots(hp: HParams, *, dtype: str, available: int, cap: int = 32) -> 
 
 def startup_slots(hp: HParams, *, dtype: str, configured: int | None, available: int | None) -> int:
     """Slots a worker starts with: the configured count, else sized from free memory
-    (:func:`default_slots`), else 8 when the free memory cannot be told. The rule of
-    :func:`app.engine.load.load_model`, here so ``gpt2-serve plan`` and ``devices`` show the same."""
+    (:func:`default_slots`), else 8 when the free memory cannot be told; ``dtype="auto"`` is sized
+    as float32 (the larger weights). The one rule: :func:`app.engine.load.load_model`, ``gpt2-serve
+    plan`` and ``devices`` all call it."""
     if configured is not None:
         return configured
-    return default_slots(hp, dtype=dtype, available=available) if available else 8
+    sized_as = "float32" if dtype == "auto" else dtype
+    return default_slots(hp, dtype=sized_as, available=available) if available else 8
 
 
 def parse_size(text: str) -> int:
