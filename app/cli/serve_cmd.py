@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        access_log=False,  # app.server.middleware logs each request once, with its id and duration
         timeout_graceful_shutdown=settings.drain_timeout + 5,
     )
     server = GracefulServer(config, app)
