@@ -28,10 +28,6 @@ class Delimiters:
     end: str = "<|endoftext|>"
     keyword_space: str = "-"
 
-    def forbidden(self) -> str:
-        """Characters no keyword, category or title may hold (they would break the layout)."""
-        return self.section
-
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
 

@@ -81,10 +81,6 @@ class Registry:
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loader.start()
 
-    def wait_loaded(self, timeout: float | None = None) -> None:
-        if self._loader:
-            self._loader.join(timeout)
-
     def _load_all(self) -> None:
         for entry in self.entries.values():
             self._load(entry)
