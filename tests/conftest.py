@@ -2,14 +2,18 @@
 the bundled encoder) and the two test tiers.
 
 Tiers: ``system`` tests run what a user's machine runs whole (server processes, training, the
-browser, Prometheus, other subprocesses, export round-trips): everything under ``tests/system/``
-and anything marked ``@pytest.mark.system``. Every other test is ``unit`` (``make test-fast``
+browser, Prometheus, other subprocesses, export round-trips): everything under ``tests/system/``,
+anything marked ``@pytest.mark.system``, and any test that starts a real server (in a thread or a
+process), itself or through a fixture it uses. Every other test is ``unit`` (``make test-fast``
 runs ``-m unit``) and may start no process: ``subprocess.Popen`` fails in it, saying to mark the
 test ``system``."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
 import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,9 +28,31 @@ from tests.support.server_harness import TINY  # noqa: E402
 SYSTEM_DIR = os.path.join(os.path.dirname(__file__), "system")
 
 
+# A test that starts one of these (itself or through any fixture it uses) runs a real server: system.
+SERVER_STARTERS = re.compile(r"\b(running_server|live_server|threaded_server|serve_process|server_process)\(")
+
+
+@functools.cache
+def _starts_a_server(func) -> bool:
+    try:
+        return bool(SERVER_STARTERS.search(inspect.getsource(func)))
+    except (OSError, TypeError):
+        return False
+
+
+def _uses_a_server(item) -> bool:
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        funcs += [d.func for d in defs]
+    return any(f is not None and _starts_a_server(f) for f in funcs)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if str(item.path).startswith(SYSTEM_DIR + os.sep) and not item.get_closest_marker("system"):
+        if item.get_closest_marker("system"):
+            continue
+        if str(item.path).startswith(SYSTEM_DIR + os.sep) or _uses_a_server(item):
             item.add_marker(pytest.mark.system)
         if not item.get_closest_marker("system"):
             item.add_marker(pytest.mark.unit)
