@@ -141,11 +141,9 @@ def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_ch
     assert [len(call.args[0]) for call in spy.call_args_list] == [2, 2, 2, 1]
     while any(not s.finished for s in seqs):
         batcher.step()
-    greedy = SamplingParams(temperature=0)
+    greedy, alone = SamplingParams(temperature=0), Engine(HP, params, EngineConfig(slots=1))
     for seq, p in zip(seqs, ids):
-        (solo,) = generate(
-            Engine(HP, params, EngineConfig(slots=1)), [Entry(p, 3, greedy, stop_at_eos=False)], eos_id=None
-        )
+        (solo,) = generate(alone, [Entry(p, 3, greedy, stop_at_eos=False)], eos_id=None)
         assert seq.generated == solo.generated
 
 
