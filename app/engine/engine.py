@@ -541,10 +541,11 @@ class Engine:
 
         # oneDNN-variant programs one at a time: two first calls of them at once crashed TensorFlow
         # (a segfault in execute, seen once in the full suite under a mixed plan); XLA's in threads.
-        for item in filter(graph_ops, shapes):
+        serial = [graph_ops(item) for item in shapes]
+        for item in (item for item, one in zip(shapes, serial) if one):
             compile_one(item)
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="warmup") as pool:
-            list(pool.map(compile_one, [item for item in shapes if not graph_ops(item)]))
+            list(pool.map(compile_one, [item for item, one in zip(shapes, serial) if not one]))
 
     # ---- compute ----
 
