@@ -59,9 +59,10 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without the edi
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from app.engine.batcher import Batcher, Entry  # noqa: E402
+from app.engine.batcher import Batcher  # noqa: E402
 from app.engine.engine import Engine, EngineConfig  # noqa: E402
 from app.engine.sampling import SamplingParams, make_rng, sample  # noqa: E402
+from app.engine.spec import GenerationSpec  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import random_params  # noqa: E402
 
@@ -144,12 +145,15 @@ def build_engine(hp: HParams, params: dict[str, np.ndarray], slots: int, specula
     return Engine(hp, params, EngineConfig(slots=slots, dtype="float32", speculative_tokens=speculative))
 
 
-def make_sequences(prompts: np.ndarray, new_tokens: int, *, greedy: bool = False) -> list[Entry]:
+def make_sequences(prompts: np.ndarray, new_tokens: int, *, greedy: bool = False) -> list[GenerationSpec]:
     params = [
         SamplingParams(temperature=0) if greedy else SamplingParams(top_k=TOP_K, seed=i)
         for i in range(len(prompts))
     ]
-    return [Entry([int(t) for t in p], new_tokens, sp, stop_at_eos=False) for p, sp in zip(prompts, params)]
+    return [
+        GenerationSpec([int(t) for t in p], new_tokens, sp, stop_at_eos=False)
+        for p, sp in zip(prompts, params)
+    ]
 
 
 def ours_generate_once(engine: Engine, prompts: np.ndarray, new_tokens: int, **kw) -> GenResult:
@@ -158,8 +162,7 @@ def ours_generate_once(engine: Engine, prompts: np.ndarray, new_tokens: int, **k
     batcher = Batcher(engine, eos_id=EOS)
     decode_s, decode_tokens = 0.0, 0
     t0 = time.perf_counter()
-    for seq in seqs:
-        batcher.admit(seq)
+    seqs = [batcher.admit(s) for s in seqs]
     while batcher.active:
         ts = time.perf_counter()
         events = batcher.step()

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import snowballstemmer
 
-from app.engine.batcher import Entry, generate
+from app.engine.batcher import generate
 from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.keywords.extract import extract_keywords
 from app.keywords.format import parse, prefix
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             for r, k in keep
         ]
         entries = [
-            Entry(
+            GenerationSpec(
                 [enc.eot_token, *enc.encode(h)],
                 args.length,
                 SamplingParams(temperature=args.temperature, top_k=args.top_k, seed=args.seed + i),

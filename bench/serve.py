@@ -58,9 +58,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from app.client.process import serve_process  # noqa: E402
 from app.engine import kernels  # noqa: E402
-from app.engine.batcher import Entry, generate  # noqa: E402
+from app.engine.batcher import generate  # noqa: E402
 from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
+from app.engine.spec import GenerationSpec  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
 
@@ -202,7 +203,7 @@ async def slide(
 def offline_throughput(model, batch: int, all_prompts, new_tokens: int) -> float:
     def seqs():
         return [
-            Entry(
+            GenerationSpec(
                 all_prompts[i % len(all_prompts)],
                 new_tokens,
                 SamplingParams(top_k=40, seed=i),

@@ -33,13 +33,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _samples(dest: Path, args: argparse.Namespace) -> list[str]:
     """The card's samples: what the exported folder itself produces, through the serving engine."""
-    from app.engine.batcher import Entry, generate
+    from app.engine.batcher import generate
     from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
+    from app.engine.spec import GenerationSpec
 
     model = load_model(dest, slots=args.samples)
     enc = model.encoder
     context = enc.encode(args.prompt) if args.prompt else [enc.eot_token]
-    seqs = [Entry(context, args.sample_length, SamplingParams(top_k=40, seed=i)) for i in range(args.samples)]
+    seqs = [
+        GenerationSpec(context, args.sample_length, SamplingParams(top_k=40, seed=i))
+        for i in range(args.samples)
+    ]
     done = generate(model.engine, seqs, eos_id=enc.eot_token)
     return [args.prompt + enc.decode([t for t in s.generated if t != enc.eot_token]) for s in done]

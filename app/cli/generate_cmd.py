@@ -117,9 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if args.nsamples < 1 or args.batch_size < 1:
         raise ValueError("--nsamples and --batch-size must be >= 1")
     # Imported here: `gpt2-serve --help` should not wait for TensorFlow.
-    from app.engine.batcher import Entry, generate
+    from app.engine.batcher import generate
     from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
+    from app.engine.spec import GenerationSpec
 
     model_dir = model_dir_arg(args.model, args.models_dir)
     model = load_model(
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     for prompt in _prompts(args):
         context = _context(enc, prompt, kw)
         seqs = [
-            Entry(
+            GenerationSpec(
                 context,
                 length,
                 SamplingParams(

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.formats import LAYOUTS
 from app.model.hparams import ALIASES, PRESETS, HParams, preset
 from app.model.loader import detect_layout

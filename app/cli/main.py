@@ -1,7 +1,7 @@
 """`gpt2-serve` command line: one module per subcommand, each exposing ``register(subparsers)``.
 
 A subcommand's ``register`` adds its parser and sets ``func=run`` where ``run(args) -> int``.
-Errors meant for users (:class:`app.model.errors.ModelFileError`, ``ValueError`` from bad
+Errors meant for users (:class:`app.errors.ModelFileError`, ``ValueError`` from bad
 arguments) are printed as one line on stderr with exit status 2, never as a traceback.
 """
 
@@ -14,7 +14,7 @@ import os
 import sys
 
 from app.engine.memory import InsufficientMemory
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.tokenizer.bundled import BundledFilesError
 
 # Subcommand modules, in the order `--help` lists them.

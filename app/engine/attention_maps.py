@@ -58,9 +58,7 @@ def _checked_ids(ids: Sequence[int], hp: HParams) -> list[int]:
     ids = [int(t) for t in ids]
     if not 1 <= len(ids) <= hp.n_ctx:
         raise ValueError(f"attention maps take 1..{hp.n_ctx} tokens, got {len(ids)}")
-    bad = next((t for t in ids if not 0 <= t < hp.n_vocab), None)
-    if bad is not None:
-        raise ValueError(f"token id {bad} is outside the vocabulary (0..{hp.n_vocab - 1})")
+    hp.check_token_ids(ids)
     return ids
 
 

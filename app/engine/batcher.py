@@ -48,6 +48,7 @@ from app.engine.sampling import (
     sample,
     sample_batch,
 )
+from app.engine.spec import GenerationSpec
 from app.engine.speculative import accept, propose
 
 # New prompts waiting per decoding stream from which a round prefills them in full pieces rather
@@ -57,18 +58,11 @@ WAITING_SERVED_RATIO = 1.2
 
 @dataclass(eq=False)
 class Entry:
-    """One request being generated. ``generated`` includes a final EOS token when it ended on one."""
+    """One admitted request: its :class:`GenerationSpec` and its generation state. ``generated``
+    includes a final EOS token when it ended on one."""
 
-    prompt_ids: list[int]
-    max_new_tokens: int
-    params: SamplingParams = SamplingParams()
-    stop_at_eos: bool = True
-    speculate: bool = True  # may use speculative decoding when the engine offers it (same tokens)
-    top_n: int = 0  # alternatives reported with each token (sampling.alternatives)
-    # The alternatives under the model itself (temperature 1, no repetition penalty), like each
-    # token's own logprob; by default under the distribution the token is drawn from.
-    raw_alternatives: bool = False
-    seed: int = field(init=False)
+    spec: GenerationSpec
+    seed: int = field(init=False)  # the spec's seed, or a fresh one (reported back)
     generated: list[int] = field(default_factory=list, init=False)
     logprobs: list[float] = field(default_factory=list, init=False)
     finish_reason: str | None = field(default=None, init=False)  # "length" | "eos_token" | caller's
@@ -79,11 +73,7 @@ class Entry:
     _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.prompt_ids:
-            raise ValueError("a sequence needs at least one prompt token (use <|endoftext|> for none)")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        self.seed = resolve_seed(self.params.seed)
+        self.seed = resolve_seed(self.spec.sampling.seed)
         self._rng = make_rng(self.seed)
 
     @property
@@ -93,6 +83,10 @@ class Entry:
     @property
     def prefilling(self) -> bool:
         return self.prefilled < len(self.prefill_ids)
+
+    def context(self) -> list[int]:
+        """The prompt and the tokens generated so far (what a repetition penalty looks at)."""
+        return [*self.spec.prompt_ids, *self.generated]
 
 
 @dataclass(frozen=True)
@@ -134,19 +128,19 @@ class Batcher:
     def free_slots(self) -> int:
         return self.engine.slots - len(self._slots)
 
-    def admit(self, seq: Entry) -> None:
-        """Give ``seq`` the lowest free slot; its prompt is written by the next :meth:`step` calls."""
-        if seq.finished or seq.slot is not None:
-            raise ValueError("sequence was already admitted")
+    def admit(self, spec: GenerationSpec) -> Entry:
+        """A new sequence for ``spec`` in the lowest free slot; its prompt is written by the next
+        :meth:`step` calls."""
         free = [s for s in range(self.engine.slots) if s not in self._slots]
         if not free:
             raise RuntimeError("no free slot")
+        seq = Entry(spec)
         seq.slot = free[0]
         # Sliding window from the start: a prompt longer than the context keeps its last tokens.
-        seq.prefill_ids = seq.prompt_ids[-self.engine.hp.n_ctx :]
-        seq.prefilled = 0
+        seq.prefill_ids = list(spec.prompt_ids[-self.engine.hp.n_ctx :])
         self._slots[seq.slot] = seq
         self._waiting.append(seq)
+        return seq
 
     def step(self) -> list[TokenEvent | StepFailure]:
         """One round: decode every sequence that has tokens, then one prefill call."""
@@ -239,10 +233,7 @@ class Batcher:
         return plan
 
     def _chunk(self, seq: Entry) -> int:
-        """Tokens per call: a slide (a sequence with tokens already) goes in the engine's smaller
-        ``slide_chunk``, so the streams waiting on each round wait less; a new prompt in the
-        longest piece, for its first token's sake."""
-        return self.engine.slide_chunk if seq.generated else self.engine.chunk_buckets[-1]
+        return chunk_size(self.engine, sliding=bool(seq.generated))
 
     def _prefill(self, pieces: list[Piece]) -> list[TokenEvent | StepFailure]:
         seqs = [self._slots[p.slot] for p in pieces]
@@ -259,7 +250,7 @@ class Batcher:
         """A prompt-lookup draft for the only decoding sequence, or [] when speculation is off, not
         allowed for it (repetition penalty: its distributions depend on the draft), or out of room."""
         k = self.engine.config.speculative_tokens
-        if not k or not seq.speculate or seq.params.repetition_penalty != 1.0:
+        if not k or not seq.spec.speculative or seq.spec.sampling.repetition_penalty != 1.0:
             return []
         if self.engine.config.batch_invariant:
             return []  # a verify call scores 5 positions with prefill's kernels, not decode's
@@ -277,7 +268,7 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - as a failed decode call
             self.finish(seq, "error")
             return [StepFailure([seq], exc, "decode")]
-        emitted = accept(draft, _Lazy(scores.logits, seq.params), seq._rng)
+        emitted = accept(draft, _Lazy(scores.logits, seq.spec.sampling), seq._rng)
         if seq.slot is not None:
             self.engine.truncate(seq.slot, held + len(emitted))  # the input token + accepted drafts
         events = []
@@ -322,26 +313,25 @@ class Batcher:
         """Row ``row``'s most likely tokens for ``seq`` (before its new token is appended): from the
         penalised logits when it has a repetition penalty, as its token was drawn; from the model's
         own logits at temperature 1 when it asks for ``raw_alternatives``."""
-        if not seq.top_n:
+        spec = seq.spec
+        if not spec.top_n_tokens:
             return ()
         logits, ranked = scores.logits[row], scores.top_ids[row]
-        if seq.raw_alternatives:
-            return tuple(alternatives(logits, seq.top_n, 1.0, top_ids=ranked))
-        if seq.params.repetition_penalty != 1.0:
-            logits = penalize_repetition(
-                logits, seq.prompt_ids + seq.generated, seq.params.repetition_penalty
-            )
+        if spec.raw_alternatives:
+            return tuple(alternatives(logits, spec.top_n_tokens, 1.0, top_ids=ranked))
+        if spec.sampling.repetition_penalty != 1.0:
+            logits = penalize_repetition(logits, seq.context(), spec.sampling.repetition_penalty)
             ranked = None
-        return tuple(alternatives(logits, seq.top_n, seq.params.temperature, top_ids=ranked))
+        return tuple(alternatives(logits, spec.top_n_tokens, spec.sampling.temperature, top_ids=ranked))
 
     def _append(
         self, seq: Entry, token: int, logprob: float, top: tuple[tuple[int, float], ...] = ()
     ) -> TokenEvent:
         seq.generated.append(token)
         seq.logprobs.append(logprob)
-        if seq.stop_at_eos and token == self.eos_id:
+        if seq.spec.stop_at_eos and token == self.eos_id:
             seq.finish_reason = "eos_token"
-        elif len(seq.generated) >= seq.max_new_tokens:
+        elif len(seq.generated) >= seq.spec.max_new_tokens:
             seq.finish_reason = "length"
         if seq.finished:
             self._release(seq)
@@ -349,22 +339,21 @@ class Batcher:
 
     def _sample(self, seqs: list[Entry], scores: Scores) -> np.ndarray:
         """Every row's token; rows with a repetition penalty sample from their penalised logits."""
-        plain = [i for i, s in enumerate(seqs) if s.params.repetition_penalty == 1.0]
+        plain = [i for i, s in enumerate(seqs) if s.spec.sampling.repetition_penalty == 1.0]
         out = np.empty(len(seqs), np.int64)
         if plain:
             out[plain] = sample_batch(
                 scores.logits[plain],
-                [seqs[i].params for i in plain],
+                [seqs[i].spec.sampling for i in plain],
                 [seqs[i]._rng for i in plain],
                 top_ids=scores.top_ids[plain],
                 top_logits=scores.top_logits[plain],
             )
         for i, seq in enumerate(seqs):
-            if seq.params.repetition_penalty != 1.0:
-                row = penalize_repetition(
-                    scores.logits[i], seq.prompt_ids + seq.generated, seq.params.repetition_penalty
-                )
-                out[i] = sample(row, seq.params, seq._rng)
+            sampling = seq.spec.sampling
+            if sampling.repetition_penalty != 1.0:
+                row = penalize_repetition(scores.logits[i], seq.context(), sampling.repetition_penalty)
+                out[i] = sample(row, sampling, seq._rng)
         return out
 
     def _release(self, seq: Entry) -> None:
@@ -393,14 +382,40 @@ class _Lazy(abc.Sequence):
         return self._cache[i]
 
 
-def generate(engine: Engine, seqs: Iterable[Entry], *, eos_id: int | None) -> list[Entry]:
-    """Run ``seqs`` to completion with continuous batching; returns them, finished, in order."""
-    seqs = list(seqs)
-    pending = deque(seqs)
+def chunk_size(engine: Engine, *, sliding: bool) -> int:
+    """Tokens per prefill call of one sequence: a slide (a sequence with tokens already) goes in
+    the engine's smaller ``slide_chunk``, so the streams waiting on each round wait less; a new
+    prompt in the longest piece, for its first token's sake."""
+    return engine.slide_chunk if sliding else engine.chunk_buckets[-1]
+
+
+def programs(engine: Engine) -> list[tuple[str, tuple[int, ...]]]:
+    """Every program the batcher's rounds can reach on ``engine`` (what the server's warm-up
+    compiles): the engine's step programs, and the prefill program of every call
+    :meth:`Batcher._prefill_plan` can make: first pieces alone or packed (as
+    :meth:`Engine.piece_fits` allows), and each later chunk of a prompt or a slide, cut by
+    :func:`chunk_size` from every length a window can have."""
+    n_ctx = engine.hp.n_ctx
+    prefills: set[tuple[int, int, int]] = set()
+    for n in engine.piece_buckets:
+        for t in engine.chunk_buckets:
+            if n == 1 or engine.piece_fits([t] * n):
+                prefills.add(engine.prefill_shape([(0, t)] * n))
+    for chunk in {chunk_size(engine, sliding=False), chunk_size(engine, sliding=True)}:
+        for start in range(chunk, n_ctx, chunk):
+            for length in range(1, min(chunk, n_ctx - start) + 1):
+                prefills.add(engine.prefill_shape([(start, length)]))
+    return sorted([*engine.step_programs(), *(("prefill", shape) for shape in prefills)])
+
+
+def generate(engine: Engine, specs: Iterable[GenerationSpec], *, eos_id: int | None) -> list[Entry]:
+    """Run ``specs`` to completion with continuous batching; their sequences, finished, in order."""
+    pending = deque(specs)
+    seqs: list[Entry] = []
     batcher = Batcher(engine, eos_id=eos_id)
     while pending or batcher.active:
         while pending and batcher.free_slots():
-            batcher.admit(pending.popleft())
+            seqs.append(batcher.admit(pending.popleft()))
         for event in batcher.step():
             if isinstance(event, StepFailure):
                 raise event.error

@@ -473,25 +473,20 @@ class Engine:
         """The tokens a prefill call of first pieces of these lengths computes, padding included."""
         return round_up(len(lengths), self.piece_buckets) * round_up(max(lengths), self.chunk_buckets)
 
-    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
-        """Every program a request can reach: ``("decode", (rows, ctx))``, ``("prefill", (pieces,
-        length, ctx))`` and ``("move", (ctx,))`` (:meth:`move`). Pieces that start at 0 run alone
-        or together, with their length's context bucket; a continuation (a long prompt's later
-        chunk, or a slid window's) runs alone from a multiple of the chunk size, so only the
-        contexts it can reach are listed."""
+    def prefill_shape(self, pieces: Sequence[tuple[int, int]]) -> tuple[int, int, int]:
+        """The prefill program ``(pieces, length, ctx)`` that writes pieces of these ``(start,
+        length)`` in one call: the buckets :meth:`prefill_batch` pads them to."""
+        return (
+            round_up(len(pieces), self.piece_buckets),
+            round_up(max(n for _, n in pieces), self.chunk_buckets),
+            round_up(max(s + n for s, n in pieces), self.ctx_buckets),
+        )
+
+    def step_programs(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The programs whose shapes the engine alone decides: ``("decode", (rows, ctx))``, ``("move",
+        (ctx,))`` (:meth:`move`) and ``("verify", (1, tokens, ctx))``. Which prefill programs a caller
+        reaches depends on how it cuts prompts (:func:`app.engine.batcher.programs`)."""
         out: set[tuple[str, tuple[int, ...]]] = set()
-        for n in self.piece_buckets:
-            for t in self.chunk_buckets:
-                if n == 1 or self.piece_fits([t] * n):
-                    out.add(("prefill", (n, t, round_up(t, self.ctx_buckets))))
-        for chunk in {self.chunk_buckets[-1], self.slide_chunk}:  # a prompt's chunks, a slide's
-            for start in range(chunk, self.hp.n_ctx, chunk):
-                for length in range(1, min(chunk, self.hp.n_ctx - start) + 1):
-                    t_len, ctx = (
-                        round_up(length, self.chunk_buckets),
-                        round_up(start + length, self.ctx_buckets),
-                    )
-                    out.add(("prefill", (1, t_len, ctx)))
         rows = self.batch_buckets
         if self.config.batch_invariant and len(rows) > 1:
             rows = rows[1:]  # never one row alone (see _decode)
@@ -503,15 +498,22 @@ class Engine:
             out.update(("verify", (1, t, c)) for c in self.ctx_buckets)
         return sorted(out)
 
-    def warmup(self, progress: Callable[[str], None] | None = None, *, threads: int = 2) -> None:
-        """Compile every program of :meth:`shapes`, so no request waits for XLA.
+    def warmup(
+        self,
+        shapes: Sequence[tuple[str, tuple[int, ...]]],
+        progress: Callable[[str], None] | None = None,
+        *,
+        threads: int = 2,
+    ) -> None:
+        """Compile these programs (the server's: :func:`app.engine.batcher.programs`), so no request
+        waits for XLA.
 
         ``threads`` calls at once (XLA compiles one program per thread; measured on 2 cores: 1.05 s
         per 124M program with 2 threads, 1.45 s with 1). The dummy calls write only scratch rows
         (``n_valid = 0``, ``pos = n_ctx``) or copy row 0 onto itself (moves), so slots keep what
         they hold.
         """
-        shapes = self.shapes()
+        shapes = list(shapes)
         done = iter(range(1, len(shapes) + 1))
 
         def compile_one(item: tuple[str, tuple[int, ...]]) -> None:
@@ -574,9 +576,7 @@ class Engine:
         :meth:`piece_fits`."""
         pieces = [Piece(p.slot, self._check_ids(p.ids), p.start) for p in pieces]
         self._check_pieces(pieces)
-        n_bucket = round_up(len(pieces), self.piece_buckets)
-        t_bucket = round_up(max(len(p.ids) for p in pieces), self.chunk_buckets)
-        ctx_len = round_up(max(p.start + len(p.ids) for p in pieces), self.ctx_buckets)
+        n_bucket, t_bucket, ctx_len = self.prefill_shape([(p.start, len(p.ids)) for p in pieces])
         tokens = np.zeros([n_bucket, t_bucket], np.int32)
         slots, start, n_valid = (np.zeros([n_bucket], np.int32) for _ in range(3))
         for i, p in enumerate(pieces):
@@ -602,9 +602,7 @@ class Engine:
         ids = [int(t) for t in ids]
         if not 1 <= len(ids) <= self.hp.n_ctx:
             raise ValueError(f"prefill takes 1..{self.hp.n_ctx} tokens, got {len(ids)}")
-        bad = [t for t in ids if not 0 <= t < self.hp.n_vocab]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.hp.n_vocab - 1})")
+        self.hp.check_token_ids(ids)
         return ids
 
     def _check_pieces(self, pieces: list[Piece]) -> None:
@@ -675,8 +673,7 @@ class Engine:
             if window is None:
                 raise ValueError(f"slot {slot} is free: prefill it before stepping")
             tok = int(tokens[slot])
-            if not 0 <= tok < self.hp.n_vocab:
-                raise ValueError(f"token id {tok} is outside the vocabulary (0..{self.hp.n_vocab - 1})")
+            self.hp.check_token_ids([tok])
             if len(window) >= self.hp.n_ctx:
                 rows[row] = self.prefill_scores(slot, (window + [tok])[-self.window_keep :], self.slide_chunk)
                 continue

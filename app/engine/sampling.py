@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.errors import ParamError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -29,15 +31,17 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise ParamError("temperature", f"must be a finite number >= 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k}")
+            raise ParamError("top_k", f"must be an integer >= 0, got {self.top_k}")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ParamError("top_p", f"must be in (0, 1], got {self.top_p}")
         if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+            raise ParamError(
+                "repetition_penalty", f"must be a finite number > 0, got {self.repetition_penalty}"
+            )
         if self.seed is not None and not 0 <= self.seed < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+            raise ParamError("seed", f"must be in [0, 2**64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.hparams import ALIASES, HParams, preset
 from app.model.verify import check_release_folder
 

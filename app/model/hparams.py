@@ -8,10 +8,11 @@ TF checkpoint are stored squeezed as ``[nx, nf]`` (the same layout as Hugging Fa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError, ParamError
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class HParams:
                 raise ValueError(f"hparams: {field} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"hparams: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+
+    def check_token_ids(self, ids: Sequence[int], param: str = "inputs") -> None:
+        """The one vocabulary check (requests, the engine's calls, attention maps)."""
+        bad = next((i for i in ids if not 0 <= i < self.n_vocab), None)
+        if bad is not None:
+            raise ParamError(param, f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
 
     @property
     def head_dim(self) -> int:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.formats import Inventory, Layout, StoredTensor
 from app.model.hparams import ALIASES, PRESETS, HParams, param_shapes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.hparams import HParams
 from app.tokenizer.bundled import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, sha256_of
 

@@ -8,11 +8,14 @@ what was wrong and where, never from the offending input itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import ParamError
 
 log = logging.getLogger("gpt2serve.errors")
 
@@ -34,12 +37,35 @@ ERROR_KINDS = {
 
 
 class APIError(Exception):
+    """A refusal or failure as every family answers it. A bad parameter's error (:meth:`invalid`)
+    keeps its name apart from what was wrong, so a family can name it in its own words
+    (:meth:`renamed`)."""
+
     def __init__(self, error_type: str, message: str, *, param: str | None = None, status: int | None = None):
         super().__init__(message)
         self.error_type = error_type
         self.message = cap(message)
         self.param = param
         self.status = status or ERROR_KINDS[error_type][0]
+        self.detail: str | None = None  # set by invalid(): the message without the parameter's name
+
+    @classmethod
+    def invalid(cls, param: str, detail: str, error_type: str = "validation") -> APIError:
+        """``param``'s value is not accepted: ``"<param>: <detail>"``."""
+        err = cls(error_type, f"{param}: {detail}", param=param)
+        err.detail = detail
+        return err
+
+    @classmethod
+    def of(cls, exc: ParamError) -> APIError:
+        """A value the engine's own checks refused (sampling, the spec, token ids)."""
+        return cls.invalid(exc.param, exc.detail)
+
+    def renamed(self, names: Mapping[str, str]) -> APIError:
+        """This error with the parameter named as ``names`` says (itself when it has no new name)."""
+        if self.detail is None or self.param not in names:
+            return self
+        return APIError.invalid(names[self.param], self.detail, self.error_type)
 
 
 def cap(message: str) -> str:

@@ -1,43 +1,36 @@
 """The one generation path every route family goes through.
 
 A family (TGI, OpenAI, the WebSocket) turns its body into :class:`TextRequest` objects and calls
-:func:`submit`, which validates them once against the model and the server's limits (problems
-raise :class:`APIError` naming the parameter in TGI's words: the family renames at the end),
-submits them to the model's worker together and returns a :class:`Generation`. The family then
-reads ``Generation.events()`` (streaming) or ``Generation.collect()`` (one answer) inside
-``async with generation:``, which cancels whatever has not finished when the family stops early
-(the client left, a send failed) and counts the request's outcome. Routes only translate in and
-format out.
+:func:`submit`, which validates them once (:mod:`app.server.validation`: problems raise
+:class:`APIError` naming the parameter, which a family may rename), submits their specs to the
+model's worker together and returns a :class:`Generation`. The family then reads
+``Generation.events()`` (streaming) or ``Generation.collect()`` (one answer) inside ``async with
+generation:``, which cancels whatever has not finished when the family stops early (the client
+left, a send failed) and counts the request's outcome.
+
+What it reads is protocol-neutral: a :class:`StreamedToken` per token (its released text, its own
+text, its alternatives) and one :class:`Result` (the text to return, the seed used or None for
+greedy decoding, a keyword request's parsed document) or :class:`Failed` per request. Routes only
+translate in and format out.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 
 from fastapi import Request
 
-from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.keywords.format import Parsed
 from app.server import keywords
 from app.server.errors import ERROR_KINDS, APIError
-from app.server.registry import ModelEntry, Registry, UnknownModel
 from app.server.request import TextRequest
-from app.server.settings import Settings
 from app.server.state import ServerState
-from app.server.worker import (
-    Done,
-    Event,
-    Failed,
-    GenerationRequest,
-    ModelWorker,
-    Overloaded,
-    RequestHandle,
-    Token,
-    Unavailable,
-)
-from app.tokenizer.bpe import ENDOFTEXT
+from app.server.validation import generation_spec, ready_worker
+from app.server.worker import Done, Failed, ModelWorker, Overloaded, RequestHandle, Token, Unavailable
+from app.server.worker import Event as WorkerEvent
 
 DISCONNECT_POLL = 0.05  # seconds; well under one decode step of any real model
 
@@ -46,145 +39,51 @@ class ClientGone(Exception):
     """The HTTP client disconnected before its answer was ready."""
 
 
-# ---- validation: TextRequest -> GenerationRequest ----
+@dataclass(frozen=True)
+class Alternative:
+    """One of the most likely tokens at a position (``top_n_tokens``)."""
+
+    id: int
+    text: str  # the token's own text
+    logprob: float
+    special: bool
 
 
-def ready_worker(registry: Registry, name: str | None) -> tuple[ModelEntry, ModelWorker]:
-    try:
-        entry = registry.get(name)
-    except UnknownModel as exc:
-        raise APIError("validation", str(exc), param="model") from None
-    if entry.state == "failed":
-        # Not the reason itself: it names files on the server (GET /models shows it to operators).
-        raise APIError("unavailable", f"model {entry.name} failed to load; GET /models gives the reason")
-    if entry.state != "ready" or entry.worker is None:
-        raise APIError("unavailable", f"model {entry.name} is {entry.state}")
-    return entry, entry.worker
+@dataclass(frozen=True)
+class StreamedToken:
+    index: int  # 0, 1, 2, ... within its request
+    id: int
+    text: str  # what this token released (may be empty: held back, or a split character)
+    own_text: str  # the token's own text (``<|endoftext|>`` for the end-of-text token)
+    logprob: float  # under the model (temperature 1)
+    special: bool  # the end-of-text token that ended the request
+    finish_reason: str | None  # on a request's last token
+    alternatives: tuple[Alternative, ...] | None  # None: none were asked for
 
 
-def check_text(text: str, param: str) -> None:
-    """JSON may carry lone surrogates (``"\\ud800"``), which are no Unicode text: refuse them here
-    instead of failing in the tokenizer."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise APIError(
-            "validation", f"{param}: not valid Unicode text (a lone surrogate)", param=param
-        ) from None
+@dataclass(frozen=True)
+class Result:
+    """How one request ended (every family formats this)."""
+
+    finish_reason: str  # length | eos_token | stop_sequence | cancelled
+    generated_text: str
+    text: str  # what to return: the generated text, after the prompt's text when return_full_text
+    prompt_text: str  # the prompt as text (a token-id prompt decoded)
+    prompt_ids: tuple[int, ...]
+    token_ids: list[int]
+    seed: int | None  # the seed sampling used; None for greedy decoding
+    document: Parsed | None  # a keyword request's title and body
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
 
 
-def validate(worker: ModelWorker, settings: Settings, req: TextRequest) -> GenerationRequest:
-    """The one validation of a request against its model and the server's limits."""
-    limit = settings.max_new_tokens_limit
-    n_new = settings.default_max_new_tokens if req.max_new_tokens is None else req.max_new_tokens
-    if not 1 <= n_new <= limit:
-        raise APIError(
-            "validation", f"max_new_tokens must be between 1 and {limit}, got {n_new}", param="max_new_tokens"
-        )
-    stop = _checked_stops(settings, req.stop)
-    if req.keyword_request:
-        req, stop = _keyword_prompt(worker, settings, req), (*stop, ENDOFTEXT)
-    ids = _prompt_ids(worker, req)
-    return GenerationRequest(
-        ids, n_new, _sampling(req), stop, True, req.speculative, req.top_n_tokens, req.raw_alternatives
-    )
-
-
-def _keyword_prompt(worker: ModelWorker, settings: Settings, req: TextRequest) -> TextRequest:
-    """A keyword request as a token-id prompt: the end-of-text token (a document starts), then the
-    document prefix built with the model's own delimiters, then ``inputs``."""
-    param = "keywords" if req.keywords is not None else "category" if req.category is not None else "title"
-    spec = keywords.model_spec(worker.model.keywords, worker.name, param)
-    texts = [(req.prompt_text or "", "inputs"), (req.category or "", "category"), (req.title or "", "title")]
-    for value, name in [*texts, *((k, "keywords") for k in req.keywords or ())]:
-        check_text(value, name)
-    text = keywords.keyword_prompt(
-        settings, spec, req.keywords, req.category, req.title, req.prompt_text or ""
-    )
-    return replace(req, prompt=[worker.model.encoder.eot_token, *worker.model.encoder.encode(text)])
-
-
-def _checked_stops(settings: Settings, stop: Sequence[str]) -> tuple[str, ...]:
-    if len(stop) > settings.max_stop_sequences:
-        raise APIError(
-            "validation",
-            f"stop: at most {settings.max_stop_sequences} stop sequences, got {len(stop)}",
-            param="stop",
-        )
-    for s in stop:
-        if not s or len(s) > settings.max_stop_length:
-            raise APIError(
-                "validation",
-                f"stop: each stop sequence must have 1 to {settings.max_stop_length} characters",
-                param="stop",
-            )
-        check_text(s, "stop")
-    return tuple(stop)
-
-
-def _prompt_ids(worker: ModelWorker, req: TextRequest) -> list[int]:
-    """The prompt's token ids, checked against the vocabulary and the context (after ``truncate``)."""
-    model = worker.model
-    n_ctx, n_vocab = model.hparams.n_ctx, model.hparams.n_vocab
-    if isinstance(req.prompt, str):
-        check_text(req.prompt, "inputs")
-        if not req.prompt and not req.special_text:
-            raise APIError("validation", "inputs: must not be empty", param="inputs")
-        ids = _encode(worker, req.prompt) if req.special_text else model.encoder.encode(req.prompt)
-    else:
-        ids = list(req.prompt)
-        if not ids:
-            raise APIError("validation", "inputs: a token-id prompt must not be empty", param="inputs")
-        bad = next((i for i in ids if not 0 <= i < n_vocab), None)
-        if bad is not None:
-            raise APIError(
-                "validation",
-                f"inputs: token id {bad} is outside the vocabulary (0..{n_vocab - 1})",
-                param="inputs",
-            )
-    ids = truncated(ids, req.truncate, n_ctx)
-    if len(ids) > n_ctx:
-        raise APIError(
-            "validation",
-            f"inputs: the prompt is {len(ids)} tokens but the model's context is {n_ctx} "
-            "tokens; shorten it (or, where the API has it, set truncate to keep the last tokens)",
-            param="inputs",
-        )
-    return ids
-
-
-def truncated(ids: list, truncate: int | None, n_ctx: int) -> list:
-    """The last ``truncate`` of ``ids`` (all of them when None); ``truncate`` may not exceed the context."""
-    if truncate is None:
-        return ids
-    if not 1 <= truncate <= n_ctx:
-        raise APIError(
-            "validation", f"truncate must be between 1 and {n_ctx}, got {truncate}", param="truncate"
-        )
-    return ids[-truncate:]
-
-
-def _encode(worker: ModelWorker, text: str) -> list[int]:
-    """``<|endoftext|>`` is the end-of-text token (as OpenAI reads prompts), and an empty prompt is
-    that token alone: generation starts a new document."""
-    enc = worker.model.encoder
-    if not text and enc.eot_token is not None:
-        return [enc.eot_token]
-    return enc.encode(text, allowed_special={ENDOFTEXT})
-
-
-def _sampling(req: TextRequest) -> SamplingParams:
-    sampling = req.do_sample or any(v is not None for v in (req.temperature, req.top_k, req.top_p))
-    try:
-        return SamplingParams(
-            temperature=(1.0 if req.temperature is None else req.temperature) if sampling else 0.0,
-            top_k=req.top_k or 0,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            seed=req.seed,
-            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-        )
-    except ValueError as exc:
-        raise APIError("validation", str(exc), param=str(exc).split(" ", 1)[0]) from None
+Event = StreamedToken | Result | Failed
 
 
 # ---- submission and the event stream ----
@@ -197,17 +96,15 @@ def submit(state: ServerState, route: str, requests: Sequence[TextRequest]) -> G
         raise APIError("unavailable", "the server is shutting down")
     entry, worker = ready_worker(state.registry, requests[0].model)
     if len(requests) > worker.capacity:  # only OpenAI's n (times its prompts) asks for several
-        raise APIError(
-            "validation",
-            f"n: {len(requests)} completions asked for at once; this model takes at most "
-            f"{worker.capacity} at once",
-            param="n",
+        raise APIError.invalid(
+            "n",
+            f"{len(requests)} completions asked for at once; this model takes at most {worker.capacity} at once",
         )
-    validated = [validate(worker, state.settings, r) for r in requests]
+    specs = [generation_spec(worker, state.settings, r) for r in requests]
     handles: list[RequestHandle] = []
     try:
-        for req in validated:
-            handles.append(worker.submit(req))
+        for spec in specs:
+            handles.append(worker.submit(spec))
     except (Overloaded, Unavailable) as exc:
         for h in handles:
             h.cancel()
@@ -238,23 +135,41 @@ class Generation:
         self._pumps: list[asyncio.Future] = []
 
     @property
-    def requests(self) -> list[GenerationRequest]:
-        return [h.request for h in self.handles]
+    def specs(self) -> list[GenerationSpec]:
+        return [h.spec for h in self.handles]
 
-    def alternatives(self, t: Token) -> list[dict] | None:
-        """A token's ``top_n_tokens`` alternatives as TGI lists tokens (None when none were asked)."""
-        if not t.top:
-            return None
+    def prompt_text(self, index: int) -> str:
+        """Request ``index``'s prompt as text: as given, or a token-id prompt decoded."""
+        prompt = self.asked[index].prompt
+        return prompt if isinstance(prompt, str) else self.worker.model.encoder.decode(list(prompt))
+
+    def _token(self, index: int, t: Token) -> StreamedToken:
         enc = self.worker.model.encoder
-        return [
-            {"id": i, "text": enc.decode([i]), "logprob": lp, "special": i == enc.eot_token}
-            for i, lp in t.top
-        ]
+        alternatives = None
+        if self.handles[index].spec.top_n_tokens:
+            alternatives = tuple(Alternative(i, enc.decode([i]), lp, i == enc.eot_token) for i, lp in t.top)
+        return StreamedToken(
+            t.index, t.id, t.text, enc.decode([t.id]), t.logprob, t.special, t.finish_reason, alternatives
+        )
 
-    def document(self, index: int, done: Done) -> Parsed | None:
+    def _result(self, index: int, done: Done) -> Result:
+        req, spec = self.asked[index], self.handles[index].spec
+        prompt_text = self.prompt_text(index)
+        return Result(
+            finish_reason=done.finish_reason,
+            generated_text=done.generated_text,
+            text=prompt_text + done.generated_text if req.return_full_text else done.generated_text,
+            prompt_text=prompt_text,
+            prompt_ids=spec.prompt_ids,
+            token_ids=done.token_ids,
+            seed=None if spec.sampling.greedy else done.seed,
+            document=self._document(req, done),
+        )
+
+    def _document(self, req: TextRequest, done: Done) -> Parsed | None:
         """A keyword request's title and body, parsed from its prefix, ``inputs`` and the generated
         text (None for other requests)."""
-        req, spec = self.asked[index], self.worker.model.keywords
+        spec = self.worker.model.keywords
         if not req.keyword_request or spec is None:  # validation refuses keywords for other models
             return None
         text = (req.prompt_text or "") + done.generated_text
@@ -276,24 +191,26 @@ class Generation:
         self.state.metrics.requests.labels(self.route, self.model, self.outcome).inc()
 
     async def events(self, client: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
-        """Every request's tokens then its ``Done`` or ``Failed``, merged in arrival order. With
+        """Every request's tokens then its ``Result`` or ``Failed``, merged in arrival order. With
         ``client`` (an HTTP request answered at the end), a disconnect raises :class:`ClientGone`.
         Read it once, inside ``async with`` (which stops the readers however the loop ends)."""
-        merged: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        merged: asyncio.Queue[tuple[int, WorkerEvent]] = asyncio.Queue()
         self._pumps = [asyncio.ensure_future(_pump(i, h, merged)) for i, h in enumerate(self.handles)]
         watch = _Watch(client) if client is not None else None
         while len(self._ended) < len(self.handles):
             i, event = await (merged.get() if watch is None else watch.next(merged))
-            if not isinstance(event, Token):
-                self._end(event)
-            yield i, event
-
-    async def collect(self, client: Request) -> list[tuple[list[Token], Done | Failed]]:
-        """Each request's tokens and end, once all have ended."""
-        tokens: list[list[Token]] = [[] for _ in self.handles]
-        ends: list[Done | Failed | None] = [None] * len(self.handles)
-        async for i, event in self.events(client):
             if isinstance(event, Token):
+                yield i, self._token(i, event)
+                continue
+            self._end(event)
+            yield i, self._result(i, event) if isinstance(event, Done) else event
+
+    async def collect(self, client: Request) -> list[tuple[list[StreamedToken], Result | Failed]]:
+        """Each request's tokens and end, once all have ended."""
+        tokens: list[list[StreamedToken]] = [[] for _ in self.handles]
+        ends: list[Result | Failed | None] = [None] * len(self.handles)
+        async for i, event in self.events(client):
+            if isinstance(event, StreamedToken):
                 tokens[i].append(event)
             else:
                 ends[i] = event
@@ -321,7 +238,7 @@ class _Watch:
         self.client = client
         self.checked = asyncio.get_running_loop().time()
 
-    async def next(self, merged: asyncio.Queue) -> tuple[int, Event]:
+    async def next(self, merged: asyncio.Queue) -> tuple[int, WorkerEvent]:
         loop = asyncio.get_running_loop()
         while True:
             try:

@@ -23,39 +23,31 @@ from app.server.settings import Settings
 def model_spec(spec: KeywordSpec | None, name: str, param: str) -> KeywordSpec:
     """The model's spec; a 422 naming ``param`` for a model that is not keyword-conditioned."""
     if spec is None:
-        raise APIError(
-            "validation",
-            f"{param}: model {name} is not keyword-conditioned (its folder has no keywords.json: it was "
+        raise APIError.invalid(
+            param,
+            f"model {name} is not keyword-conditioned (its folder has no keywords.json: it was "
             "not trained on a dataset from `gpt2-serve encode --keywords`)",
-            param=param,
         )
     return spec
 
 
 def check_keywords(settings: Settings, d: Delimiters, keywords: Sequence[str]) -> None:
     if len(keywords) > settings.max_keywords:
-        raise APIError(
-            "validation",
-            f"keywords: at most {settings.max_keywords} keywords, got {len(keywords)}",
-            param="keywords",
-        )
+        raise APIError.invalid("keywords", f"at most {settings.max_keywords} keywords, got {len(keywords)}")
     for kw in keywords:
         if len(kw) > settings.max_keyword_length or not valid_keyword(kw, d):
-            raise APIError(
-                "validation",
-                f"keywords: each keyword must have 1 to {settings.max_keyword_length} characters, not all "
+            raise APIError.invalid(
+                "keywords",
+                f"each keyword must have 1 to {settings.max_keyword_length} characters, not all "
                 f"spaces, and none of {' '.join(keyword_chars(d))} (the model's delimiters), got {kw!r}",
-                param="keywords",
             )
 
 
 def check_text_field(settings: Settings, d: Delimiters, value: str | None, param: str) -> None:
     if value is not None and (len(value) > settings.max_title_length or not valid_text(value, d)):
-        raise APIError(
-            "validation",
-            f"{param}: at most {settings.max_title_length} characters, none of them {d.section!r} "
-            "(the model's delimiter)",
-            param=param,
+        raise APIError.invalid(
+            param,
+            f"at most {settings.max_title_length} characters, none of them {d.section!r} (the model's delimiter)",
         )
 
 

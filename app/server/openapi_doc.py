@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from app.keywords.format import DEFAULT, keyword_chars, keyword_pattern, text_pattern
 from app.server.registry import ModelEntry
 from app.server.schemas import attention
-from app.server.schemas.tgi import SEED_MAX
+from app.server.schemas.common import SEED_MAX
 from app.server.settings import Settings
 
 

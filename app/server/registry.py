@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from app.engine import devices, xla_cache
+from app.engine import batcher, devices, xla_cache
 from app.engine.load import LoadedModel, load_model
 from app.model.default import DEFAULT_NAME, resolve_default
 from app.server.metrics import Metrics
@@ -144,9 +144,9 @@ def _warmup(engine, progress) -> None:
     """Compile every shape; with XLA's persistent cache, vouch for what it now holds, and when a
     program read from it fails, empty it and compile everything again (never a crash for a bad
     cache: :mod:`app.engine.xla_cache`)."""
-    cache = xla_cache.active()
+    cache, shapes = xla_cache.active(), batcher.programs(engine)
     try:
-        engine.warmup(progress)
+        engine.warmup(shapes, progress)
     except Exception as exc:  # noqa: BLE001 - retried once without the cached programs
         if cache is None:
             raise
@@ -154,7 +154,7 @@ def _warmup(engine, progress) -> None:
             "warm-up failed with the XLA cache %s (%s); emptying it and compiling again", cache, _reason(exc)
         )
         xla_cache.wipe(cache)
-        engine.warmup(progress)
+        engine.warmup(shapes, progress)
     if cache is not None:
         xla_cache.seal(cache)
 

@@ -1,7 +1,8 @@
 """The one request every route family builds: :class:`TextRequest`, before validation.
 
 Plain data (no TensorFlow, no app state), so the wire schemas that build it import it cheaply;
-:func:`app.server.generation.submit` validates it against the model and the server's limits."""
+:func:`app.server.generation.submit` validates it against the model and the server's limits
+(:mod:`app.server.validation`) into the spec every later layer carries."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class TextRequest:
     top_n_tokens: int = 0  # alternatives reported with each token
     raw_alternatives: bool = False  # the alternatives under the model itself (OpenAI's top_logprobs)
     special_text: bool = False  # "<|endoftext|>" in the text is the end-of-text token (OpenAI's reading)
+    return_full_text: bool = False  # the result's text starts with the prompt (TGI's flag, OpenAI's echo)
     # Keyword-conditioned models (README "Keywords"): the prompt is the document prefix, then `prompt`.
     keywords: Sequence[str] | None = None
     category: str | None = None

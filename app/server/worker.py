@@ -1,8 +1,8 @@
 """One model's worker: a thread that runs continuous batching and hands tokens to asyncio.
 
-The event loop never calls TensorFlow. A route builds a :class:`GenerationRequest`, calls
-:meth:`ModelWorker.submit` (which refuses at once when the worker is full or stopping) and reads
-events from the returned :class:`RequestHandle`. The worker thread admits queued requests into free
+The event loop never calls TensorFlow. The server validates a request into a
+:class:`~app.engine.spec.GenerationSpec`, calls :meth:`ModelWorker.submit` (which refuses at once
+when the worker is full or stopping) and reads events from the returned :class:`RequestHandle`. The worker thread admits queued requests into free
 slots at step boundaries, advances all active ones by one token per step, and delivers each event
 with ``loop.call_soon_threadsafe`` into the request's own asyncio queue.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from app.engine.batcher import Batcher, Entry, StepFailure, TokenEvent
 from app.engine.load import LoadedModel
-from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.server.metrics import Metrics
 from app.server.text import TextStream
 
@@ -36,18 +36,6 @@ class Overloaded(Exception):
 
 class Unavailable(Exception):
     """The worker is not accepting requests (stopping, or its model failed)."""
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: SamplingParams = SamplingParams()
-    stop: tuple[str, ...] = ()
-    stop_at_eos: bool = True
-    speculative: bool = True  # may use speculative decoding (same tokens; off for timing-sensitive clients)
-    top_n_tokens: int = 0  # most likely alternatives reported with each token
-    raw_alternatives: bool = False  # their logprobs under the model (temperature 1), not as sampled
 
 
 @dataclass(frozen=True)
@@ -85,12 +73,16 @@ Event = Token | Done | Failed
 
 @dataclass(eq=False)
 class RequestHandle:
-    """The asyncio side of one request."""
+    """One submitted request: its spec, its asyncio queue of events (read on the event loop) and,
+    once the worker admitted it, its batcher entry and text stream (used by the worker thread)."""
 
-    request: GenerationRequest
+    spec: GenerationSpec
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     enqueued_at: float = field(default_factory=time.monotonic)
+    seq: Entry | None = None  # the batcher's sequence, from admission
+    text: TextStream | None = None  # its released text (stop sequences, whole characters)
+    last_token_at: float = 0.0
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -117,14 +109,6 @@ class RequestHandle:
                 return
 
 
-@dataclass(eq=False)
-class _Active:
-    handle: RequestHandle
-    seq: Entry
-    text: TextStream
-    last_token_at: float = 0.0
-
-
 class ModelWorker:
     def __init__(self, name: str, model: LoadedModel, *, queue_size: int, metrics: Metrics | None = None):
         self.name = name
@@ -135,7 +119,7 @@ class ModelWorker:
         self._batcher = Batcher(model.engine, eos_id=model.encoder.eot_token)
         self._cond = threading.Condition()
         self._pending: deque[RequestHandle] = deque()
-        self._live: dict[Entry, _Active] = {}
+        self._live: dict[Entry, RequestHandle] = {}
         self._in_flight = 0  # accepted and not yet answered with Done/Failed
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
@@ -179,12 +163,10 @@ class ModelWorker:
     @property
     def prefilling(self) -> int:
         """Admitted requests whose prompt is not fully written yet (no token so far)."""
-        return sum(1 for live in list(self._live.values()) if not live.seq.generated)
+        return sum(1 for seq in list(self._live) if not seq.generated)
 
-    def submit(
-        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None
-    ) -> RequestHandle:
-        handle = RequestHandle(request, loop or asyncio.get_running_loop())
+    def submit(self, spec: GenerationSpec, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        handle = RequestHandle(spec, loop or asyncio.get_running_loop())
         with self._cond:
             if self._stopping:
                 raise Unavailable(f"model {self.name} is shutting down")
@@ -226,33 +208,17 @@ class ModelWorker:
 
     def _admit(self, handle: RequestHandle) -> None:
         """Give a queued request a slot; its prompt is prefilled by the next steps."""
+        spec = handle.spec
         if handle.cancelled:  # left while queued: never prefilled
             self._count_cancel()
-            self._answer(
-                handle,
-                Done("cancelled", "", [], len(handle.request.prompt_ids), handle.request.sampling.seed),
-            )
+            self._answer(handle, Done("cancelled", "", [], len(spec.prompt_ids), spec.sampling.seed))
             return
-        req = handle.request
-        try:
-            seq = Entry(
-                req.prompt_ids,
-                req.max_new_tokens,
-                req.sampling,
-                stop_at_eos=req.stop_at_eos,
-                speculate=req.speculative,
-                top_n=req.top_n_tokens,
-                raw_alternatives=req.raw_alternatives,
-            )
-            live = _Active(handle, seq, TextStream(self.model.encoder, req.stop))
-        except ValueError as exc:
-            self._answer(handle, Failed("validation", str(exc)))
-            return
-        self._batcher.admit(seq)
+        handle.text = TextStream(self.model.encoder, spec.stop)
+        handle.seq = self._batcher.admit(spec)
         if self.metrics:
             self.metrics.queue_wait.labels(self.name).observe(time.monotonic() - handle.enqueued_at)
-            self.metrics.prompt_tokens.labels(self.name).inc(len(req.prompt_ids))
-        self._live[seq] = live
+            self.metrics.prompt_tokens.labels(self.name).inc(len(spec.prompt_ids))
+        self._live[handle.seq] = handle
         self.peak_active = max(self.peak_active, len(self._live))
 
     def _step(self) -> None:
@@ -263,7 +229,7 @@ class ModelWorker:
                 self.step_hook()
             events = self._batcher.step()
         except Exception as exc:  # noqa: BLE001 - fail this step's requests, keep serving
-            events = [StepFailure([live.seq for live in self._live.values()], exc, "decode")]
+            events = [StepFailure(list(self._live), exc, "decode")]
             for seq in events[0].seqs:
                 self._batcher.finish(seq, "error")
         finally:
@@ -274,15 +240,13 @@ class ModelWorker:
             if isinstance(event, StepFailure):
                 self._fail(event)
                 continue
-            live = self._live[event.seq]
+            handle = self._live[event.seq]
             if self.metrics:
                 first = len(event.seq.generated) == 1
                 hist = self.metrics.ttft if first else self.metrics.itl
-                hist.labels(self.name).observe(
-                    now - (live.handle.enqueued_at if first else live.last_token_at)
-                )
-            live.last_token_at = now
-            self._on_token(live, event)
+                hist.labels(self.name).observe(now - (handle.enqueued_at if first else handle.last_token_at))
+            handle.last_token_at = now
+            self._on_token(handle, event)
 
     def _observe_step(self, events: list) -> None:
         if not self.metrics:
@@ -299,21 +263,21 @@ class ModelWorker:
         log.error("a step failed on model %s", self.name, exc_info=(type(exc), exc, exc.__traceback__))
         self.last_error = f"{failure.phase}: {exc.__class__.__name__}"
         for seq in failure.seqs:
-            live = self._live.get(seq)
-            if live is not None:
-                self._finish(live, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
+            handle = self._live.get(seq)
+            if handle is not None:
+                self._finish(handle, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
 
-    def _on_token(self, live: _Active, event: TokenEvent) -> None:
-        seq = live.seq
+    def _on_token(self, handle: RequestHandle, event: TokenEvent) -> None:
+        seq, stream = handle.seq, handle.text
         special = event.token_id == self.model.encoder.eot_token and event.finish_reason == "eos_token"
-        text = live.text.push(event.token_id, special=special)
-        if live.text.stopped_by is not None and not seq.finished:
+        text = stream.push(event.token_id, special=special)
+        if stream.stopped_by is not None and not seq.finished:
             self._batcher.finish(seq, "stop_sequence")
         if seq.finished:
-            text += live.text.finish()
+            text += stream.finish()
         if self.metrics:
             self.metrics.generated_tokens.labels(self.name).inc()
-        live.handle.deliver(
+        handle.deliver(
             Token(
                 len(seq.generated) - 1,
                 event.token_id,
@@ -325,29 +289,21 @@ class ModelWorker:
             )
         )
         if seq.finished:
-            self._finish(
-                live,
-                Done(seq.finish_reason, live.text.text, list(seq.generated), len(seq.prompt_ids), seq.seed),
-            )
+            self._finish(handle, self._done(handle, seq.finish_reason))
+
+    def _done(self, handle: RequestHandle, reason: str) -> Done:
+        seq = handle.seq
+        return Done(reason, handle.text.text, list(seq.generated), len(seq.spec.prompt_ids), seq.seed)
 
     def _drop_cancelled(self) -> None:
-        for live in [lv for lv in self._live.values() if lv.handle.cancelled]:
-            self._batcher.finish(live.seq, "cancelled")
+        for handle in [h for h in self._live.values() if h.cancelled]:
+            self._batcher.finish(handle.seq, "cancelled")
             self._count_cancel()
-            self._finish(
-                live,
-                Done(
-                    "cancelled",
-                    live.text.text,
-                    list(live.seq.generated),
-                    len(live.seq.prompt_ids),
-                    live.seq.seed,
-                ),
-            )
+            self._finish(handle, self._done(handle, "cancelled"))
 
-    def _finish(self, live: _Active, event: Event) -> None:
-        self._live.pop(live.seq, None)
-        self._answer(live.handle, event)
+    def _finish(self, handle: RequestHandle, event: Event) -> None:
+        self._live.pop(handle.seq, None)
+        self._answer(handle, event)
 
     def _answer(self, handle: RequestHandle, event: Event) -> None:
         handle.deliver(event)

@@ -30,7 +30,7 @@ from typing import Literal
 
 import regex
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 
 # Verbatim from openai/gpt-2 src/encoder.py (tiktoken's r50k pattern is an equivalent rewrite).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

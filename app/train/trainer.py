@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 from app.engine import gpt2
-from app.engine.batcher import Entry as Request
 from app.engine.batcher import generate
 from app.engine.engine import Engine, EngineConfig
 from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams, param_shapes
 from app.train.data import Sampler
 from app.train.losslog import loss_log
@@ -194,7 +194,8 @@ class Trainer:
         """
         engine = Engine(self.hp, self.params(), EngineConfig(slots=len(seeds)))
         requests = [
-            Request(list(context), length, SamplingParams(top_k=self.cfg.top_k, seed=seed)) for seed in seeds
+            GenerationSpec(list(context), length, SamplingParams(top_k=self.cfg.top_k, seed=seed))
+            for seed in seeds
         ]
         return [r.generated for r in generate(engine, requests, eos_id=None)]
 

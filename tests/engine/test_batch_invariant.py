@@ -22,6 +22,7 @@ import pytest
 from app.engine.batcher import Batcher, Entry
 from app.engine.engine import Engine, EngineConfig
 from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.model.random_init import random_params
 from tests.support.server_harness import TINY as HP
 
@@ -51,12 +52,14 @@ def _run(params, config, arrivals: list[tuple[int, list[int], SamplingParams]]) 
     """Requests admitted at the given rounds (round, prompt, params); run until all finish."""
     engine = Engine(HP, params, config)
     batcher = Batcher(engine, eos_id=None)
-    seqs = [Entry(p, N, sp, stop_at_eos=False) for _, p, sp in arrivals]
-    pending = sorted(zip((r for r, _, _ in arrivals), range(len(seqs))))
+    specs = [GenerationSpec(p, N, sp, stop_at_eos=False) for _, p, sp in arrivals]
+    seqs: list[Entry | None] = [None] * len(specs)
+    pending = sorted(zip((r for r, _, _ in arrivals), range(len(specs))))
     round_ = 0
     while pending or batcher.active:
         while pending and pending[0][0] <= round_ and batcher.free_slots():
-            batcher.admit(seqs[pending.pop(0)[1]])
+            i = pending.pop(0)[1]
+            seqs[i] = batcher.admit(specs[i])
         batcher.step()
         round_ += 1
     return seqs

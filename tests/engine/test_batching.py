@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.engine.batcher import Batcher, Entry, generate
+from app.engine.batcher import Batcher, Entry, generate, programs
 from app.engine.buckets import round_up
 from app.engine.engine import Engine, EngineConfig, Piece
 from app.engine.sampling import SamplingParams, make_rng, sample, sample_batch
+from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams
 from app.model.random_init import random_params
 from tests.support.server_harness import TINY as HP
@@ -102,10 +103,10 @@ def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
     engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
     batcher = Batcher(engine, eos_id=None)
     seqs = [
-        Entry(p, 3, SamplingParams(temperature=0), stop_at_eos=False) for p in prompts([6, 9, 11, 4], seed=5)
+        GenerationSpec(p, 3, SamplingParams(temperature=0), stop_at_eos=False)
+        for p in prompts([6, 9, 11, 4], seed=5)
     ]
-    for seq in seqs:
-        batcher.admit(seq)
+    seqs = [batcher.admit(s) for s in seqs]
     with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as spy:
         events = batcher.step()
     assert spy.call_count == 1 and len(spy.call_args.args[0]) == 4
@@ -117,14 +118,12 @@ def _streams_then_arrivals(params, n_running: int) -> tuple[Batcher, list[Entry]
     engine = Engine(HP, params, EngineConfig(slots=16, prefill_chunk=128, slide_chunk=32))
     batcher = Batcher(engine, eos_id=None)
     greedy = SamplingParams(temperature=0)
-    running = [Entry(p, 40, greedy, stop_at_eos=False) for p in prompts([5] * n_running, seed=30)]
-    for seq in running:
-        batcher.admit(seq)
+    running = [GenerationSpec(p, 40, greedy, stop_at_eos=False) for p in prompts([5] * n_running, seed=30)]
+    running = [batcher.admit(s) for s in running]
     batcher.step()
     ids = prompts([10] * 7, seed=31)
-    seqs = [Entry(p, 3, greedy, stop_at_eos=False) for p in ids]
-    for seq in seqs:
-        batcher.admit(seq)
+    seqs = [GenerationSpec(p, 3, greedy, stop_at_eos=False) for p in ids]
+    seqs = [batcher.admit(s) for s in seqs]
     return batcher, running, seqs, ids
 
 
@@ -143,7 +142,7 @@ def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_ch
         batcher.step()
     greedy, alone = SamplingParams(temperature=0), Engine(HP, params, EngineConfig(slots=1))
     for seq, p in zip(seqs, ids):
-        (solo,) = generate(alone, [Entry(p, 3, greedy, stop_at_eos=False)], eos_id=None)
+        (solo,) = generate(alone, [GenerationSpec(p, 3, greedy, stop_at_eos=False)], eos_id=None)
         assert seq.generated == solo.generated
 
 
@@ -162,11 +161,11 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
     engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32))
     batcher = Batcher(engine, eos_id=None)
     short_ids, long_ids = prompts([5, 100], seed=6)
-    running = Entry(short_ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
-    batcher.admit(running)
+    running = GenerationSpec(short_ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
+    running = batcher.admit(running)
     batcher.step()
-    long = Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)
-    batcher.admit(long)
+    long = GenerationSpec(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)
+    long = batcher.admit(long)
     rounds = 0
     while not long.generated:
         before = len(running.generated)
@@ -176,7 +175,7 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
     assert rounds == 4 and long.prefilled == 100
     solo = generate(
         Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-        [Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)],
+        [GenerationSpec(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)],
         eos_id=None,
     )
     while not long.finished:
@@ -187,14 +186,17 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
 def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
     engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32))
     lines: list[str] = []
-    engine.warmup(lines.append)
-    assert len(lines) == len(engine.shapes()) and lines[-1].endswith(f"({len(lines)}/{len(lines)})")
+    engine.warmup(programs(engine), lines.append)
+    assert len(lines) == len(programs(engine)) and lines[-1].endswith(f"({len(lines)}/{len(lines)})")
     traced = engine.trace_count()
     rng = np.random.default_rng(7)
     lengths = [1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 100, 127, 128, 129, 300]
     for batch in (1, 2, 3, 4):
         ids = [rng.integers(0, 5000, size=n).tolist() for n in rng.choice(lengths, size=batch)]
-        seqs = [Entry(p, 40, SamplingParams(top_k=5, seed=i), stop_at_eos=False) for i, p in enumerate(ids)]
+        seqs = [
+            GenerationSpec(p, 40, SamplingParams(top_k=5, seed=i), stop_at_eos=False)
+            for i, p in enumerate(ids)
+        ]
         generate(engine, seqs, eos_id=None)
     assert engine.trace_count() == traced
 
@@ -216,9 +218,9 @@ def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
     ids = phrase * 5 + phrase[:2]  # repetitive: drafts are found and often accepted
     plain = Engine(HP, params, EngineConfig(slots=1))
     spec = Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
-    want = generate(plain, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    want = generate(plain, [GenerationSpec(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
     with mock.patch.object(spec, "verify", wraps=spec.verify) as verify:
-        got = generate(spec, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+        got = generate(spec, [GenerationSpec(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
     assert verify.call_count > 0
     assert got.generated == want.generated
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
@@ -270,10 +272,10 @@ def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
     engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
     batcher = Batcher(engine, eos_id=None)
     ids = prompts([5 + i for i in range(8)], seed=11)
-    seqs = [Entry(p, 4, SamplingParams(temperature=0), stop_at_eos=False) for p in ids[:7]]
-    survivor = Entry(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)
-    for seq in [*seqs, survivor]:
-        batcher.admit(seq)
+    seqs = [GenerationSpec(p, 4, SamplingParams(temperature=0), stop_at_eos=False) for p in ids[:7]]
+    survivor = GenerationSpec(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)
+    seqs = [batcher.admit(s) for s in seqs]
+    survivor = batcher.admit(survivor)
     assert survivor.slot == 7
     while not all(s.finished for s in seqs):
         batcher.step()
@@ -285,7 +287,7 @@ def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
     assert engine.free_slots() == list(range(8))
     solo = generate(
         Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-        [Entry(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)],
+        [GenerationSpec(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)],
         eos_id=None,
     )[0]
     assert survivor.generated == solo.generated
@@ -298,11 +300,10 @@ def test_live_sequences_stay_in_the_lowest_slots(params):
     rng = np.random.default_rng(12)
     lengths = rng.integers(2, 12, size=8).tolist()
     seqs = [
-        Entry(p, n, SamplingParams(temperature=0), stop_at_eos=False)
+        GenerationSpec(p, n, SamplingParams(temperature=0), stop_at_eos=False)
         for p, n in zip(prompts([6] * 8, seed=12), lengths)
     ]
-    for seq in seqs:
-        batcher.admit(seq)
+    seqs = [batcher.admit(s) for s in seqs]
     while batcher.active:
         live = len(batcher.active)
         with mock.patch.object(engine, "_decode_fn", wraps=engine._decode_fn) as decode:
@@ -310,7 +311,7 @@ def test_live_sequences_stay_in_the_lowest_slots(params):
         if decode.called:
             assert decode.call_args.args[0].shape[0] <= round_up(live, engine.batch_buckets)
         for s in batcher.active:
-            assert engine.length(s.slot) == len(s.prompt_ids) + len(s.generated) - 1
+            assert engine.length(s.slot) == len(s.spec.prompt_ids) + len(s.generated) - 1
 
 
 def test_a_moved_slot_scores_what_it_would_have_scored(params):
@@ -347,11 +348,11 @@ def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
     engine = Engine(hp, params, EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
     batcher = Batcher(engine, eos_id=None)
     long_ids, short_ids = prompts([60, 5], seed=14)
-    sliding = Entry(long_ids, 80, SamplingParams(temperature=0), stop_at_eos=False)
-    other = Entry(short_ids, 200, SamplingParams(temperature=0), stop_at_eos=False)
-    batcher.admit(other)
+    sliding = GenerationSpec(long_ids, 80, SamplingParams(temperature=0), stop_at_eos=False)
+    other = GenerationSpec(short_ids, 200, SamplingParams(temperature=0), stop_at_eos=False)
+    other = batcher.admit(other)
     batcher.step()
-    batcher.admit(sliding)
+    sliding = batcher.admit(sliding)
     slides = streamed_during_slides = 0
     with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as prefill:
         while not sliding.finished:
@@ -374,8 +375,8 @@ def test_a_request_cancelled_mid_slide_frees_its_slot(params):
     engine = Engine(hp, random_params(hp, seed=15), EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
     batcher = Batcher(engine, eos_id=None)
     (ids,) = prompts([63], seed=15)
-    seq = Entry(ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
-    batcher.admit(seq)
+    seq = GenerationSpec(ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
+    seq = batcher.admit(seq)
     while not seq.prefilling or len(seq.generated) < 2:
         batcher.step()
         assert not seq.finished, "the window never slid"
@@ -418,8 +419,8 @@ def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks()
     engine = Engine(hp, params, config)
     batcher = Batcher(engine, eos_id=None)
     (ids,) = prompts([60], seed=16)
-    seq = Entry(ids, 10, SamplingParams(temperature=0), stop_at_eos=False)
-    batcher.admit(seq)
+    seq = GenerationSpec(ids, 10, SamplingParams(temperature=0), stop_at_eos=False)
+    seq = batcher.admit(seq)
     with mock.patch.object(engine, "prefill_batch", wraps=engine.prefill_batch) as prefill:
         while not seq.finished:
             batcher.step()

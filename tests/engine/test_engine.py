@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 
 from app.engine import gpt2
-from app.engine.batcher import Batcher, Entry, generate
+from app.engine.batcher import Batcher, generate
 from app.engine.engine import Engine, EngineConfig
 from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams, preset
 from app.model.random_init import random_params
 from tests.support.hf_reference import hf_greedy, hf_logits, hf_model
@@ -79,8 +80,8 @@ def test_cached_decoding_in_every_slot_of_a_shared_batch(loaded, reference):
 
 def test_greedy_continuation_equals_transformers_generate(loaded, reference):
     (ids,) = prompts(loaded.hparams.n_vocab, [20], seed=7)
-    seq = Entry(ids, 64, SamplingParams(temperature=0), stop_at_eos=False)
-    generate(loaded.engine, [seq], eos_id=None)
+    spec = GenerationSpec(ids, 64, SamplingParams(temperature=0), stop_at_eos=False)
+    (seq,) = generate(loaded.engine, [spec], eos_id=None)
     assert seq.generated == hf_greedy(reference, ids, 64)
 
 
@@ -95,10 +96,10 @@ def test_chunked_prefill_equals_one_shot(tiny_hp, tiny_params):
 def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params):
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     a, b = prompts(tiny_hp.n_vocab, [20, 23], seed=4)  # same prompt bucket (32), same context bucket
-    generate(engine, [Entry(a, 10, SamplingParams(top_k=5, seed=1))], eos_id=None)
+    generate(engine, [GenerationSpec(a, 10, SamplingParams(top_k=5, seed=1))], eos_id=None)
     traced = engine.trace_count()
     assert traced >= 2  # one prefill and one decode shape at least
-    generate(engine, [Entry(b, 12, SamplingParams(temperature=0.7, seed=2))], eos_id=None)
+    generate(engine, [GenerationSpec(b, 12, SamplingParams(temperature=0.7, seed=2))], eos_id=None)
     assert engine.trace_count() == traced
 
 
@@ -111,8 +112,8 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
     ]
     ids = prompts(tiny_hp.n_vocab, [5, 17, 9, 30], seed=5)
 
-    def make() -> list[Entry]:
-        return [Entry(p, 24, sp, stop_at_eos=False) for p, sp in zip(ids, params)]
+    def make() -> list[GenerationSpec]:
+        return [GenerationSpec(p, 24, sp, stop_at_eos=False) for p, sp in zip(ids, params)]
 
     solo_engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1))
     alone = [generate(solo_engine, [seq], eos_id=None)[0].generated for seq in make()]
@@ -127,15 +128,15 @@ def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     (ids,) = prompts(tiny_hp.n_vocab, [8], seed=6)
     free_run = generate(
-        engine, [Entry(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
+        engine, [GenerationSpec(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
     )
     eos = free_run[0].generated[2]  # pretend the third greedy token is <|endoftext|>
-    stopped = generate(engine, [Entry(ids, 6, SamplingParams(temperature=0))], eos_id=eos)[0]
+    stopped = generate(engine, [GenerationSpec(ids, 6, SamplingParams(temperature=0))], eos_id=eos)[0]
     assert stopped.generated == free_run[0].generated[: free_run[0].generated.index(eos) + 1]
     assert stopped.finish_reason == "eos_token"
-    ignored = generate(engine, [Entry(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=eos)[
-        0
-    ]
+    ignored = generate(
+        engine, [GenerationSpec(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=eos
+    )[0]
     assert ignored.generated == free_run[0].generated and ignored.finish_reason == "length"
     assert engine.free_slots() == [0, 1]
 
@@ -145,12 +146,12 @@ def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params):
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     batcher = Batcher(engine, eos_id=None)
     a, b = prompts(tiny_hp.n_vocab, [10, 12], seed=8)
-    long = Entry(a, 30, SamplingParams(temperature=0), stop_at_eos=False)
-    short = Entry(b, 3, SamplingParams(temperature=0), stop_at_eos=False)
-    batcher.admit(long)
+    long = GenerationSpec(a, 30, SamplingParams(temperature=0), stop_at_eos=False)
+    short = GenerationSpec(b, 3, SamplingParams(temperature=0), stop_at_eos=False)
+    long = batcher.admit(long)
     for _ in range(5):
         batcher.step()
-    batcher.admit(short)
+    short = batcher.admit(short)
     while not short.finished:
         batcher.step()
     assert not long.finished and len(long.generated) < 30
@@ -159,7 +160,7 @@ def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params):
         batcher.step()
     solo = generate(
         Engine(tiny_hp, tiny_params, EngineConfig(slots=1)),
-        [Entry(a, 30, SamplingParams(temperature=0), stop_at_eos=False)],
+        [GenerationSpec(a, 30, SamplingParams(temperature=0), stop_at_eos=False)],
         eos_id=None,
     )
     assert long.generated == solo[0].generated
@@ -173,9 +174,9 @@ def test_sliding_window_runs_past_the_context(tiny_params):
     reference = hf_model(hp, params)
     engine = Engine(hp, params, EngineConfig(slots=2, window_keep=24))
     (ids,) = prompts(hp.n_vocab, [10], seed=10)
-    seq = generate(engine, [Entry(ids, 200, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None)[
-        0
-    ]
+    seq = generate(
+        engine, [GenerationSpec(ids, 200, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
+    )[0]
     assert len(seq.generated) == 200
 
     window, expected = list(ids), []

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from app.engine import kernels, precision
-from app.engine.batcher import Entry, generate
+from app.engine.batcher import generate, programs
 from app.engine.engine import Engine, EngineConfig
 from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.model.random_init import random_params
 from tests.support.server_harness import TINY as HP
 
@@ -49,7 +50,10 @@ def test_the_onednn_variant_scores_what_the_xla_variant_scores(params, slots):
 def test_greedy_tokens_are_the_same_under_either_variant(params):
     def run(variant):
         engine = Engine(HP, params, EngineConfig(slots=2, kernels=variant))
-        seqs = [Entry(ids(9, seed=s), 24, SamplingParams(temperature=0), stop_at_eos=False) for s in (5, 6)]
+        seqs = [
+            GenerationSpec(ids(9, seed=s), 24, SamplingParams(temperature=0), stop_at_eos=False)
+            for s in (5, 6)
+        ]
         return [s.generated for s in generate(engine, seqs, eos_id=None)]
 
     assert run("onednn") == run("xla")
@@ -131,10 +135,10 @@ def test_after_warmup_under_a_mixed_plan_no_request_compiles(params):
     engine.kernel_plan = kernels.KernelPlan(
         decode={1: "xla", 2: "onednn", 4: "xla"}, prefill={16: "onednn", 32: "xla"}, fixed=None
     )
-    engine.warmup()
+    engine.warmup(programs(engine))
     traced = engine.trace_count()
     lengths = [3, 17, 40, 9, 30]
-    seqs = [Entry(ids(n, seed=n), 6, SamplingParams(temperature=0.8, seed=n)) for n in lengths]
+    seqs = [GenerationSpec(ids(n, seed=n), 6, SamplingParams(temperature=0.8, seed=n)) for n in lengths]
     generate(engine, seqs, eos_id=None)
     assert engine.trace_count() == traced
 

@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 from app.engine.batcher import Batcher, Entry
 from app.engine.engine import Engine, EngineConfig
 from app.engine.sampling import SamplingParams, alternatives, penalize_repetition
+from app.engine.spec import GenerationSpec
 from app.model.random_init import random_params
 from tests.support.server_harness import TINY, live_server, tiny_settings
 
@@ -51,43 +52,44 @@ def engine():
     return Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=2))
 
 
-def run(engine: Engine, seqs: list[Entry]) -> dict[int, list[tuple]]:
-    """Each sequence's alternatives, token by token (from the batcher's events)."""
+def run(engine: Engine, specs: list[GenerationSpec]) -> list[tuple[Entry, list[tuple]]]:
+    """Each sequence and its alternatives, token by token (from the batcher's events)."""
     batcher = Batcher(engine, eos_id=None)
+    seqs = [batcher.admit(s) for s in specs]
     tops: dict[int, list[tuple]] = {id(s): [] for s in seqs}
-    for seq in seqs:
-        batcher.admit(seq)
     while batcher.active:
         for event in batcher.step():
             tops[id(event.seq)].append(event.top)
-    return tops
+    return [(s, tops[id(s)]) for s in seqs]
 
 
 def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
-    greedy = Entry([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False, top_n=4)
-    penalised = Entry(
-        [1, 2, 3], 6, SamplingParams(temperature=0.7, top_k=5, seed=9, repetition_penalty=1.3), top_n=3
+    greedy = GenerationSpec([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False, top_n_tokens=4)
+    penalised = GenerationSpec(
+        [1, 2, 3], 6, SamplingParams(temperature=0.7, top_k=5, seed=9, repetition_penalty=1.3), top_n_tokens=3
     )
-    tops = run(engine, [greedy, penalised])
-    plain = Entry([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False)
-    run(engine, [plain])
+    (greedy, greedy_tops), (penalised, penalised_tops) = run(engine, [greedy, penalised])
+    [(plain, _)] = run(
+        engine, [GenerationSpec([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False)]
+    )
     assert greedy.generated == plain.generated  # asking for alternatives changes nothing
     # Replay each position alone and compare with an independent computation.
-    for seq, temperature in ((greedy, 0.0), (penalised, 0.7)):
-        context = list(seq.prompt_ids)
+    for seq, tops, temperature in ((greedy, greedy_tops, 0.0), (penalised, penalised_tops, 0.7)):
+        context = list(seq.spec.prompt_ids)
         replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1))
         logits = replay.prefill(0, context)
-        assert len(tops[id(seq)]) == len(seq.generated) == 6
-        for token, top in zip(seq.generated, tops[id(seq)]):
-            row = penalize_repetition(logits, context, seq.params.repetition_penalty)
-            want = brute_force(row, seq.top_n, temperature)
+        assert len(tops) == len(seq.generated) == 6
+        for token, top in zip(seq.generated, tops):
+            row = penalize_repetition(logits, context, seq.spec.sampling.repetition_penalty)
+            want = brute_force(row, seq.spec.top_n_tokens, temperature)
             assert [i for i, _ in top] == [i for i, _ in want]
             np.testing.assert_allclose([lp for _, lp in top], [lp for _, lp in want], atol=1e-5)
             if temperature == 0:
                 assert token == top[0][0]  # greedy takes the most likely
             context.append(token)
             logits = replay.step({0: token})[0]
-    assert all(top == () for top in run(engine, [Entry([1, 2], 3, SamplingParams())]).popitem()[1])
+    [(_, tops)] = run(engine, [GenerationSpec([1, 2], 3, SamplingParams())])
+    assert tops and all(top == () for top in tops)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.loader import detect_layout, load_weights, resolve_model_dir
 from app.tokenizer.bpe import tokenizer_files
 from tests.support.server_harness import TINY

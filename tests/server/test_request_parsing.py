@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from app.engine.spec import GenerationSpec
 from app.server.app import create_app
 from app.server.errors import APIError
-from app.server.generation import validate
 from app.server.schemas import openai as oa
 from app.server.schemas import tgi
-from app.server.worker import GenerationRequest
+from app.server.validation import generation_spec
 from tests.support.server_harness import check_message, sse_frames, tiny_settings, wait_ready
 
 MODEL = "tiny-openai"
@@ -258,19 +258,19 @@ def test_openai_bodies_are_answered_200_or_an_openai_error(client, body):
 
 @PROPERTY
 @given(inputs=texts, raw=st.one_of(IN_SCHEMA, PARAMETERS))
-def test_validate_raises_only_api_errors(client, worker, inputs, raw):
+def test_validation_raises_only_api_errors(client, worker, inputs, raw):
     try:
         p = tgi.Parameters.model_validate(raw)
     except ValidationError:
         assume(False)  # out of schema: the route answers 422 before validate
     state = client.app.state.server
     try:
-        req = validate(worker, state.settings, p.text_request(inputs))
+        req = generation_spec(worker, state.settings, p.text_request(inputs))
     except APIError as exc:
         assert exc.error_type == "validation" and exc.status == 422
         check_message(exc.message)
         return
-    assert isinstance(req, GenerationRequest)
+    assert isinstance(req, GenerationSpec)
     assert 1 <= req.max_new_tokens <= LIMIT
     assert 1 <= len(req.prompt_ids) <= worker.model.hparams.n_ctx
 

@@ -18,9 +18,10 @@ import websockets
 from text_generation import Client
 
 from app.engine import kernels
-from app.engine.batcher import Entry, generate
+from app.engine.batcher import generate
 from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
+from app.engine.spec import GenerationSpec
 from app.model.random_init import write_random_model
 from tests.support.server_harness import TINY, metric, running_server, serve_process, sse_event, tiny_settings
 
@@ -207,7 +208,7 @@ def test_two_models_on_two_logical_devices_each_answer_for_themselves(tmp_path, 
                 for t in httpx.post(f"{base}/generate", json=body, timeout=60).json()["details"]["tokens"]
             ]
             local = load_model(tmp_path / name, slots=1)
-            seq = Entry(local.encoder.encode("Hello there"), 8, SamplingParams(temperature=0))
+            seq = GenerationSpec(local.encoder.encode("Hello there"), 8, SamplingParams(temperature=0))
             expected = generate(local.engine, [seq], eos_id=local.encoder.eot_token)[0].generated
             assert got == expected, f"model {name} answered with another model's tokens"
         unknown = httpx.post(f"{base}/generate", json={"inputs": "x", "parameters": {"model": "gamma"}})

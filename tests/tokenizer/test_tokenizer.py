@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.tokenizer import bundled
 from app.tokenizer.bpe import Encoder, bytes_to_unicode
 from app.tokenizer.bundled import BundledFilesError, bundled_bpe_files, copy_bpe_files

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.formats import Inventory, StoredTensor, is_canonical, require_params
 from app.model.hparams import HParams, param_shapes, read_json_object
 

@@ -32,7 +32,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saver_pb2
 
-from app.model.errors import ModelFileError
+from app.errors import ModelFileError
 from app.model.formats import Inventory, StoredTensor, is_canonical, require_params
 from app.model.hparams import HParams, param_shapes
 

@@ -1,8 +1,10 @@
 """``POST /attention``: the attention maps of a prompt, ``[layer][head][query][key]``.
 
-Computed by :func:`app.engine.attention_maps.attention_maps` over the weights the model generates
-with, off the decode worker's thread: one ``attention`` thread of its own (one map at a time, the
-others wait for it) tokenizes, runs the cache-free forward pass and writes the JSON body, so
+The request is checked on the event loop (:func:`app.server.validation.attention_input`: the same
+prompt rules as a generation's); the maps are computed by
+:func:`app.engine.attention_maps.attention_maps` over the weights the model generates with, off the
+decode worker's thread: one ``attention`` thread of its own (one map at a time, the others wait
+for it) runs the cache-free forward pass and writes the JSON body, so
 neither the worker's step loop nor the event loop (which sends the streams' tokens) waits for it.
 The body is written a matrix row at a time: a large map (124M, 256 tokens: 9.4 million numbers)
 never holds the interpreter for long.
@@ -20,11 +22,10 @@ from fastapi import APIRouter, Response
 
 from app.engine.attention_maps import attention_maps
 from app.engine.load import LoadedModel
-from app.server.errors import APIError
-from app.server.generation import check_text, ready_worker
 from app.server.schemas import tgi
 from app.server.schemas.attention import AttentionRequest, AttentionResponse
 from app.server.state import StateDep
+from app.server.validation import AttentionInput, attention_input, ready_worker
 
 router = APIRouter(tags=["attention"])
 ROUTE = "/attention"
@@ -39,17 +40,11 @@ async def attention(body: AttentionRequest, state: StateDep):
     ``layers`` and ``heads`` (default: all): ``attention[i][j]`` is layer ``layers[i]``, head
     ``heads[j]``, a ``[query][key]`` matrix whose rows sum to 1, as bertviz's head view reads it."""
     entry, worker = ready_worker(state.registry, body.model)
-    model = worker.model
-    check_text(body.inputs, "inputs")
-    layers = _indices(body.layers, model.hparams.n_layer, "layers")
-    heads = _indices(body.heads, model.hparams.n_head, "heads")
-    limit = min(state.settings.attention_max_tokens, model.hparams.n_ctx)
-    job = functools.partial(_answer, model, body.inputs, limit, layers, heads)
+    checked = attention_input(worker, state.settings, body.inputs, body.layers, body.heads)
+    job = functools.partial(_answer, worker.model, checked)
     labels = {"route": ROUTE, "model": entry.name}  # counted with the generation routes
     try:
         content = await asyncio.get_running_loop().run_in_executor(state.attention_pool, job)
-    except APIError:  # refused for its own input (too long): not counted, as a refused generation is not
-        raise
     except asyncio.CancelledError:
         state.metrics.requests.labels(**labels, outcome="cancelled").inc()
         raise
@@ -60,31 +55,9 @@ async def attention(body: AttentionRequest, state: StateDep):
     return Response(content, media_type="application/json")
 
 
-def _indices(given: list[int] | None, count: int, param: str) -> list[int]:
-    if given is None:
-        return list(range(count))
-    bad = next((i for i in given if i >= count), None)  # negative ones are refused by the schema
-    if bad is not None:
-        raise APIError(
-            "validation",
-            f"{param}: index {bad} is out of range; this model has {count} {param} (0..{count - 1})",
-            param=param,
-        )
-    return given
-
-
-def _answer(model: LoadedModel, text: str, limit: int, layers: list[int], heads: list[int]) -> bytes:
-    """Runs in the attention thread: tokenize, check the length, compute, write the body."""
-    ids = model.encoder.encode(text)
-    if not ids:
-        raise APIError("validation", "inputs: must not be empty", param="inputs")
-    if len(ids) > limit:
-        raise APIError(
-            "validation",
-            f"inputs: the prompt is {len(ids)} tokens; attention maps take at most {limit} tokens "
-            "(GPT2_ATTENTION_MAX_TOKENS, and the model's context)",
-            param="inputs",
-        )
+def _answer(model: LoadedModel, checked: AttentionInput) -> bytes:
+    """Runs in the attention thread: compute, write the body."""
+    ids, layers, heads = checked.ids, checked.layers, checked.heads
     maps = attention_maps(model.engine.weights(), ids, hp=model.hparams, layers=layers, heads=heads)
     head = {
         "tokens": [{"id": i, "text": model.encoder.decode([i])} for i in ids],

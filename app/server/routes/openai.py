@@ -19,39 +19,30 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.server.errors import APIError, error_body
-from app.server.generation import ClientGone, Generation, failure, submit
-from app.server.registry import UnknownModel
+from app.server.generation import ClientGone, Generation, Result, StreamedToken, failure, submit
 from app.server.request import TextRequest
 from app.server.schemas import openai as oa
 from app.server.state import ServerState, StateDep
 from app.server.streaming import DONE, sse, sse_response
-from app.server.worker import Done, Token
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 ROUTE = "/v1/completions"
 ERRORS = {code: {"model": oa.ErrorResponse} for code in (400, 401, 404, 413, 424, 429, 503)}
 READ_ERRORS = {code: {"model": oa.ErrorResponse} for code in (401, 503)}
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
-# Validation speaks TGI; name the OpenAI parameter in its messages instead.
-RENAMED = {"inputs": "prompt", "max_new_tokens": "max_tokens"}
+# Validation names parameters as TextRequest does; OpenAI's names for those it calls otherwise.
+OPENAI_NAMES = {"inputs": "prompt", "max_new_tokens": "max_tokens"}
 
 
 def _finish(reason: str) -> str:
     return FINISH.get(reason, "stop")
 
 
-def _in_openai_words(err: APIError, state: ServerState, model: str) -> APIError:
+def _in_openai_words(err: APIError) -> APIError:
     """A validation error with OpenAI's names: its parameters, and 404 for an unknown model."""
-    if err.param == "model" and err.error_type == "validation":
-        try:
-            state.registry.get(model)
-        except UnknownModel:
-            return APIError("not_found", err.message, param="model")
-    new = RENAMED.get(err.param or "")
-    if new is None:
-        return err
-    message = err.message.replace(err.param, new, 1) if err.message.startswith(err.param) else err.message
-    return APIError(err.error_type, message, param=new, status=err.status)
+    if err.param == "model" and err.error_type == "validation":  # the only one: an unknown model
+        return APIError("not_found", err.message, param="model")
+    return err.renamed(OPENAI_NAMES)
 
 
 def text_requests(body: oa.CompletionRequest) -> list[TextRequest]:
@@ -81,6 +72,7 @@ def text_requests(body: oa.CompletionRequest) -> list[TextRequest]:
             special_text=True,
             top_n_tokens=body.logprobs or 0,
             raw_alternatives=True,
+            return_full_text=bool(body.echo),
         )
         for prompt in body.prompts()
         for j in range(n)
@@ -91,45 +83,40 @@ def _submit(state: ServerState, body: oa.CompletionRequest) -> Generation:
     try:
         return submit(state, ROUTE, text_requests(body))
     except APIError as err:
-        raise _in_openai_words(err, state, body.model) from None
+        raise _in_openai_words(err) from None
 
 
 def _echo(gen: Generation, body: oa.CompletionRequest, i: int) -> str:
-    """What ``echo`` prepends to choice ``i``: its prompt as given, or a token-id prompt decoded."""
-    if not body.echo:
-        return ""
-    prompt = body.prompts()[i // (body.n or 1)]
-    return prompt if isinstance(prompt, str) else gen.worker.model.encoder.decode(gen.requests[i].prompt_ids)
+    """What ``echo`` prepends to choice ``i``: its prompt as text."""
+    return gen.prompt_text(i) if body.echo else ""
 
 
 def _prompt_tokens(gen: Generation, body: oa.CompletionRequest) -> int:
-    return sum(len(r.prompt_ids) for r in gen.requests[:: body.n or 1])
+    return sum(len(spec.prompt_ids) for spec in gen.specs[:: body.n or 1])
 
 
-def _top_logprobs(gen: Generation, t: Token, own: str) -> dict[str, float]:
+def _top_logprobs(t: StreamedToken) -> dict[str, float]:
     """OpenAI's ``top_logprobs`` entry of one token: the ``logprobs`` most likely tokens by their
     text, and the sampled token's own (so up to ``logprobs + 1`` entries, as OpenAI documents).
     Two ids with the same text (bytes of a split character) keep the likelier one."""
     top: dict[str, float] = {}
-    for alt in gen.alternatives(t) or []:
-        top.setdefault(alt["text"], alt["logprob"])
-    top.setdefault(own, t.logprob)
+    for alt in t.alternatives or ():
+        top.setdefault(alt.text, alt.logprob)
+    top.setdefault(t.own_text, t.logprob)
     return top
 
 
-def _logprobs(gen: Generation, tokens: list[Token], start: int) -> oa.Logprobs:
-    """Each token's own text (``decode([id])``, so ``<|endoftext|>`` for end of text), its
-    logprob, the most likely alternatives and its offset in the choice's text, counting from
-    ``start``."""
-    texts = [gen.worker.model.encoder.decode([t.id]) for t in tokens]
+def _logprobs(tokens: list[StreamedToken], start: int) -> oa.Logprobs:
+    """Each token's own text (so ``<|endoftext|>`` for end of text), its logprob, the most likely
+    alternatives and its offset in the choice's text, counting from ``start``."""
     offsets, pos = [], start
-    for text in texts:
+    for t in tokens:
         offsets.append(pos)
-        pos += len(text)
+        pos += len(t.own_text)
     return oa.Logprobs(
-        tokens=texts,
+        tokens=[t.own_text for t in tokens],
         token_logprobs=[t.logprob for t in tokens],
-        top_logprobs=[_top_logprobs(gen, t, text) for t, text in zip(tokens, texts, strict=True)],
+        top_logprobs=[_top_logprobs(t) for t in tokens],
         text_offset=offsets,
     )
 
@@ -154,17 +141,16 @@ async def complete(
             results = await gen.collect(request)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the requests were cancelled
-    failed = next((end for _, end in results if not isinstance(end, Done)), None)
+    failed = next((end for _, end in results if not isinstance(end, Result)), None)
     if failed is not None:
         raise failure(failed)
     out = []
     for i, (tokens, end) in enumerate(results):
-        prefix = _echo(gen, body, i)
-        lp = _logprobs(gen, tokens, len(prefix)) if body.logprobs is not None else None
+        lp = _logprobs(tokens, len(_echo(gen, body, i))) if body.logprobs is not None else None
         out.append(
             oa.CompletionChoice(
                 index=i,
-                text=prefix + end.generated_text,
+                text=end.text,
                 logprobs=lp,
                 finish_reason=_finish(end.finish_reason),
             )
@@ -196,10 +182,10 @@ class _Chunks:
             del payload["usage"]  # with include_usage, every chunk but the last has "usage": null
         return sse(payload)
 
-    def token(self, i: int, t: Token) -> str | None:
+    def token(self, i: int, t: StreamedToken) -> str | None:
         lp = None
         if self.body.logprobs is not None:
-            lp = _logprobs(self.gen, [t], self.offsets[i])
+            lp = _logprobs([t], self.offsets[i])
             self.offsets[i] += len(lp.tokens[0])
         if t.finish_reason is not None:
             return self.chunk(i, t.text, _finish(t.finish_reason), lp)
@@ -229,10 +215,10 @@ def stream(state: ServerState, body: oa.CompletionRequest) -> StreamingResponse:
             for i in range(len(gen.handles) if body.echo else 0):
                 yield out.chunk(i, _echo(gen, body, i), None)
             async for i, event in gen.events():
-                if isinstance(event, Token):
+                if isinstance(event, StreamedToken):
                     if (text := out.token(i, event)) is not None:
                         yield text
-                elif isinstance(event, Done):
+                elif isinstance(event, Result):
                     completion_tokens += event.completion_tokens
                 else:  # one choice failed: say so, end the stream (leaving cancels the others)
                     yield sse(error_body(failure(event), openai=True)[1])

@@ -9,18 +9,11 @@ from fastapi.responses import StreamingResponse
 
 from app import __version__
 from app.server.errors import APIError, error_body
-from app.server.generation import (
-    ClientGone,
-    Generation,
-    check_text,
-    failure,
-    ready_worker,
-    submit,
-)
+from app.server.generation import ClientGone, Generation, Result, StreamedToken, failure, submit
 from app.server.schemas import tgi
 from app.server.state import ServerState, StateDep
 from app.server.streaming import sse, sse_response
-from app.server.worker import Done, Token
+from app.server.validation import check_text, ready_worker
 
 router = APIRouter(tags=["TGI"])
 # Every status a route can answer besides 200 (401: API keys are on; 413: the body limit; 503:
@@ -29,39 +22,37 @@ ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 413, 422, 424, 42
 READ_ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 503)}
 
 
-def full_text(body: tgi.GenerateRequest, done: Done) -> str:
-    return body.inputs + done.generated_text if body.parameters.return_full_text else done.generated_text
-
-
-def seed_of(gen: Generation, done: Done) -> int | None:
-    """The seed a sampled request used (None for greedy decoding)."""
-    return None if gen.requests[0].sampling.greedy else done.seed
-
-
-def api_token(gen: Generation, t: Token) -> tgi.Token:
+def api_token(t: StreamedToken) -> tgi.Token:
     """A token as TGI's details list it: its own text, whatever was released around it."""
-    return tgi.Token(
-        id=t.id,
-        text="" if t.special else gen.worker.model.encoder.decode([t.id]),
-        logprob=t.logprob,
-        special=t.special,
-    )
+    return tgi.Token(id=t.id, text="" if t.special else t.own_text, logprob=t.logprob, special=t.special)
 
 
-def details(gen: Generation, body: tgi.GenerateRequest, tokens: list[Token], done: Done) -> tgi.Details:
+def top_tokens(t: StreamedToken) -> list[tgi.Token] | None:
+    if t.alternatives is None:
+        return None
+    return [tgi.Token(id=a.id, text=a.text, logprob=a.logprob, special=a.special) for a in t.alternatives]
+
+
+def keywords_output(result: Result) -> tgi.KeywordsOutput | None:
+    """A keyword request's title and body (None for other requests)."""
+    doc = result.document
+    return tgi.KeywordsOutput(title=doc.title, body=doc.body) if doc else None
+
+
+def details(
+    gen: Generation, body: tgi.GenerateRequest, tokens: list[StreamedToken], result: Result
+) -> tgi.Details:
     enc = gen.worker.model.encoder
     prefill = []
     if body.parameters.decoder_input_details:
-        prefill = [
-            tgi.InputToken(id=i, text=enc.decode([i]), logprob=None) for i in gen.requests[0].prompt_ids
-        ]
+        prefill = [tgi.InputToken(id=i, text=enc.decode([i]), logprob=None) for i in result.prompt_ids]
     return tgi.Details(
-        finish_reason=done.finish_reason,
-        generated_tokens=done.completion_tokens,
-        seed=seed_of(gen, done),
+        finish_reason=result.finish_reason,
+        generated_tokens=result.completion_tokens,
+        seed=result.seed,
         prefill=prefill,
-        tokens=[api_token(gen, t) for t in tokens],
-        top_tokens=[gen.alternatives(t) or [] for t in tokens] if gen.requests[0].top_n_tokens else None,
+        tokens=[api_token(t) for t in tokens],
+        top_tokens=[top_tokens(t) or [] for t in tokens] if body.parameters.top_n_tokens else None,
     )
 
 
@@ -73,54 +64,42 @@ async def run_to_end(
             [(tokens, end)] = await gen.collect(request)
         except ClientGone:
             raise APIError("cancelled", "client closed the request") from None
-    if not isinstance(end, Done):
+    if not isinstance(end, Result):
         raise failure(end)
     info = details(gen, body, tokens, end) if body.parameters.details else None
-    return tgi.GenerateResponse(
-        generated_text=full_text(body, end), details=info, keywords_output=keywords_output(gen, end)
-    )
-
-
-def keywords_output(gen: Generation, done: Done) -> tgi.KeywordsOutput | None:
-    """A keyword request's title and body (None for other requests)."""
-    doc = gen.document(0, done)
-    return tgi.KeywordsOutput(title=doc.title, body=doc.body) if doc else None
+    return tgi.GenerateResponse(generated_text=end.text, details=info, keywords_output=keywords_output(end))
 
 
 def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> StreamingResponse:
-    gen = submit(
-        state, route, [body.parameters.text_request(body.inputs)]
-    )  # errors here are plain JSON responses
+    gen = submit(state, route, [body.parameters.text_request(body.inputs)])  # errors here are plain JSON
 
     async def events():
-        last: Token | None = None
+        last: StreamedToken | None = None
         async with gen:
             async for _, event in gen.events():
-                if isinstance(event, Token):
+                if isinstance(event, StreamedToken):
                     last = event
                     if event.finish_reason is None:
                         yield sse_event(
                             tgi.StreamResponse(
-                                index=event.index,
-                                token=_stream_token(event),
-                                top_tokens=gen.alternatives(event),
+                                index=event.index, token=_stream_token(event), top_tokens=top_tokens(event)
                             )
                         )
-                elif isinstance(event, Done):
+                elif isinstance(event, Result):
                     end = tgi.StreamDetails(
                         finish_reason=event.finish_reason,
                         generated_tokens=event.completion_tokens,
-                        seed=seed_of(gen, event),
+                        seed=event.seed,
                         input_length=event.prompt_tokens,
                     )
                     yield sse_event(
                         tgi.StreamResponse(
                             index=last.index,
                             token=_stream_token(last),
-                            top_tokens=gen.alternatives(last),
+                            top_tokens=top_tokens(last),
                             details=end,
-                            generated_text=full_text(body, event),
-                            keywords_output=keywords_output(gen, event),
+                            generated_text=event.text,
+                            keywords_output=keywords_output(event),
                         )
                     )
                 else:
@@ -134,7 +113,7 @@ def sse_event(event: tgi.StreamResponse) -> str:
     return sse(event.model_dump())
 
 
-def _stream_token(t: Token) -> tgi.Token:
+def _stream_token(t: StreamedToken) -> tgi.Token:
     """A streamed token: the text it released (which may hold back or add a split character)."""
     return tgi.Token(id=t.id, text=t.text, logprob=t.logprob, special=t.special)
 

@@ -7,7 +7,7 @@ One connection carries requests one after another. Each connection has two corou
   and on a disconnect at once (both cancel the streaming request, so the worker frees its slot at
   the next step boundary), and queues ``generate`` messages (parsed and validated) for
 * the handler, which runs one request at a time: submits it to the model's worker and forwards the
-  request's events (read on the event loop from :meth:`RequestHandle.events`, never sent from the
+  request's events (read on the event loop from :meth:`Generation.events`, never sent from the
   worker thread) as ``token`` messages and one ``done`` or ``error``. It puts them in an outbox
   that a sender task writes to the socket, so a client that stops reading (``send`` then waits
   for as long as the client does) blocks only its own sender: when more than
@@ -33,11 +33,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from app.server.errors import APIError, cap
-from app.server.generation import Generation, submit
+from app.server.generation import Generation, Result, StreamedToken, submit
+from app.server.routes.tgi import keywords_output, top_tokens
 from app.server.schemas import ws as proto
-from app.server.schemas.tgi import KeywordsOutput
 from app.server.state import ServerState, WsStateDep
-from app.server.worker import Done, Token
 
 log = logging.getLogger("gpt2serve.ws")
 
@@ -199,7 +198,7 @@ class _Connection:
         async for _, event in gen.events():
             if sender.done():  # the connection is gone; awaiting the sender says so
                 return False
-            if isinstance(event, Token):
+            if isinstance(event, StreamedToken):
                 outbox.put_nowait(
                     proto.TokenMessage(
                         index=event.index,
@@ -207,30 +206,24 @@ class _Connection:
                         text=event.text,
                         logprob=event.logprob,
                         special=event.special,
-                        top_tokens=gen.alternatives(event),
+                        top_tokens=top_tokens(event),
                         request_id=rid,
                     )
                 )
                 if outbox.qsize() > limit:
                     gen.outcome = "slow_client"
                     return True
-            elif isinstance(event, Done):
-                text = (
-                    msg.inputs + event.generated_text
-                    if msg.parameters.return_full_text
-                    else event.generated_text
-                )
-                doc = gen.document(0, event)
+            elif isinstance(event, Result):
                 outbox.put_nowait(
                     proto.DoneMessage(
                         finish_reason=event.finish_reason,
-                        generated_text=text,
+                        generated_text=event.text,
                         request_id=rid,
-                        seed=None if gen.requests[0].sampling.greedy else event.seed,
+                        seed=event.seed,
                         usage=proto.Usage(
                             prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
                         ),
-                        keywords_output=KeywordsOutput(title=doc.title, body=doc.body) if doc else None,
+                        keywords_output=keywords_output(event),
                     )
                 )
             else:

@@ -6,16 +6,18 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.server.schemas.tgi import integral
+from app.server.schemas.common import integral
 
-Index = Annotated[int, Field(ge=0)]
+Index = Annotated[int, Field(ge=0)]  # the upper bound is the model's (validation)
 
 
 class AttentionRequest(BaseModel):
     # Strict: a boolean is no index (JSON's integral floats are, see _json_integers).
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    inputs: str = Field(min_length=1, description="the text whose attention maps to return")
+    inputs: str = Field(  # "must not be empty": enforced by validation, as a generation's
+        description="the text whose attention maps to return", json_schema_extra={"minLength": 1}
+    )
     model: str | None = Field(default=None, description="which loaded model (default: the first)")
     layers: list[Index] | None = Field(
         default=None, min_length=1, description="layer indices to return, in this order (default: all)"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from app.server.schemas.tgi import SEED_MAX, integral, is_neutral, neutral_only
+from app.server.schemas.common import SEED_MAX, integral, is_neutral, neutral_only
 
 OpenAIFinishReason = Literal["stop", "length"]
 Prompt = str | list[str] | list[int] | list[list[int]]

@@ -12,11 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from app.server.request import TextRequest
+from app.server.schemas.common import SEED_MAX, integral, is_neutral, neutral_only
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
-
-SEED_MAX = 2**64 - 1  # seeds are unsigned 64-bit integers
 
 # TGI parameters not implemented, and the values that mean "off" (the first is the default).
 NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -27,22 +26,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0.0),
     "adapter_id": (None,),
 }
-
-
-def integral(value: object) -> object:
-    """JSON has one number type: ``4.0`` is the integer 4 (as JSON Schema's ``integer`` says)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def is_neutral(value: object, values: tuple[Any, ...]) -> bool:
-    """``value`` is one of ``values`` as JSON sees it: ``false`` is not ``0``."""
-    return value in values and (not isinstance(value, bool) or any(v is value for v in values))
-
-
-def neutral_only(values: tuple[Any, ...]) -> Any:
-    """A field accepted only at its neutral values, which the OpenAPI document lists (``enum``)."""
-    unique = [v for i, v in enumerate(values) if v not in values[:i]]  # 0 and 0.0 are one JSON value
-    return Field(default=values[0], json_schema_extra={"enum": unique})
 
 
 class Parameters(BaseModel):
@@ -133,6 +116,7 @@ class Parameters(BaseModel):
             truncate=self.truncate,
             speculative=self.speculative,
             top_n_tokens=self.top_n_tokens or 0,
+            return_full_text=self.return_full_text,
             keywords=self.keywords,
             category=self.category,
             title=self.title,
