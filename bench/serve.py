@@ -59,11 +59,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from app.client.process import serve_process  # noqa: E402
 from app.engine import kernels  # noqa: E402
 from app.engine.batcher import generate  # noqa: E402
-from app.engine.load import load_model  # noqa: E402
 from app.engine.sampling import SamplingParams  # noqa: E402
 from app.engine.spec import GenerationSpec  # noqa: E402
 from app.model.hparams import PRESETS, HParams  # noqa: E402
 from app.model.random_init import write_random_model  # noqa: E402
+from app.runtime.load import load_model  # noqa: E402
 
 
 def prompts(n: int, length: int, vocab: int) -> list[list[int]]:

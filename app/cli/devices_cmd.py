@@ -21,7 +21,7 @@ import platform
 from pathlib import Path
 
 from app.cli import gpu_diagnosis
-from app.cli.model_sizes import model_hparams
+from app.cli.model_hparams import model_hparams
 from app.cli.plan_cmd import human
 from app.cli.settings_flags import add_settings_flags, settings_from_args
 from app.engine import memory

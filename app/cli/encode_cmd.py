@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.cli.model_arg import model_dir_arg
-from app.model.default import DEFAULT_NAME
+from app.cli.model_dir_arg import model_dir_arg
+from app.model.default_model import DEFAULT_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:

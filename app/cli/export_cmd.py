@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 def _samples(dest: Path, args: argparse.Namespace) -> list[str]:
     """The card's samples: what the exported folder itself produces, through the serving engine."""
     from app.engine.batcher import generate
-    from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
     from app.engine.spec import GenerationSpec
+    from app.runtime.load import load_model
 
     model = load_model(dest, slots=args.samples)
     enc = model.encoder

@@ -14,8 +14,8 @@ import json
 import sys
 from collections.abc import Iterator
 
-from app.cli.model_arg import model_dir_arg
-from app.model.default import DEFAULT_NAME
+from app.cli.model_dir_arg import model_dir_arg
+from app.model.default_model import DEFAULT_NAME
 
 RULE = "=" * 40
 
@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--nsamples and --batch-size must be >= 1")
     # Imported here: `gpt2-serve --help` should not wait for TensorFlow.
     from app.engine.batcher import generate
-    from app.engine.load import load_model
     from app.engine.sampling import SamplingParams
     from app.engine.spec import GenerationSpec
+    from app.runtime.load import load_model
 
     model_dir = model_dir_arg(args.model, args.models_dir)
     model = load_model(

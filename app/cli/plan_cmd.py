@@ -12,7 +12,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from app.cli.model_sizes import model_hparams
+from app.cli.model_hparams import model_hparams
 from app.engine import memory
 
 DTYPES = tuple(memory.BYTES)

@@ -89,7 +89,7 @@ def default_slots(hp: HParams, *, dtype: str, available: int, cap: int = 32) -> 
 def startup_slots(hp: HParams, *, dtype: str, configured: int | None, available: int | None) -> int:
     """Slots a worker starts with: the configured count, else sized from free memory
     (:func:`default_slots`), else 8 when the free memory cannot be told; ``dtype="auto"`` is sized
-    as float32 (the larger weights). The one rule: :func:`app.engine.load.load_model`, ``gpt2-serve
+    as float32 (the larger weights). The one rule: :func:`app.runtime.load.load_model`, ``gpt2-serve
     plan`` and ``devices`` all call it."""
     if configured is not None:
         return configured

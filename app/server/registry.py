@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from app.engine import batcher, devices, xla_cache
-from app.engine.load import LoadedModel, load_model
-from app.model.default import DEFAULT_NAME, resolve_default
+from app.model.default_model import DEFAULT_NAME, resolve_default
+from app.runtime.load import LoadedModel, load_model
 from app.server.metrics import Metrics
 from app.server.settings import Settings
 from app.server.worker import ModelWorker

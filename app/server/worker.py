@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from app.engine.batcher import Batcher, Entry, StepFailure, TokenEvent
-from app.engine.load import LoadedModel
 from app.engine.spec import GenerationSpec
+from app.runtime.load import LoadedModel
 from app.server.metrics import Metrics
-from app.server.text import TextStream
+from app.server.text_stream import TextStream
 
 log = logging.getLogger("gpt2serve.worker")
 

@@ -140,7 +140,7 @@ def test_gather_on_this_machine():
 @pytest.mark.system
 def test_devices_says_which_kernels_serve_chose_here_and_whether_bfloat16_is_native(tiny_dirs, tmp_path):
     from app.engine import kernels
-    from app.engine.load import load_model
+    from app.runtime.load import load_model
 
     model = load_model(tiny_dirs["openai"], slots=2, prefill_chunk=32, kernels="auto", cache_dir=tmp_path)
     before = devices("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path), cvd=None)

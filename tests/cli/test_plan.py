@@ -144,7 +144,7 @@ def test_plan_slots_are_what_the_server_starts_with(tiny_dirs, tiny_hp, availabl
     """The plan's "slots at start" is the count ``load_model`` (what ``serve`` calls) picks for the
     same free memory: the two must not drift apart."""
     from app.engine import memory
-    from app.engine.load import load_model
+    from app.runtime.load import load_model
 
     model = load_model(tiny_dirs["openai"], memory_limit=available)
     planned = memory.startup_slots(tiny_hp, dtype="float32", configured=None, available=available)

@@ -24,7 +24,7 @@ import torch
 from websockets.sync.client import connect
 
 from app.engine.attention_maps import attention_maps
-from app.engine.load import load_model
+from app.runtime.load import load_model
 from app.server.settings import Settings
 from tests.support.hf_reference import hf_model
 from tests.support.server_harness import (

@@ -59,7 +59,7 @@ SCRIPT = textwrap.dedent(
     import tensorflow as tf
     from app.engine import devices
     devices.split_cpu(2)
-    from app.engine.load import load_model
+    from app.runtime.load import load_model
 
     path = sys.argv[1]
     out = {"cpus": devices.cpus(), "gpus": devices.gpus(), "models": {}}

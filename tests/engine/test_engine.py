@@ -14,11 +14,11 @@ import tensorflow as tf
 from app.engine import gpt2
 from app.engine.batcher import Batcher, generate
 from app.engine.engine import Engine, EngineConfig
-from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
 from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams, preset
 from app.model.random_init import random_params
+from app.runtime.load import load_model
 from tests.support.hf_reference import hf_greedy, hf_logits, hf_model
 
 TOL = 1e-4

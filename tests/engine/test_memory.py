@@ -9,10 +9,10 @@ from unittest import mock
 import pytest
 
 from app.engine import memory
-from app.engine.load import load_model
 from app.engine.memory import InsufficientMemory, check_fits, default_slots, max_slots, plan
 from app.model.hparams import preset
 from app.model.loader import load_weights
+from app.runtime.load import load_model
 
 GIB = 2**30
 
@@ -103,7 +103,7 @@ def test_default_slots_cap():
 @pytest.mark.parametrize("layout", ["openai", "hf"])
 def test_load_model_refuses_before_reading_weights(tiny_dirs, layout):
     path = tiny_dirs[layout]
-    with mock.patch("app.engine.load.load_weights", wraps=load_weights) as spy:
+    with mock.patch("app.runtime.load.load_weights", wraps=load_weights) as spy:
         with pytest.raises(InsufficientMemory) as info:
             load_model(path, memory_limit=1_000_000)
         assert spy.call_count == 0
@@ -113,7 +113,7 @@ def test_load_model_refuses_before_reading_weights(tiny_dirs, layout):
 
 def test_load_model_with_enough_memory_reads_weights_once(tiny_dirs, tiny_hp):
     # The spy's positive control: the same path with room to spare does read the weights.
-    with mock.patch("app.engine.load.load_weights", wraps=load_weights) as spy:
+    with mock.patch("app.runtime.load.load_weights", wraps=load_weights) as spy:
         model = load_model(tiny_dirs["openai"], memory_limit=4 * GIB, slots=2)
         assert spy.call_count == 1
     assert model.hparams == tiny_hp

@@ -1,11 +1,11 @@
-"""The keyword demo's corpus (bench/speeches.py): Shakespeare's plays cut into speeches, the speaker
+"""The keyword demo's corpus (bench/shakespeare_speeches.py): Shakespeare's plays cut into speeches, the speaker
 as title and the play as category, every n-th speech held out."""
 
 from __future__ import annotations
 
 import json
 
-from bench.speeches import main, speeches
+from bench.shakespeare_speeches import main, speeches
 
 PLAY = """HAMLET, PRINCE OF DENMARK
 

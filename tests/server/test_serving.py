@@ -19,10 +19,10 @@ from text_generation import Client
 
 from app.engine import kernels
 from app.engine.batcher import generate
-from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
 from app.engine.spec import GenerationSpec
 from app.model.random_init import write_random_model
+from app.runtime.load import load_model
 from tests.support.server_harness import TINY, metric, running_server, serve_process, sse_event, tiny_settings
 
 TINY_NAME = "tiny-openai"  # the folder name tests/conftest.py writes, which is the model's name

@@ -1,4 +1,4 @@
-"""Stop sequences across token boundaries and UTF-8-safe text release (app/server/text.py)."""
+"""Stop sequences across token boundaries and UTF-8-safe text release (app/server/text_stream.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.server.text import TextStream
+from app.server.text_stream import TextStream
 from app.tokenizer.bpe import Encoder
 
 

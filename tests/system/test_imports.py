@@ -1,5 +1,6 @@
 """Imports point down: the clients load neither TensorFlow nor the server, the wire schemas neither
-TensorFlow nor the generation path, and bench/ does not import tests/."""
+TensorFlow nor the generation path, bench/ does not import tests/, and each package of app/ imports
+only the layers below it (errors < tokenizer < model, keywords < engine < runtime, train < server < cli)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,31 @@ def test_bench_does_not_import_tests():
         if re.match(r"\s*(from|import)\s+tests(\.|\s)", line)
     ]
     assert not found, found
+
+
+# What each package of app/ may import from the others: each layer only those below it.
+LAYERS = {
+    "errors": set(),
+    "tokenizer": {"errors"},
+    "model": {"errors", "tokenizer"},
+    "keywords": {"errors", "tokenizer"},
+    "engine": {"errors", "model"},
+    "runtime": {"errors", "tokenizer", "model", "keywords", "engine"},
+    "train": {"errors", "tokenizer", "model", "keywords", "engine"},
+    "client": set(),
+}
+IMPORT = re.compile(r"^\s*(?:from|import)\s+app\.([a-z_]+)", re.M)
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_a_package_imports_only_the_layers_below_it(package):
+    files = [ROOT / "app" / f"{package}.py"] if (ROOT / "app" / f"{package}.py").exists() else []
+    files += sorted((ROOT / "app" / package).rglob("*.py"))
+    assert files, package
+    wrong = sorted(
+        f"{p.relative_to(ROOT)}: app.{name}"
+        for p in files
+        for name in IMPORT.findall(p.read_text())
+        if name != package and name not in LAYERS[package]
+    )
+    assert not wrong, wrong

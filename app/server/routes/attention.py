@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Response
 
 from app.engine.attention_maps import attention_maps
-from app.engine.load import LoadedModel
+from app.runtime.load import LoadedModel
 from app.server.schemas import tgi
 from app.server.schemas.attention import AttentionRequest, AttentionResponse
 from app.server.state import StateDep

@@ -22,8 +22,8 @@ from app.server.errors import APIError, error_body
 from app.server.generation import ClientGone, Generation, Result, StreamedToken, failure, submit
 from app.server.request import TextRequest
 from app.server.schemas import openai as oa
+from app.server.sse import DONE, sse, sse_response
 from app.server.state import ServerState, StateDep
-from app.server.streaming import DONE, sse, sse_response
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 ROUTE = "/v1/completions"

@@ -11,8 +11,8 @@ from app import __version__
 from app.server.errors import APIError, error_body
 from app.server.generation import ClientGone, Generation, Result, StreamedToken, failure, submit
 from app.server.schemas import tgi
+from app.server.sse import sse, sse_response
 from app.server.state import ServerState, StateDep
-from app.server.streaming import sse, sse_response
 from app.server.validation import check_text, ready_worker
 
 router = APIRouter(tags=["TGI"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.model.default import DEFAULT_NAME, DEMO, RANDOM_HPARAMS
+from app.model.default_model import DEFAULT_NAME, DEMO, RANDOM_HPARAMS
 from app.model.hparams import ALIASES, PRESETS, HParams, preset
 from app.model.loader import read_hparams, resolve_model_dir
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from app.model.default import DEFAULT_NAME, resolve_default
+from app.model.default_model import DEFAULT_NAME, resolve_default
 from app.model.loader import resolve_model_dir
 
 

