@@ -24,7 +24,7 @@ import functools
 import heapq
 import json
 import operator
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Literal
 
@@ -94,6 +94,7 @@ class Encoder:
         self._encoder: dict[str, int] = dict(encoder)
         self._merges: list[tuple[str, str]] = [tuple(m) for m in merges]  # rank -> pair
         self._ranks: dict[tuple[str, str], int] = merge_ranks(self._merges, self._encoder)
+        self._special = added_tokens(self._encoder, self._merges, byte_encoder.values())
         # str.translate table: Latin-1 code point of a byte -> its BPE character.
         self._byte_table = dict(byte_encoder)
         byte_decoder = {c: b for b, c in byte_encoder.items()}
@@ -143,13 +144,19 @@ class Encoder:
         """Id of ``<|endoftext|>`` (50256 for GPT-2), or None if the vocabulary has none."""
         return self._encoder.get(ENDOFTEXT)
 
+    @property
+    def special_tokens(self) -> frozenset[str]:
+        """Names ``allowed_special`` may hold: ``<|endoftext|>`` and the vocabulary's added tokens
+        (:func:`added_tokens`; for GPT-2 that is ``<|endoftext|>`` alone)."""
+        return SPECIAL_TOKENS | self._special
+
     # -- encoding --------------------------------------------------------------------------
 
     def encode(self, text: str, *, allowed_special: Set[str] | Literal["all"] = frozenset()) -> list[int]:
         """Token ids of ``text``, as tiktoken's ``encode(text, allowed_special=...)``.
 
         Special-token strings in ``text`` are encoded as plain text unless named in
-        ``allowed_special`` (a set of names from :data:`SPECIAL_TOKENS`, or ``"all"``): those become
+        ``allowed_special`` (a set of names from :attr:`special_tokens`, or ``"all"``): those become
         their single token, e.g. ``"<|endoftext|>"`` -> :attr:`eot_token`. A vocabulary without
         the token keeps the string as text. Unknown names raise ``ValueError``.
         """
@@ -158,7 +165,9 @@ class Encoder:
             return self._encode_ordinary(text)
         ids: list[int] = []
         start = 0
-        for match in regex.finditer("|".join(regex.escape(name) for name in sorted(allowed)), text):
+        # Longest names first, so a special token that begins another one does not cut it.
+        names = sorted(allowed, key=lambda name: (-len(name), name))
+        for match in regex.finditer("|".join(regex.escape(name) for name in names), text):
             ids.extend(self._encode_ordinary(text[start : match.start()]))
             ids.append(self._encoder[match.group()])
             start = match.end()
@@ -167,15 +176,18 @@ class Encoder:
 
     def _allowed_special(self, allowed_special: Set[str] | Literal["all"]) -> list[str]:
         """The names of ``allowed_special`` this vocabulary has a token for."""
+        known = self.special_tokens
         if allowed_special == "all":
-            allowed_special = SPECIAL_TOKENS
+            allowed_special = known
         elif isinstance(allowed_special, str) or not isinstance(allowed_special, Set):
             raise ValueError(
                 f'allowed_special must be a set of special-token names or "all", got {allowed_special!r}'
             )
-        unknown = sorted(allowed_special - SPECIAL_TOKENS)
+        unknown = sorted(allowed_special - known)
         if unknown:
-            raise ValueError(f"not special tokens: {', '.join(map(repr, unknown))} (known: {ENDOFTEXT!r})")
+            raise ValueError(
+                f"not special tokens: {', '.join(map(repr, unknown))} (known: {', '.join(map(repr, sorted(known)))})"
+            )
         return [name for name in allowed_special if name in self._encoder]
 
     def _encode_ordinary(self, text: str) -> list[int]:
@@ -266,6 +278,11 @@ class Encoder:
         """The bytes one token stands for (may be part of a UTF-8 character)."""
         return self._id_bytes[self._check_id(token_id)]
 
+    def byte_stream(self) -> Callable[[int], bytes]:
+        """Id -> bytes for the ids of one text in order (the streaming detokenizer's input). A BPE
+        token's bytes do not depend on its neighbours, so this is :meth:`token_bytes`."""
+        return self.token_bytes
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of a token sequence, exactly."""
         table = self._id_bytes
@@ -302,6 +319,21 @@ def check_vocab(encoder: Mapping[str, int], byte_symbols: Iterable[str]) -> None
     missing = [s for s in byte_symbols if s not in encoder]
     if missing:
         raise VocabError(f"{len(missing)} single-byte tokens are missing, e.g. {missing[0]!r}")
+
+
+def added_tokens(
+    encoder: Mapping[str, int], merges: Sequence[tuple[str, str]], byte_symbols: Iterable[str]
+) -> frozenset[str]:
+    """The vocabulary's added (special) tokens: the run of last ids whose tokens are neither a byte
+    nor a merge's result, as GPT-2's ``<|endoftext|>`` (50256) and the special tokens
+    ``gpt2-serve tokenizer train`` writes after the merges."""
+    made = {*byte_symbols, *(a + b for a, b in merges)}
+    found: set[str] = set()
+    for token in sorted(encoder, key=encoder.__getitem__, reverse=True):
+        if token in made:
+            break
+        found.add(token)
+    return frozenset(found)
 
 
 def merge_ranks(merges: Sequence[tuple[str, str]], encoder: Mapping[str, int]) -> dict[tuple[str, str], int]:
