@@ -37,15 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.tokenizer.bpe import Encoder
+    from app.tokenizer.load import load_tokenizer
     from app.train.data import load_chunks, save_npz
 
     model_dir = model_dir_arg(args.model, args.models_dir)
     if args.keywords:
         return _run_keywords(args, model_dir)
-    chunks = load_chunks(
-        args.input, Encoder.from_dir(model_dir), combine=args.combine, encoding=args.encoding
-    )
+    chunks = load_chunks(args.input, load_tokenizer(model_dir), combine=args.combine, encoding=args.encoding)
     save_npz(args.output, chunks)
     print(f"wrote {sum(len(c) for c in chunks):,} tokens in {len(chunks)} chunks to {args.output}")
     return 0
@@ -56,7 +54,7 @@ def _run_keywords(args: argparse.Namespace, model_dir) -> int:
 
     from app.keywords.dataset import KeywordConfig, encode_keyword_dataset, read_docs, spec, spec_path
     from app.model.loader import read_hparams
-    from app.tokenizer.bpe import Encoder
+    from app.tokenizer.load import load_tokenizer
     from app.train.data import save_npz
 
     if min(args.keywords_per_doc, args.repeat) < 1 or args.max_keywords < 0:
@@ -70,7 +68,7 @@ def _run_keywords(args: argparse.Namespace, model_dir) -> int:
         seed=args.seed,
     )
     tokens, stats = encode_keyword_dataset(
-        read_docs(args.input, args.encoding), Encoder.from_dir(model_dir), cfg
+        read_docs(args.input, args.encoding), load_tokenizer(model_dir), cfg
     )
     if not len(tokens):
         raise ValueError(

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from app.model.loader import resolve_model_dir
-from app.tokenizer.bpe import Encoder
+from app.tokenizer.load import load_tokenizer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def parse_ids(raw: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    encoder = Encoder.from_dir(resolve_model_dir(args.model, args.models_dir))
+    encoder = load_tokenizer(resolve_model_dir(args.model, args.models_dir))
     if args.decode:
         write_stdout(encoder.decode(parse_ids(read_stdin())))
     else:

@@ -97,12 +97,12 @@ def _datasets(args: argparse.Namespace, enc):
 
 def run(args: argparse.Namespace) -> int:
     from app.model.loader import load_weights
-    from app.tokenizer.bpe import Encoder
+    from app.tokenizer.load import load_tokenizer
     from app.train.trainer import Trainer, write_run_info
 
     model_dir = model_dir_arg(args.model, args.models_dir)
     cfg = _config(args)
-    enc = Encoder.from_dir(model_dir)
+    enc = load_tokenizer(model_dir)
     hp, params = load_weights(model_dir)
     train, val = _datasets(args, enc)
     print(

@@ -14,7 +14,7 @@ from app.engine.engine import Engine, EngineConfig
 from app.keywords.model_spec import KeywordSpec, read_model_spec
 from app.model.hparams import HParams
 from app.model.loader import load_weights, read_hparams, resolve_model_dir
-from app.tokenizer.bpe import Encoder
+from app.tokenizer.load import Tokenizer, load_tokenizer
 
 
 @dataclass
@@ -22,7 +22,7 @@ class LoadedModel:
     name: str
     path: Path
     hparams: HParams
-    encoder: Encoder
+    encoder: Tokenizer
     engine: Engine
     plan: memory.MemoryPlan
     keywords: KeywordSpec | None = None  # its keywords.json: keyword-conditioned, with these delimiters
@@ -61,7 +61,7 @@ def load_model(
     plan = memory.plan(hp, slots=slots, dtype=dtype)
     if available is not None:
         memory.check_fits(plan, hp, available=available, where=f"{device} for {path.name}")
-    encoder = Encoder.from_dir(path)
+    encoder = load_tokenizer(path)
     if encoder.n_vocab != hp.n_vocab:
         raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
     _, params = load_weights(path)

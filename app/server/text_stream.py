@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.tokenizer.bpe import Encoder
 from app.tokenizer.detokenizer import IncrementalDetokenizer
+from app.tokenizer.load import Tokenizer
 
 
 class TextStream:
-    def __init__(self, encoder: Encoder, stop: Sequence[str] = ()):
+    def __init__(self, encoder: Tokenizer, stop: Sequence[str] = ()):
         if any(not s for s in stop):
             raise ValueError("stop sequences must not be empty")
         self._detok = IncrementalDetokenizer(encoder)
