@@ -21,6 +21,7 @@ from app.tokenizer.bundled import BundledFilesError
 SUBCOMMANDS = (
     "app.cli.generate_cmd",
     "app.cli.tokenize_cmd",
+    "app.cli.tokenizer_cmd",
     "app.cli.download_cmd",
     "app.cli.init_model_cmd",
     "app.cli.serve_cmd",

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from app.tokenizer.bpe import ENDOFTEXT, Encoder
+from app.keywords.dataset import read_jsonl
+from app.tokenizer.bpe import ENDOFTEXT
+from app.tokenizer.load import Tokenizer
 
 
 def _files(path: str) -> list[Path]:
@@ -32,8 +35,28 @@ def _files(path: str) -> list[Path]:
     return found
 
 
+def _read_text(f: Path, encoding: str) -> str:
+    try:
+        return f.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{f}: not valid {encoding} text (byte {exc.start}); use --encoding") from None
+
+
+def read_texts(path: str, *, encoding: str = "utf-8") -> Iterator[str]:
+    """The texts of a corpus, as :func:`load_chunks` finds its files (a file, a folder or a glob):
+    each file whole, except ``.jsonl`` files, one ``"text"`` field per line. For training a
+    tokenizer, where ``.npz`` token arrays have no text: they raise ``ValueError``."""
+    for f in _files(path):
+        if f.suffix == ".npz":
+            raise ValueError(f"{f}: token arrays (.npz) hold no text; give the text files")
+        if f.suffix == ".jsonl":
+            yield from (doc.text for doc in read_jsonl(f, encoding))
+        else:
+            yield _read_text(f, encoding)
+
+
 def load_chunks(
-    path: str, enc: Encoder, *, combine: int = 50000, encoding: str = "utf-8", progress: bool = True
+    path: str, enc: Tokenizer, *, combine: int = 50000, encoding: str = "utf-8", progress: bool = True
 ) -> list[np.ndarray]:
     """Token arrays (``int32``) from ``path``: ``.npz`` files are taken as already encoded."""
     chunks: list[np.ndarray] = []
@@ -43,10 +66,7 @@ def load_chunks(
             with np.load(f) as npz:
                 chunks.extend(np.asarray(npz[k], dtype=np.int32) for k in npz.files)
             continue
-        try:
-            text = f.read_text(encoding=encoding)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{f}: not valid {encoding} text (byte {exc.start}); use --encoding") from None
+        text = _read_text(f, encoding)
         if len(raw) >= combine:
             chunks.append(_encode(enc, raw))
             raw = ""
@@ -59,7 +79,7 @@ def load_chunks(
     return chunks
 
 
-def _encode(enc: Encoder, text: str) -> np.ndarray:
+def _encode(enc: Tokenizer, text: str) -> np.ndarray:
     """Encode, mapping each literal ``<|endoftext|>`` to the special token (as files are joined by it)."""
     return np.asarray(enc.encode(text, allowed_special="all"), dtype=np.int32)
 
