@@ -97,13 +97,11 @@ def tiny_dirs(tmp_path_factory, tiny_params) -> dict[str, object]:
     """The same tiny weights written as an OpenAI folder and as a Hugging Face folder."""
     from app.model.formats.hf import write_hf_model
     from app.model.formats.openai_tf import write_openai_model
-    from app.tokenizer.bundled import bundled_bpe_files
+    from app.tokenizer.load import gpt2_tokenizer_files
 
-    enc, bpe = bundled_bpe_files()
+    gpt2 = gpt2_tokenizer_files()
     root = tmp_path_factory.mktemp("models")
     return {
-        "openai": write_openai_model(
-            root / "tiny-openai", TINY, tiny_params, encoder_json=enc, vocab_bpe=bpe
-        ),
-        "hf": write_hf_model(root / "tiny-hf", TINY, tiny_params, encoder_json=enc, vocab_bpe=bpe),
+        "openai": write_openai_model(root / "tiny-openai", TINY, tiny_params, tokenizer=gpt2),
+        "hf": write_hf_model(root / "tiny-hf", TINY, tiny_params, tokenizer=gpt2),
     }

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     from app.keywords.dataset import read_spec
-    from app.tokenizer.bpe import tokenizer_files
+    from app.tokenizer.load import tokenizer_files
 
     write_run_info(
         run_dir,

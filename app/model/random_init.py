@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from app.model.formats import LAYOUTS, Layout
 from app.model.hparams import HParams, param_shapes
-from app.tokenizer.bundled import bundled_bpe_files
+from app.tokenizer.load import TokenizerFiles, gpt2_tokenizer_files
 
 
 def random_params(
@@ -57,21 +57,30 @@ def random_params(
 
 
 def write_random_model(
-    dest_dir: Path | str, hp: HParams, *, seed: int = 0, layout: Layout = "openai"
+    dest_dir: Path | str,
+    hp: HParams,
+    *,
+    seed: int = 0,
+    layout: Layout = "openai",
+    tokenizer: TokenizerFiles | None = None,
 ) -> Path:
-    """Write a random GPT-2 with the real 50257-token vocabulary to ``dest_dir`` in ``layout``.
+    """Write a random GPT-2 to ``dest_dir`` in ``layout``, with ``tokenizer``'s files (default:
+    GPT-2's own, 50257 tokens); ``hp.n_vocab`` must be the tokenizer's vocabulary size.
 
     The folder appears whole or not at all (written beside it, then renamed), so a reader or an
     interrupted run never sees half a model. ``dest_dir`` must not exist or be empty.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected {' or '.join(map(repr, LAYOUTS))}")
-    if hp.n_vocab != 50257:
-        raise ValueError(f"n_vocab must be 50257 to match GPT-2's BPE vocabulary, got {hp.n_vocab}")
+    if tokenizer is None:
+        tokenizer, n_vocab, whose = gpt2_tokenizer_files(), 50257, "GPT-2's BPE vocabulary"
+    else:
+        n_vocab, whose = tokenizer.load().n_vocab, f"the tokenizer's vocabulary ({tokenizer.paths[0].parent})"
+    if hp.n_vocab != n_vocab:
+        raise ValueError(f"n_vocab must be {n_vocab} to match {whose}, got {hp.n_vocab}")
     dest = Path(dest_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"{dest} already exists and is not an empty folder")
-    encoder_json, vocab_bpe = bundled_bpe_files()
     # Imported here so that the layout not written does not cost its import (TensorFlow, safetensors).
     if layout == "openai":
         from app.model.formats.openai_tf import write_openai_model as write
@@ -81,7 +90,7 @@ def write_random_model(
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     try:
-        write(staging, hp, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
+        write(staging, hp, params, tokenizer=tokenizer)
         if dest.exists():
             dest.rmdir()
         staging.rename(dest)

@@ -63,7 +63,10 @@ def load_model(
         memory.check_fits(plan, hp, available=available, where=f"{device} for {path.name}")
     encoder = load_tokenizer(path)
     if encoder.n_vocab != hp.n_vocab:
-        raise ValueError(f"{path}: tokenizer has {encoder.n_vocab} tokens but the model has {hp.n_vocab}")
+        raise ValueError(
+            f"{path}: the tokenizer has {encoder.n_vocab} tokens but the model has n_vocab {hp.n_vocab}; "
+            "they must be equal (init-model --tokenizer sizes a new model to its tokenizer)"
+        )
     _, params = load_weights(path)
     config = EngineConfig(slots=slots, dtype=dtype, device=device, **engine_options)
     engine = Engine(hp, params, config)

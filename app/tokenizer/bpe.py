@@ -21,6 +21,7 @@ as the reference (and tiktoken's ``encode_ordinary``) does; ``encode(text, allow
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import json
 import operator
@@ -41,6 +42,8 @@ LONG_WORD = 8  # pre-tokens longer than this (in bytes) use the heap-based loop;
 
 # (vocabulary, merges) file names: OpenAI's release first, then Hugging Face's.
 TOKENIZER_FILES = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
+# Encoder.digest of GPT-2's own vocabulary and merges (openai/gpt-2's encoder.json + vocab.bpe).
+GPT2_DIGEST = "833e9eb5fa4db21cd564ebca0345f1cc804fd664894019efee53de0ac9c8d3b6"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -130,7 +133,7 @@ class Encoder:
     def from_dir(cls, model_dir: Path) -> Encoder:
         """Load the tokenizer of a model folder: ``encoder.json`` + ``vocab.bpe`` (OpenAI) or
         ``vocab.json`` + ``merges.txt`` (Hugging Face)."""
-        return cls.from_files(*tokenizer_files(model_dir))
+        return cls.from_files(*bpe_files(model_dir))
 
     # -- properties ------------------------------------------------------------------------
 
@@ -143,6 +146,18 @@ class Encoder:
     def eot_token(self) -> int | None:
         """Id of ``<|endoftext|>`` (50256 for GPT-2), or None if the vocabulary has none."""
         return self._encoder.get(ENDOFTEXT)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the vocabulary (every token with its id) and the merges in rank order: two
+        encoders with the same digest encode every text alike (GPT-2's is :data:`GPT2_DIGEST`)."""
+        h = hashlib.sha256()
+        for token, i in sorted(self._encoder.items(), key=operator.itemgetter(1)):
+            h.update(f"{i} {token}\n".encode())
+        h.update(b"merges\n")
+        for first, second in self._merges:
+            h.update(f"{first} {second}\n".encode())
+        return h.hexdigest()
 
     @property
     def special_tokens(self) -> frozenset[str]:
@@ -399,7 +414,7 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
     return merges, line_numbers
 
 
-def tokenizer_files(model_dir: Path | str) -> tuple[Path, Path]:
+def bpe_files(model_dir: Path | str) -> tuple[Path, Path]:
     """``(encoder.json, vocab.bpe)`` of an OpenAI folder or ``(vocab.json, merges.txt)`` of a Hugging
     Face one; otherwise :class:`ModelFileError` naming the missing folder, the missing half of a pair,
     or (no tokenizer file at all) ``encoder.json``."""

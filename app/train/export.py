@@ -16,9 +16,15 @@ import tensorflow as tf
 from app.keywords.model_spec import write_model_spec
 from app.model.formats.openai_tf import write_openai_model
 from app.model.hparams import HParams, param_shapes
-from app.tokenizer.bundled import bundled_bpe_files
+from app.tokenizer.load import (
+    TokenizerFiles,
+    describe_tokenizer,
+    find_tokenizer_files,
+    gpt2_tokenizer_files,
+    load_tokenizer,
+)
 from app.train.losslog import last_losses
-from app.train.trainer import RUN_TOKENIZER, Weights
+from app.train.trainer import Weights
 
 
 def read_run(run_dir: Path) -> dict:
@@ -45,18 +51,17 @@ def export_weights(run_dir: Path | str, name: str, models_dir: Path | str = "mod
     dest = Path(models_dir) / name
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"{dest} already exists; choose another --name or remove it")
-    encoder_json, vocab_bpe = run_tokenizer(run_dir)
-    write_openai_model(dest, hp, params, encoder_json=encoder_json, vocab_bpe=vocab_bpe)
+    write_openai_model(dest, hp, params, tokenizer=run_tokenizer(run_dir))
     if info.get("keywords") is not None:  # trained on a keyword-encoded dataset
         write_model_spec(dest, info["keywords"])
     return dest
 
 
-def run_tokenizer(run_dir: Path) -> tuple[Path, Path]:
-    """The tokenizer files the run kept from its source model; GPT-2's own for a run that kept none
-    (runs made before the trainer kept them, which all started from GPT-2's vocabulary)."""
-    kept = tuple(run_dir / name for name in RUN_TOKENIZER)
-    return kept if all(f.is_file() for f in kept) else bundled_bpe_files()
+def run_tokenizer(run_dir: Path) -> TokenizerFiles:
+    """The tokenizer files the run kept from its source model (a BPE pair or an ``sp.model``);
+    GPT-2's own for a run that kept none (runs made before the trainer kept them, which all started
+    from GPT-2's vocabulary)."""
+    return find_tokenizer_files(run_dir) or gpt2_tokenizer_files()
 
 
 def write_model_card(dest: Path, run_dir: Path, name: str, samples: list[str] | None = None) -> Path:
@@ -64,13 +69,24 @@ def write_model_card(dest: Path, run_dir: Path, name: str, samples: list[str] | 
     info = read_run(run_dir)
     steps, loss, val = last_losses(run_dir)
     path = dest / "MODEL_CARD.md"
-    path.write_text(model_card(name, info, HParams(**info["hparams"]), steps, loss, val, samples or []))
+    tokenizer = describe_tokenizer(load_tokenizer(dest))
+    path.write_text(
+        model_card(name, info, HParams(**info["hparams"]), steps, loss, val, samples or [], tokenizer)
+    )
     return path
 
 
 def model_card(
-    name: str, info: dict, hp: HParams, steps: int, loss: float | None, val: float | None, samples: list[str]
+    name: str,
+    info: dict,
+    hp: HParams,
+    steps: int,
+    loss: float | None,
+    val: float | None,
+    samples: list[str],
+    tokenizer: dict,
 ) -> str:
+    """``tokenizer``: :func:`app.tokenizer.load.describe_tokenizer` of the model's tokenizer."""
     cfg = info["config"]
     lines = [
         f"# {name}",
@@ -80,7 +96,8 @@ def model_card(
         f"- Trained on: `{info['dataset']}`",
         f"- Started from: `{info['source_model']}`",
         f"- Size: {hp.n_layer} layers, width {hp.n_embd}, {hp.n_head} heads, context {hp.n_ctx}, "
-        f"vocabulary {hp.n_vocab} (the source model's BPE); {hp.n_params():,} parameters",
+        f"vocabulary {hp.n_vocab}; {hp.n_params():,} parameters",
+        f"- Tokenizer: {tokenizer['kind']}, {tokenizer['n_vocab']} tokens (the source model's)",
         f"- Steps: {steps} (batch {cfg['batch_size']} x {cfg['accumulate_gradients']} accumulated, "
         f"windows of {cfg['context'] or hp.n_ctx} tokens, {cfg['optimizer']} at learning rate {cfg['learning_rate']})",
         f"- Final training loss: {loss:.4f}" if loss is not None else "- Final training loss: n/a",

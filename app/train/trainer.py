@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from app.engine.engine import Engine, EngineConfig
 from app.engine.sampling import SamplingParams
 from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams, param_shapes
+from app.tokenizer.load import TokenizerFiles
 from app.train.data import Sampler
 from app.train.losslog import loss_log
 
@@ -285,9 +285,6 @@ def _show(bar, row: dict) -> None:
     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_sec']:.0f}", **val)
 
 
-RUN_TOKENIZER = ("encoder.json", "vocab.bpe")  # the source model's tokenizer, kept in the run folder
-
-
 def write_run_info(
     run_dir: Path,
     *,
@@ -296,16 +293,16 @@ def write_run_info(
     dataset: str,
     cfg: TrainConfig,
     keywords: dict | None = None,
-    tokenizer: tuple[Path, Path] | None = None,
+    tokenizer: TokenizerFiles | None = None,
 ) -> None:
     """``run.json``: what export needs to describe the run (model card) and rebuild its weights;
     ``keywords``: the keyword format of a keyword-encoded dataset (export records it in the model);
-    ``tokenizer``: the source model's vocabulary and merges, copied into the run (export gives
-    them to the model, so a model whose tokenizer is not GPT-2's keeps its own)."""
+    ``tokenizer``: the source model's tokenizer files (:func:`app.tokenizer.load.tokenizer_files`:
+    a BPE pair or an ``sp.model``), copied into the run under OpenAI's names (export gives them to
+    the model, so a model whose tokenizer is not GPT-2's keeps its own)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
-        for src, name in zip(tokenizer, RUN_TOKENIZER, strict=True):
-            shutil.copyfile(src, run_dir / name)
+        tokenizer.copy_to(run_dir)
     info = {"hparams": asdict(hp), "source_model": source, "dataset": dataset, "config": asdict(cfg)}
     if keywords is not None:
         info["keywords"] = keywords

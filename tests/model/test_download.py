@@ -115,12 +115,10 @@ class ServerWithState(ThreadingHTTPServer):
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real OpenAI-layout folder (random weights) with TINY's hyperparameters."""
     from app.model.formats.openai_tf import write_openai_model
+    from app.tokenizer.load import gpt2_tokenizer_files
 
-    encoder_json, vocab_bpe = bundled_bpe_files()
     folder = tmp_path_factory.mktemp("source") / "tiny"
-    return write_openai_model(
-        folder, TINY, random_params(TINY, seed=0), encoder_json=encoder_json, vocab_bpe=vocab_bpe
-    )
+    return write_openai_model(folder, TINY, random_params(TINY, seed=0), tokenizer=gpt2_tokenizer_files())
 
 
 @pytest.fixture

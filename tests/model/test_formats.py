@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -21,7 +20,7 @@ from app.model.formats.openai_tf import read_openai_model, write_openai_model
 from app.model.hparams import HParams, param_shapes
 from app.model.loader import OPENAI_FILES, load_weights
 from app.model.random_init import random_params
-from app.tokenizer.bundled import bundled_bpe_files
+from app.tokenizer.load import TokenizerFiles, gpt2_tokenizer_files
 from tests.support.server_harness import TINY  # real 50257-token vocabulary
 
 
@@ -31,9 +30,8 @@ def params(tiny_params) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def bpe() -> dict[str, Path]:
-    encoder_json, vocab_bpe = bundled_bpe_files()
-    return {"encoder_json": encoder_json, "vocab_bpe": vocab_bpe}
+def bpe() -> dict[str, TokenizerFiles]:
+    return {"tokenizer": gpt2_tokenizer_files()}
 
 
 def assert_same(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
@@ -57,7 +55,7 @@ def test_openai_round_trip_is_exact(tmp_path, params, bpe):
     assert hp == TINY
     assert_same(loaded, params)
     assert all(a.dtype == np.float32 for a in loaded.values())
-    assert (tmp_path / "encoder.json").read_bytes() == bpe["encoder_json"].read_bytes()
+    assert (tmp_path / "encoder.json").read_bytes() == bpe["tokenizer"].paths[0].read_bytes()
 
 
 def test_hf_round_trip_is_exact(tmp_path, params, bpe):
@@ -65,8 +63,8 @@ def test_hf_round_trip_is_exact(tmp_path, params, bpe):
     hp, loaded = read_hf_model(tmp_path)
     assert hp == TINY
     assert_same(loaded, params)
-    assert (tmp_path / "merges.txt").read_bytes() == bpe["vocab_bpe"].read_bytes()
-    assert (tmp_path / "vocab.json").read_bytes() == bpe["encoder_json"].read_bytes()
+    assert (tmp_path / "merges.txt").read_bytes() == bpe["tokenizer"].paths[1].read_bytes()
+    assert (tmp_path / "vocab.json").read_bytes() == bpe["tokenizer"].paths[0].read_bytes()
 
 
 @pytest.mark.parametrize("stored", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from app.errors import ModelFileError
 from app.model.loader import detect_layout, load_weights, resolve_model_dir
-from app.tokenizer.bpe import tokenizer_files
+from app.tokenizer.load import tokenizer_files
 from tests.support.server_harness import TINY
 
 DATA = "model.ckpt.data-00000-of-00001"
@@ -294,11 +294,14 @@ def test_resolve_model_dir_not_found_says_where_and_how(tmp_path):
 
 
 def test_tokenizer_files(written, tmp_path):
-    assert tokenizer_files(written["openai"]) == (
+    assert tokenizer_files(written["openai"]).paths == (
         written["openai"] / "encoder.json",
         written["openai"] / "vocab.bpe",
     )
-    assert tokenizer_files(written["hf"]) == (written["hf"] / "vocab.json", written["hf"] / "merges.txt")
+    assert tokenizer_files(written["hf"]).paths == (
+        written["hf"] / "vocab.json",
+        written["hf"] / "merges.txt",
+    )
     with pytest.raises(ModelFileError, match="no tokenizer"):
         tokenizer_files(tmp_path)
     (tmp_path / "vocab.json").write_text("{}")

@@ -123,7 +123,7 @@ def test_encode_train_export_and_serve(tmp_path):
 
 def test_a_run_without_a_kept_tokenizer_exports_gpt2s(tmp_path):
     """Runs from before the trainer kept the source's tokenizer all started from GPT-2's vocabulary."""
-    assert run_tokenizer(tmp_path) == bundled_bpe_files()
+    assert run_tokenizer(tmp_path).paths == bundled_bpe_files()
     for name in ("encoder.json", "vocab.bpe"):
         (tmp_path / name).write_text("{}")
-    assert run_tokenizer(tmp_path) == (tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    assert run_tokenizer(tmp_path).paths == (tmp_path / "encoder.json", tmp_path / "vocab.bpe")

@@ -1,4 +1,5 @@
-"""A Hugging Face GPT-2 folder: ``config.json`` + ``model.safetensors`` (+ ``vocab.json``, ``merges.txt``).
+"""A Hugging Face GPT-2 folder: ``config.json`` + ``model.safetensors`` (+ ``vocab.json``, ``merges.txt``,
+or a sentencepiece ``sp.model``).
 
 Keys follow transformers' ``modeling_gpt2.py`` (``GPT2Model``): ``wte.weight`` ``[n_vocab, n_embd]``,
 ``wpe.weight`` ``[n_ctx, n_embd]``, ``h.{i}.ln_1.weight``/``.bias``, ``h.{i}.attn.c_attn.weight``
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from safetensors.numpy import save_file
 from app.errors import ModelFileError
 from app.model.formats import Inventory, StoredTensor, is_canonical, require_params
 from app.model.hparams import HParams, param_shapes, read_json_object
+from app.tokenizer.load import TokenizerFiles
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -121,15 +122,16 @@ def hparams_from_config(path: Path) -> HParams:
         raise ModelFileError(path, str(exc)) from None
 
 
-def gpt2_config(hp: HParams) -> dict[str, Any]:
-    """``config.json`` as transformers' ``GPT2Config(...).save_pretrained`` writes it for ``hp``."""
+def gpt2_config(hp: HParams, eot_token: int | None = 50256) -> dict[str, Any]:
+    """``config.json`` as transformers' ``GPT2Config(...).save_pretrained`` writes it for ``hp``, the
+    tokenizer's end-of-text id as ``bos_token_id`` and ``eos_token_id`` (GPT-2's 50256)."""
     return {
         "activation_function": "gelu_new",
         "architectures": ["GPT2LMHeadModel"],
         "attn_pdrop": 0.1,
-        "bos_token_id": 50256,
+        "bos_token_id": eot_token,
         "embd_pdrop": 0.1,
-        "eos_token_id": 50256,
+        "eos_token_id": eot_token,
         "initializer_range": 0.02,
         "layer_norm_epsilon": 1e-05,
         "model_type": "gpt2",
@@ -227,11 +229,11 @@ def write_hf_model(
     hp: HParams,
     params: Mapping[str, np.ndarray],
     *,
-    encoder_json: Path | str,
-    vocab_bpe: Path | str,
+    tokenizer: TokenizerFiles,
 ) -> Path:
     """Write ``config.json``, ``generation_config.json``, ``model.safetensors``, ``vocab.json`` and
-    ``merges.txt`` so that ``GPT2LMHeadModel.from_pretrained(dest_dir)`` loads it; returns ``dest_dir``.
+    ``merges.txt`` (a sentencepiece tokenizer: ``sp.model``) so that
+    ``GPT2LMHeadModel.from_pretrained(dest_dir)`` loads it; returns ``dest_dir``.
 
     Keys are written without the ``transformer.`` prefix, as the hub's ``gpt2`` folder has them; the
     tied ``lm_head`` is not stored. Tensors keep ``params``' dtype (float32, float16 or bfloat16).
@@ -241,9 +243,9 @@ def write_hf_model(
     dest.mkdir(parents=True, exist_ok=True)
     tensors = {hf_key(name): np.ascontiguousarray(params[name]) for name in param_shapes(hp)}
     save_file(tensors, str(dest / WEIGHTS), metadata={"format": "pt"})
-    (dest / CONFIG).write_text(json.dumps(gpt2_config(hp), indent=2) + "\n", encoding="utf-8")
-    generation = {"_from_model_config": True, "bos_token_id": 50256, "eos_token_id": 50256}
+    eot = tokenizer.eot_token()
+    (dest / CONFIG).write_text(json.dumps(gpt2_config(hp, eot), indent=2) + "\n", encoding="utf-8")
+    generation = {"_from_model_config": True, "bos_token_id": eot, "eos_token_id": eot}
     (dest / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
-    shutil.copyfile(encoder_json, dest / "vocab.json")
-    shutil.copyfile(vocab_bpe, dest / "merges.txt")
+    tokenizer.copy_to(dest, "hf")
     return dest

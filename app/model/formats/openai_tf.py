@@ -7,7 +7,7 @@ The folder (openai/gpt-2 ``download_model.py``) holds::
     model.ckpt.index                 tensor names, shapes, offsets and checksums
     model.ckpt.data-00000-of-00001   the float32 tensor bytes
     model.ckpt.meta                  the training graph (not needed to read the weights)
-    encoder.json, vocab.bpe          the byte-level BPE tokenizer
+    encoder.json, vocab.bpe          the byte-level BPE tokenizer (or a sentencepiece sp.model)
 
 Variable names are openai/gpt-2 ``src/model.py``'s scopes: ``model/wte`` ``[n_vocab, n_embd]``,
 ``model/wpe`` ``[n_ctx, n_embd]``, ``model/h{i}/ln_1/g``, ``model/h{i}/attn/c_attn/w``
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import glob
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saver_pb2
 from app.errors import ModelFileError
 from app.model.formats import Inventory, StoredTensor, is_canonical, require_params
 from app.model.hparams import HParams, param_shapes
+from app.tokenizer.load import TokenizerFiles
 
 PREFIX = "model.ckpt"
 SCOPE = "model/"
@@ -151,10 +151,10 @@ def write_openai_model(
     hp: HParams,
     params: Mapping[str, np.ndarray],
     *,
-    encoder_json: Path | str,
-    vocab_bpe: Path | str,
+    tokenizer: TokenizerFiles,
 ) -> Path:
-    """Write the seven files of an OpenAI release folder; returns ``dest_dir``.
+    """Write the seven files of an OpenAI release folder (``tokenizer``'s files as ``encoder.json`` +
+    ``vocab.bpe``, or its ``sp.model``); returns ``dest_dir``.
 
     Tensors are stored as float32 whatever ``params``' dtype, as OpenAI's are: openai/gpt-2's
     code restores them into float32 variables.
@@ -175,8 +175,7 @@ def write_openai_model(
         f'model_checkpoint_path: "{PREFIX}"\nall_model_checkpoint_paths: "{PREFIX}"\n', encoding="utf-8"
     )
     (dest / "hparams.json").write_text(hp.to_json(), encoding="utf-8")
-    shutil.copyfile(encoder_json, dest / "encoder.json")
-    shutil.copyfile(vocab_bpe, dest / "vocab.bpe")
+    tokenizer.copy_to(dest, "openai")
     return dest
 
 
