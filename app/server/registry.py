@@ -22,6 +22,7 @@ from app.runtime.load import LoadedModel, load_model
 from app.server.metrics import Metrics
 from app.server.settings import Settings
 from app.server.worker import ModelWorker
+from app.tokenizer.load import describe_tokenizer
 
 log = logging.getLogger("gpt2serve.registry")
 
@@ -195,6 +196,7 @@ def describe(entry: ModelEntry) -> dict:
             slots={"busy": worker.active, "total": model.engine.slots},
             queue={"length": worker.queued, "capacity": worker.queue_size},
             memory_plan=model.plan.as_dict(),
+            tokenizer=describe_tokenizer(model.encoder),
         )
         # A keyword-conditioned model's format; null for the others.
         out["keywords"] = model.keywords.as_dict() if model.keywords else None
