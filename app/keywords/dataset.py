@@ -19,7 +19,7 @@ import numpy as np
 
 from app.keywords.extract import extract_keywords
 from app.keywords.format import DEFAULT, Delimiters, keyword_subsets, prefix
-from app.tokenizer.bpe import Encoder
+from app.tokenizer.load import Tokenizer
 
 MIN_BODY_TOKENS = 8  # a piece shorter than this would teach little besides the prefix
 
@@ -92,7 +92,7 @@ class KeywordConfig:
 
 
 def encode_doc(
-    doc: Doc, enc: Encoder, cfg: KeywordConfig, rng: random.Random, stats: Stats
+    doc: Doc, enc: Tokenizer, cfg: KeywordConfig, rng: random.Random, stats: Stats
 ) -> list[list[int]]:
     """Every piece of every repeat of one document."""
     d = cfg.delimiters
@@ -110,7 +110,9 @@ def encode_doc(
     return out
 
 
-def encode_keyword_dataset(docs: Iterator[Doc], enc: Encoder, cfg: KeywordConfig) -> tuple[np.ndarray, Stats]:
+def encode_keyword_dataset(
+    docs: Iterator[Doc], enc: Tokenizer, cfg: KeywordConfig
+) -> tuple[np.ndarray, Stats]:
     """All pieces, shuffled (so a document's repeats are not neighbours), as one ``int32`` array."""
     rng = random.Random(cfg.seed)
     stats = Stats()
