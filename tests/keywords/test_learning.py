@@ -32,6 +32,7 @@ from app.keywords.format import prefix
 from app.model.hparams import HParams
 from app.model.loader import load_weights
 from app.tokenizer.bpe import ENDOFTEXT, Encoder, bytes_to_unicode, read_merges, read_vocab
+from app.tokenizer.load import tokenizer_files
 from app.train.data import Sampler
 from app.train.export import export_weights
 from app.train.trainer import TrainConfig, Trainer, write_run_info
@@ -122,7 +123,6 @@ def trained(cut, run_dir):
     for w in WORDS:  # YAKE found each word as its document's keyword
         assert text.count(f"~^{w}~@~}}{w.capitalize()}.") > 10
     cfg = TrainConfig(batch_size=16, learning_rate=1e-3, context=32)
-    tokenizer = (cut.bpe / "encoder.json", cut.bpe / "vocab.bpe")
     write_run_info(
         run_dir,
         hp=hp,
@@ -130,7 +130,7 @@ def trained(cut, run_dir):
         dataset="words",
         cfg=cfg,
         keywords=spec(KW_CFG),
-        tokenizer=tokenizer,
+        tokenizer=tokenizer_files(cut.bpe),
     )
     trainer = Trainer(hp, params, cfg, run_dir)
     trainer.fit(Sampler([tokens], seed=0), steps=STEPS, progress=False)
