@@ -49,16 +49,22 @@ def read_texts(path: str, *, encoding: str = "utf-8") -> Iterator[str]:
     for f in _files(path):
         if f.suffix == ".npz":
             raise ValueError(f"{f}: token arrays (.npz) hold no text; give the text files")
-        if f.suffix == ".jsonl":
-            yield from (doc.text for doc in read_jsonl(f, encoding))
-        else:
-            yield _read_text(f, encoding)
+        yield from _documents(f, encoding)
+
+
+def _documents(f: Path, encoding: str) -> Iterator[str]:
+    """A text file's documents: the file whole, or a ``.jsonl`` file's ``"text"`` fields."""
+    if f.suffix == ".jsonl":
+        yield from (doc.text for doc in read_jsonl(f, encoding))
+    else:
+        yield _read_text(f, encoding)
 
 
 def load_chunks(
     path: str, enc: Tokenizer, *, combine: int = 50000, encoding: str = "utf-8", progress: bool = True
 ) -> list[np.ndarray]:
-    """Token arrays (``int32``) from ``path``: ``.npz`` files are taken as already encoded."""
+    """Token arrays (``int32``) from ``path``: ``.npz`` files are taken as already encoded; every
+    document (a text file, or a line of a ``.jsonl`` file) ends with ``<|endoftext|>``."""
     chunks: list[np.ndarray] = []
     raw = ""
     for f in tqdm(_files(path), desc="encoding", unit="file", disable=not progress):
@@ -66,11 +72,11 @@ def load_chunks(
             with np.load(f) as npz:
                 chunks.extend(np.asarray(npz[k], dtype=np.int32) for k in npz.files)
             continue
-        text = _read_text(f, encoding)
-        if len(raw) >= combine:
-            chunks.append(_encode(enc, raw))
-            raw = ""
-        raw += text + ENDOFTEXT
+        for text in _documents(f, encoding):
+            if len(raw) >= combine:
+                chunks.append(_encode(enc, raw))
+                raw = ""
+            raw += text + ENDOFTEXT
     if raw:
         chunks.append(_encode(enc, raw))
     chunks = [c for c in chunks if len(c)]
