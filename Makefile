@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install test-deps run generate test test-fast lint bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords clean
+.PHONY: install test-deps run generate test test-fast lint bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords demo-ru bench-demo-ru clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -134,3 +134,37 @@ demo-keywords: install $(DEMO_KW)/train.npz
 # (the committed model_store/demo-keywords; the held-out speeches are rebuilt from the sdist).
 eval-keywords: install $(DEMO_KW)/heldout.jsonl
 	$(PY) bench/keyword_steering.py --models-dir $(MODELS_DIR) --heldout $(DEMO_KW)/heldout.jsonl $(EVAL_ARGS)
+
+# The Russian demo (docs/own-language.md): Debian's fortunes-ru (GPL-2, fetched with apt-get download,
+# unpacked without installing), a byte-level BPE trained on them, a GPT-2 of the demo's size trained
+# from scratch on it -> model_store/demo-ru; and its twin of the same shape and steps on GPT-2's own
+# BPE (build/demo-ru/gpt2-bpe, not committed) for bench-demo-ru's comparison. Every 20th fortune is
+# held out. Resumable: the runs' checkpoints are kept in build/demo-ru.
+DEMO_RU       := build/demo-ru
+DEMO_RU_STEPS ?= 600
+DEMO_RU_SHAPE := --n-layer 4 --n-embd 128 --n-head 4 --n-ctx 256 --seed 0
+DEMO_RU_TRAIN := --steps $(DEMO_RU_STEPS) --batch-size 8 --learning-rate 2e-3 --val-fraction 0.02 --val-every 200 \
+                 --save-every 200 --sample-every 0
+$(DEMO_RU)/heldout.jsonl: bench/russian_fortunes.py | $(STAMP)
+	mkdir -p $(DEMO_RU)/deb
+	cd $(DEMO_RU)/deb && apt-get download fortunes-ru && dpkg-deb -x fortunes-ru_*.deb root
+	$(PY) bench/russian_fortunes.py $(DEMO_RU)/deb/root/usr/share/games/fortunes/ru $(DEMO_RU)/train.jsonl $@
+
+demo-ru: install $(DEMO_RU)/heldout.jsonl
+	$(VENV)/bin/gpt2-serve tokenizer train $(DEMO_RU)/train.jsonl --out $(DEMO_RU)/tokenizer --vocab-size 8192 \
+	  --min-frequency 2 --no-progress
+	$(VENV)/bin/gpt2-serve init-model $(DEMO_RU)/init --if-missing --tokenizer $(DEMO_RU)/tokenizer $(DEMO_RU_SHAPE)
+	$(VENV)/bin/gpt2-serve train --dataset $(DEMO_RU)/train.jsonl --model $(DEMO_RU)/init --run-name demo-ru \
+	  --checkpoint-dir $(DEMO_RU)/checkpoint $(DEMO_RU_TRAIN)
+	rm -rf $(MODELS_DIR)/demo-ru
+	$(VENV)/bin/gpt2-serve export $(DEMO_RU)/checkpoint/demo-ru --name demo-ru --models-dir $(MODELS_DIR) \
+	  --samples 3 --prompt "Жизнь — это"
+	$(VENV)/bin/gpt2-serve init-model $(DEMO_RU)/init-gpt2-bpe --if-missing $(DEMO_RU_SHAPE)
+	$(VENV)/bin/gpt2-serve train --dataset $(DEMO_RU)/train.jsonl --model $(DEMO_RU)/init-gpt2-bpe \
+	  --run-name gpt2-bpe --checkpoint-dir $(DEMO_RU)/checkpoint $(DEMO_RU_TRAIN)
+	rm -rf $(DEMO_RU)/gpt2-bpe
+	$(VENV)/bin/gpt2-serve export $(DEMO_RU)/checkpoint/gpt2-bpe --name gpt2-bpe --models-dir $(DEMO_RU)
+
+# The comparison in model_store/demo-ru/MODEL_CARD.md (run it on a quiet machine).
+bench-demo-ru: install $(DEMO_RU)/heldout.jsonl
+	$(PY) bench/demo_ru.py --model $(MODELS_DIR)/demo-ru --twin $(DEMO_RU)/gpt2-bpe --heldout $(DEMO_RU)/heldout.jsonl $(BENCH_ARGS)
