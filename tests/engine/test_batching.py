@@ -27,6 +27,22 @@ def params():
     return random_params(HP, seed=21, ln_noise=True)
 
 
+@pytest.fixture(scope="module")
+def solo(params):
+    """The one-slot engine the tests' lone reference runs share: every program of a lone run is
+    compiled once per module. Each use must leave its slot free; nothing a run leaves in the KV
+    cache may change the next run's tokens."""
+    engine = Engine(HP, params, EngineConfig(slots=1))
+    yield engine
+    assert engine.free_slots() == [0]
+
+
+@pytest.fixture(scope="module")
+def speculating(params):
+    """A one-slot engine that speculates (4-token drafts), shared like ``solo``."""
+    return Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
+
+
 def prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, HP.n_vocab - 1, size=k).tolist() for k in lengths]
@@ -128,7 +144,7 @@ def _streams_then_arrivals(params, n_running: int) -> tuple[Batcher, list[Entry]
     return batcher, running, seqs, ids
 
 
-def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params):
+def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params, solo):
     """Seven 10-token prompts arrive while six streams decode (fewer than 1.2 waiting per stream):
     with a 32-token budget (16-token buckets) they go two a round, the streams stepping each
     round. Their tokens are those they get alone."""
@@ -141,10 +157,10 @@ def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_ch
     assert [len(call.args[0]) for call in spy.call_args_list] == [2, 2, 2, 1]
     while any(not s.finished for s in seqs):
         batcher.step()
-    greedy, alone = SamplingParams(temperature=0), Engine(HP, params, EngineConfig(slots=1))
+    greedy = SamplingParams(temperature=0)
     for seq, p in zip(seqs, ids):
-        (solo,) = generate(alone, [Entry(p, 3, greedy, stop_at_eos=False)], eos_id=None)
-        assert seq.generated == solo.generated
+        (alone,) = generate(solo, [Entry(p, 3, greedy, stop_at_eos=False)], eos_id=None)
+        assert seq.generated == alone.generated
 
 
 def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params):
@@ -157,7 +173,7 @@ def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params)
     assert len(running[0].generated) == 2 and all(len(s.generated) == 1 for s in seqs)
 
 
-def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
+def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params, solo):
     """A 100-token prompt (chunks of 32) takes four rounds; a running stream gets a token in each."""
     engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32))
     batcher = Batcher(engine, eos_id=None)
@@ -174,14 +190,13 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
         rounds += 1
         assert len(running.generated) == before + 1
     assert rounds == 4 and long.prefilled == 100
-    solo = generate(
-        Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-        [Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)],
-        eos_id=None,
+    assert solo.chunk_buckets[-1] == 128  # the lone run prefills the whole prompt in one call
+    alone = generate(
+        solo, [Entry(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
     )
     while not long.finished:
         batcher.step()
-    assert long.generated == solo[0].generated
+    assert long.generated == alone[0].generated
 
 
 def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
@@ -208,17 +223,15 @@ def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
         SamplingParams(top_k=4, top_p=0.6, seed=5),
     ],
 )
-def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
+def test_speculation_gives_the_tokens_plain_decoding_gives(solo, speculating, sp):
     """Prompt-lookup drafts verified k+1 at a time: the same tokens as one at a time, for greedy and
     seeded sampling (accept() draws each position from the same random stream)."""
     rng = np.random.default_rng(8)
     phrase = rng.integers(0, 5000, size=6).tolist()
     ids = phrase * 5 + phrase[:2]  # repetitive: drafts are found and often accepted
-    plain = Engine(HP, params, EngineConfig(slots=1))
-    spec = Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
-    want = generate(plain, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
-    with mock.patch.object(spec, "verify", wraps=spec.verify) as verify:
-        got = generate(spec, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    want = generate(solo, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    with mock.patch.object(speculating, "verify", wraps=speculating.verify) as verify:
+        got = generate(speculating, [Entry(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
     assert verify.call_count > 0
     assert got.generated == want.generated
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
@@ -264,7 +277,7 @@ def test_a_lone_stream_decodes_with_every_block_in_one_program(params):
         EngineConfig(whole_model_rows=-1)
 
 
-def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
+def test_a_request_that_outlives_a_burst_decodes_as_one_row(params, solo):
     """Eight arrive together; the one in the highest slot outlives the rest. Once alone it moves to
     slot 0 and every later decode call runs one row, and its tokens are a lone run's."""
     engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
@@ -283,12 +296,10 @@ def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
     assert decode.call_count > 0
     assert {call.args[0].shape[0] for call in decode.call_args_list} == {1}
     assert engine.free_slots() == list(range(8))
-    solo = generate(
-        Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-        [Entry(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)],
-        eos_id=None,
+    alone = generate(
+        solo, [Entry(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
     )[0]
-    assert survivor.generated == solo.generated
+    assert survivor.generated == alone.generated
 
 
 def test_live_sequences_stay_in_the_lowest_slots(params):

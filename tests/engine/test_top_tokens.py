@@ -72,10 +72,11 @@ def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
     plain = Entry([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False)
     run(engine, [plain])
     assert greedy.generated == plain.generated  # asking for alternatives changes nothing
-    # Replay each position alone and compare with an independent computation.
+    # Replay each position alone and compare with an independent computation (one replay engine:
+    # each sequence's prefill replaces what its slot held).
+    replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1))
     for seq, temperature in ((greedy, 0.0), (penalised, 0.7)):
         context = list(seq.prompt_ids)
-        replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1))
         logits = replay.prefill(0, context)
         assert len(tops[id(seq)]) == len(seq.generated) == 6
         for token, top in zip(seq.generated, tops[id(seq)]):
