@@ -25,6 +25,8 @@ from app.engine.sampling import SamplingParams
 from app.model.random_init import random_params
 from tests.support.server_harness import TINY as HP
 
+pytestmark = pytest.mark.slow  # a dozen engine runs of 40 tokens each: make test, not make test-fast
+
 CONFIG = EngineConfig(slots=8, prefill_chunk=32, speculative_tokens=4, batch_invariant=True)
 N = 40
 

@@ -87,6 +87,7 @@ def test_cached_decoding_in_every_slot_of_a_shared_batch(loaded, reference):
         engine.release(s)
 
 
+@pytest.mark.slow
 def test_greedy_continuation_equals_transformers_generate(loaded, reference):
     (ids,) = prompts(loaded.hparams.n_vocab, [20], seed=7)
     seq = Entry(ids, 64, SamplingParams(temperature=0), stop_at_eos=False)
@@ -94,6 +95,7 @@ def test_greedy_continuation_equals_transformers_generate(loaded, reference):
     assert seq.generated == hf_greedy(reference, ids, 64)
 
 
+@pytest.mark.slow
 def test_chunked_prefill_equals_one_shot(tiny_hp, tiny_params, solo):
     (ids,) = prompts(tiny_hp.n_vocab, [100], seed=2)
     chunked = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=16))
@@ -112,6 +114,7 @@ def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params):
     assert engine.trace_count() == traced
 
 
+@pytest.mark.slow
 def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, tiny_params, solo):
     params = [
         SamplingParams(temperature=1.0, seed=11),
@@ -132,6 +135,7 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
     assert [s.generated for s in shuffled][::-1] == alone
 
 
+@pytest.mark.slow
 def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     (ids,) = prompts(tiny_hp.n_vocab, [8], seed=6)
@@ -149,6 +153,7 @@ def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
     assert engine.free_slots() == [0, 1]
 
 
+@pytest.mark.slow
 def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params, solo):
     """A request admitted while another decodes gets its first token before the other finishes."""
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
@@ -170,6 +175,7 @@ def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params, solo):
     assert long.generated == alone[0].generated
 
 
+@pytest.mark.slow
 def test_sliding_window_runs_past_the_context(tiny_params):
     """n_ctx 32, 200 new tokens: never an error, positions stay < n_ctx, and the tokens equal a
     reference that re-runs transformers on the kept window every step."""
@@ -206,6 +212,7 @@ def test_engine_rejects_bad_input(tiny_hp, tiny_params):
         engine.prefill(1, [1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_options_run_and_stay_close(tiny_hp, tiny_params, dtype):
     (ids,) = prompts(tiny_hp.n_vocab, [16], seed=12)

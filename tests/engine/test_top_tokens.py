@@ -63,6 +63,7 @@ def run(engine: Engine, seqs: list[Entry]) -> dict[int, list[tuple]]:
     return tops
 
 
+@pytest.mark.slow
 def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
     greedy = Entry([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False, top_n=4)
     penalised = Entry(

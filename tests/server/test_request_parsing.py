@@ -231,6 +231,7 @@ def check_tgi(r, path: str) -> None:
 # ---- properties ----
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=TGI_BODIES, path=st.sampled_from(["/generate", "/generate_stream", "/", "/tokenize"]))
 def test_tgi_bodies_are_answered_200_or_422(client, body, path):
