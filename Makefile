@@ -49,9 +49,10 @@ test-deps:
 # `make test-fast`: the edit loop, the unit tier (no server process, training, browser or
 # subprocess: tests/conftest.py) less the tests marked slow (many XLA compiles, the 124M shape),
 # under 90 s. Both run on PYTEST_WORKERS processes (pytest-xdist); --dist loadfile keeps each
-# file's tests on one worker, so a module's fixtures (engines, servers) are built once.
+# file's tests on one worker, so a module's fixtures (engines, servers) are built once, and the
+# slowest files start first (tests/conftest.py's SLOWEST_FIRST).
 PYTEST_WORKERS ?= 2
-XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install test-deps
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
