@@ -45,13 +45,19 @@ test-deps:
 	  || { echo "make test-deps: apt-get could not install$$missing; install them by hand: apt-get install$$missing" >&2; exit 1; }; \
 	fi
 
-# The full suite (both tiers); `make test-fast` is the edit loop: the unit tier (no server process,
-# training, browser or subprocess: tests/conftest.py), under 90 s.
+# `make test`: the full suite, both tiers, slow tests included (under 10 min on 2 cores).
+# `make test-fast`: the edit loop, the unit tier (no server process, training, browser or
+# subprocess: tests/conftest.py) less the tests marked slow (many XLA compiles, the 124M shape),
+# under 90 s. Both run on PYTEST_WORKERS processes (pytest-xdist); --dist loadfile keeps each
+# file's tests on one worker, so a module's fixtures (engines, servers) are built once, and the
+# slowest files start first (tests/conftest.py's SLOWEST_FIRST).
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m unit -q $(PYTEST_ARGS)
+	$(PY) -m pytest -m "unit and not slow" -q $(XDIST) $(PYTEST_ARGS)
 
 # Python, both Dockerfiles, all YAML, the Kubernetes manifests (1.32 schemas; the CRDs are checked
 # by tests/system/test_deploy_k8s.py) and the Prometheus config and rules (promtool: Debian's prometheus).

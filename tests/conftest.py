@@ -4,9 +4,12 @@ the bundled encoder) and the two test tiers.
 Tiers: ``system`` tests run what a user's machine runs whole (server processes, training, the
 browser, Prometheus, other subprocesses, export round-trips): everything under ``tests/system/``,
 anything marked ``@pytest.mark.system``, and any test that starts a real server (in a thread or a
-process), itself or through a fixture it uses. Every other test is ``unit`` (``make test-fast``
-runs ``-m unit``) and may start no process: ``subprocess.Popen`` fails in it, saying to mark the
-test ``system``."""
+process), itself or through a fixture it uses. Every other test is ``unit`` and may start no
+process: ``subprocess.Popen`` fails in it, saying to mark the test ``system``.
+
+``slow`` marks, in either tier, a test that is heavy for its tier (many XLA compiles of engine
+programs, the 124M shape, hypothesis through the app). ``make test-fast`` runs ``-m "unit and not
+slow"`` (the edit loop, under 90 s); ``make test`` runs every test, slow ones included."""
 
 from __future__ import annotations
 
@@ -48,7 +51,38 @@ def _uses_a_server(item) -> bool:
     return any(f is not None and _starts_a_server(f) for f in funcs)
 
 
+# The files that take longest (measured on 2 cores, longest first) run first: under pytest-xdist
+# (the Makefile's --dist loadfile --no-loadscope-reorder: a worker takes the next file in this order
+# when it runs short) the two workers then end together instead of one waiting for a heavy file
+# taken last. Only the order of files changes; the others follow in their usual order.
+SLOWEST_FIRST = (
+    "keywords/test_learning.py",
+    "engine/test_batching.py",
+    "cli/test_devices.py",
+    "engine/test_engine.py",
+    "server/test_serving.py",
+    "train/test_trainer.py",
+    "server/test_shutdown.py",
+    "engine/test_xla_cache.py",
+    "engine/test_batch_invariant.py",
+    "server/test_validation.py",
+    "server/test_auth.py",
+    "train/test_export.py",
+    "cli/test_generate.py",
+    "system/test_playground.py",
+    "server/test_contract.py",
+    "system/test_prometheus_real.py",
+    "engine/test_kernels.py",
+)
+
+
+def _file_rank(item) -> int:
+    path = os.path.relpath(str(item.path), os.path.dirname(__file__)).replace(os.sep, "/")
+    return SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=_file_rank)  # stable: a file's tests keep their order
     for item in items:
         if item.get_closest_marker("system"):
             continue

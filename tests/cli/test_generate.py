@@ -28,6 +28,7 @@ def header(n: int) -> str:
     return f"{RULE} SAMPLE {n} {RULE}"
 
 
+@pytest.mark.slow
 def test_conditional_json_batched_seeded_and_interactive(tiny_dirs, capsys, monkeypatch):
     model = str(tiny_dirs["openai"])
     seeded = ["--model", model, "--nsamples", "3", "--length", "6", "--seed", "5", "--ignore-eos"]
@@ -56,6 +57,7 @@ def test_conditional_json_batched_seeded_and_interactive(tiny_dirs, capsys, monk
     assert err.count("Prompt should not be empty!") == 1
 
 
+@pytest.mark.slow
 def test_temperature_zero_is_the_same_in_both_layouts(tiny_dirs, capsys):
     args = ["--prompt", PROMPT, "--temperature", "0", "--length", "8", "--ignore-eos"]
     assert generate("--model", str(tiny_dirs["openai"]), *args, "--json") == 0
@@ -66,6 +68,7 @@ def test_temperature_zero_is_the_same_in_both_layouts(tiny_dirs, capsys):
     assert capsys.readouterr().out == f"{header(1)}\n{greedy['text']}\n"
 
 
+@pytest.mark.slow
 def test_unconditional(tiny_dirs, capsys):
     assert generate("--model", str(tiny_dirs["hf"]), "--length", "5", "--seed", "3", "--json") == 0
     (sample,) = json_lines(capsys.readouterr().out)
@@ -96,6 +99,7 @@ def test_user_errors_exit_2_with_one_line(tiny_dirs, tmp_path, capsys, args, nee
     assert needle in err
 
 
+@pytest.mark.slow
 def test_default_model_is_written_once(tmp_path, capsys):
     target = tmp_path / "random-default"
     assert generate("--models-dir", str(tmp_path), "--length", "5") == 0

@@ -26,6 +26,8 @@ from app.engine.spec import GenerationSpec
 from app.model.random_init import random_params
 from tests.support.server_harness import TINY as HP
 
+pytestmark = pytest.mark.slow  # a dozen engine runs of 40 tokens each: make test, not make test-fast
+
 CONFIG = EngineConfig(slots=8, prefill_chunk=32, speculative_tokens=4, batch_invariant=True)
 N = 40
 
@@ -33,6 +35,21 @@ N = 40
 @pytest.fixture(scope="module")
 def params():
     return random_params(HP, seed=61, ln_noise=True)
+
+
+@pytest.fixture(scope="module")
+def engine_for(params):
+    """One engine per configuration for the whole module: every run of a configuration reuses it
+    (a run starts with every slot free and ends with every slot freed), so each program compiles
+    once, and whatever an earlier run left in the KV cache must not change a later run's tokens."""
+    engines: dict[EngineConfig, Engine] = {}
+
+    def get(config: EngineConfig) -> Engine:
+        if config not in engines:
+            engines[config] = Engine(HP, params, config)
+        return engines[config]
+
+    return get
 
 
 def _ids(n: int, seed: int) -> list[int]:
@@ -48,9 +65,9 @@ REQUESTS = [
 OTHERS = [(_ids(5 + 7 * i, 100 + i), SamplingParams(temperature=1.0, seed=200 + i)) for i in range(6)]
 
 
-def _run(params, config, arrivals: list[tuple[int, list[int], SamplingParams]]) -> list[Entry]:
+def _run(engine: Engine, arrivals: list[tuple[int, list[int], SamplingParams]]) -> list[Entry]:
     """Requests admitted at the given rounds (round, prompt, params); run until all finish."""
-    engine = Engine(HP, params, config)
+    assert engine.free_slots() == list(range(engine.slots))
     batcher = Batcher(engine, eos_id=None)
     specs = [GenerationSpec(p, N, sp, stop_at_eos=False) for _, p, sp in arrivals]
     seqs: list[Entry | None] = [None] * len(specs)
@@ -62,6 +79,7 @@ def _run(params, config, arrivals: list[tuple[int, list[int], SamplingParams]]) 
             seqs[i] = batcher.admit(specs[i])
         batcher.step()
         round_ += 1
+    assert engine.free_slots() == list(range(engine.slots))
     return seqs
 
 
@@ -69,24 +87,25 @@ def _outcome(seqs: list[Entry]) -> list[tuple[list[int], list[float]]]:
     return [(s.generated, s.logprobs) for s in seqs]
 
 
-def _alone(params, config):
-    return [_outcome(_run(params, config, [(0, p, sp)]))[0] for p, sp in REQUESTS]
+def _alone(engine: Engine):
+    return [_outcome(_run(engine, [(0, p, sp)]))[0] for p, sp in REQUESTS]
 
 
-def test_seeded_requests_are_bit_identical_alone_and_in_any_batch(params):
-    alone = _alone(params, CONFIG)
-    together = _outcome(_run(params, CONFIG, [(0, p, sp) for p, sp in REQUESTS]))
+def test_seeded_requests_are_bit_identical_alone_and_in_any_batch(engine_for):
+    engine = engine_for(CONFIG)
+    alone = _alone(engine)
+    together = _outcome(_run(engine, [(0, p, sp) for p, sp in REQUESTS]))
     assert together == alone
     # Arriving at different rounds among other requests (slots move as these finish).
     mixed = [(3 * i, p, sp) for i, (p, sp) in enumerate(REQUESTS)] + [
         (i, p, sp) for i, (p, sp) in enumerate(OTHERS)
     ]
-    assert _outcome(_run(params, CONFIG, mixed))[: len(REQUESTS)] == alone
+    assert _outcome(_run(engine, mixed))[: len(REQUESTS)] == alone
     # Speculation off gives the same.
-    assert _alone(params, replace(CONFIG, speculative_tokens=0)) == alone
+    assert _alone(engine_for(replace(CONFIG, speculative_tokens=0))) == alone
 
 
-def test_whatever_kernels_were_asked_for_it_runs_xla_and_stays_invariant(params):
+def test_whatever_kernels_were_asked_for_it_runs_xla_and_stays_invariant(params, engine_for):
     """oneDNN's graph matmul gives the last rows of a block (2 of 8, 2 of 32) other low bits than
     the same row elsewhere in the block, measured on this CPU; XLA's does not. So the mode keeps
     XLA whatever ``kernels`` says, and says why."""
@@ -94,15 +113,15 @@ def test_whatever_kernels_were_asked_for_it_runs_xla_and_stays_invariant(params)
         engine = Engine(HP, params, replace(CONFIG, kernels=asked))
         assert engine.kernel_plan.fixed == "xla" and "batch-invariant" in engine.kernel_plan.reason
         assert engine.choose_kernels(None) is engine.kernel_plan
-    config = replace(CONFIG, kernels="onednn")
-    alone = _alone(params, config)
+    engine = engine_for(replace(CONFIG, kernels="onednn"))
+    alone = _alone(engine)
     mixed = [(2 * i, p, sp) for i, (p, sp) in enumerate(REQUESTS)] + [(0, p, sp) for p, sp in OTHERS[:3]]
-    assert _outcome(_run(params, config, mixed))[: len(REQUESTS)] == alone
+    assert _outcome(_run(engine, mixed))[: len(REQUESTS)] == alone
 
 
-def test_the_default_mode_does_depend_on_the_batch(params):
+def test_the_default_mode_does_depend_on_the_batch(engine_for):
     """Why the mode exists: without it, a request's logprobs change with what runs beside it."""
-    config = replace(CONFIG, batch_invariant=False, speculative_tokens=0)
-    alone = _alone(params, config)
-    together = _outcome(_run(params, config, [(0, p, sp) for p, sp in REQUESTS + OTHERS]))[: len(REQUESTS)]
+    engine = engine_for(replace(CONFIG, batch_invariant=False, speculative_tokens=0))
+    alone = _alone(engine)
+    together = _outcome(_run(engine, [(0, p, sp) for p, sp in REQUESTS + OTHERS]))[: len(REQUESTS)]
     assert together != alone

@@ -28,11 +28,28 @@ def params():
     return random_params(HP, seed=21, ln_noise=True)
 
 
+@pytest.fixture(scope="module")
+def solo(params):
+    """The one-slot engine the tests' lone reference runs share: every program of a lone run is
+    compiled once per module. Each use must leave its slot free; nothing a run leaves in the KV
+    cache may change the next run's tokens."""
+    engine = Engine(HP, params, EngineConfig(slots=1))
+    yield engine
+    assert engine.free_slots() == [0]
+
+
+@pytest.fixture(scope="module")
+def speculating(params):
+    """A one-slot engine that speculates (4-token drafts), shared like ``solo``."""
+    return Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
+
+
 def prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, HP.n_vocab - 1, size=k).tolist() for k in lengths]
 
 
+@pytest.mark.slow
 def test_several_prompts_in_one_call_equal_one_at_a_time(params):
     batched = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
     alone = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
@@ -127,7 +144,8 @@ def _streams_then_arrivals(params, n_running: int) -> tuple[Batcher, list[Entry]
     return batcher, running, seqs, ids
 
 
-def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params):
+@pytest.mark.slow
+def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params, solo):
     """Seven 10-token prompts arrive while six streams decode (fewer than 1.2 waiting per stream):
     with a 32-token budget (16-token buckets) they go two a round, the streams stepping each
     round. Their tokens are those they get alone."""
@@ -140,12 +158,13 @@ def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_ch
     assert [len(call.args[0]) for call in spy.call_args_list] == [2, 2, 2, 1]
     while any(not s.finished for s in seqs):
         batcher.step()
-    greedy, alone = SamplingParams(temperature=0), Engine(HP, params, EngineConfig(slots=1))
+    greedy = SamplingParams(temperature=0)
     for seq, p in zip(seqs, ids):
-        (solo,) = generate(alone, [GenerationSpec(p, 3, greedy, stop_at_eos=False)], eos_id=None)
-        assert seq.generated == solo.generated
+        (alone,) = generate(solo, [GenerationSpec(p, 3, greedy, stop_at_eos=False)], eos_id=None)
+        assert seq.generated == alone.generated
 
 
+@pytest.mark.slow
 def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params):
     """Seven prompts arriving beside one stream outnumber it 1.2 to 1 or more (TGI's
     waiting_served_ratio): one round prefills them all, the stream still stepping in it."""
@@ -156,7 +175,8 @@ def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params)
     assert len(running[0].generated) == 2 and all(len(s.generated) == 1 for s in seqs)
 
 
-def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
+@pytest.mark.slow
+def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params, solo):
     """A 100-token prompt (chunks of 32) takes four rounds; a running stream gets a token in each."""
     engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32))
     batcher = Batcher(engine, eos_id=None)
@@ -173,16 +193,16 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params):
         rounds += 1
         assert len(running.generated) == before + 1
     assert rounds == 4 and long.prefilled == 100
-    solo = generate(
-        Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-        [GenerationSpec(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)],
-        eos_id=None,
+    assert solo.chunk_buckets[-1] == 128  # the lone run prefills the whole prompt in one call
+    alone = generate(
+        solo, [GenerationSpec(long_ids, 5, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
     )
     while not long.finished:
         batcher.step()
-    assert long.generated == solo[0].generated
+    assert long.generated == alone[0].generated
 
 
+@pytest.mark.slow
 def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
     engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32))
     lines: list[str] = []
@@ -201,6 +221,7 @@ def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
     assert engine.trace_count() == traced
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sp",
     [
@@ -210,22 +231,21 @@ def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
         SamplingParams(top_k=4, top_p=0.6, seed=5),
     ],
 )
-def test_speculation_gives_the_tokens_plain_decoding_gives(params, sp):
+def test_speculation_gives_the_tokens_plain_decoding_gives(solo, speculating, sp):
     """Prompt-lookup drafts verified k+1 at a time: the same tokens as one at a time, for greedy and
     seeded sampling (accept() draws each position from the same random stream)."""
     rng = np.random.default_rng(8)
     phrase = rng.integers(0, 5000, size=6).tolist()
     ids = phrase * 5 + phrase[:2]  # repetitive: drafts are found and often accepted
-    plain = Engine(HP, params, EngineConfig(slots=1))
-    spec = Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
-    want = generate(plain, [GenerationSpec(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
-    with mock.patch.object(spec, "verify", wraps=spec.verify) as verify:
-        got = generate(spec, [GenerationSpec(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    want = generate(solo, [GenerationSpec(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
+    with mock.patch.object(speculating, "verify", wraps=speculating.verify) as verify:
+        got = generate(speculating, [GenerationSpec(ids, 40, sp, stop_at_eos=False)], eos_id=None)[0]
     assert verify.call_count > 0
     assert got.generated == want.generated
     np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_verify_scores_every_position_like_single_steps(params):
     engine = Engine(HP, params, EngineConfig(slots=2, speculative_tokens=4))
     other = Engine(HP, params, EngineConfig(slots=2))
@@ -239,6 +259,7 @@ def test_verify_scores_every_position_like_single_steps(params):
     np.testing.assert_allclose(engine.step({1: ids[17]})[0], scores.logits[2], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_blocks_per_compiled_program_do_not_change_the_numbers(params):
     one = Engine(HP, params, EngineConfig(slots=2, layers_per_call=1))
     both = Engine(HP, params, EngineConfig(slots=2, layers_per_call=2))
@@ -249,6 +270,7 @@ def test_blocks_per_compiled_program_do_not_change_the_numbers(params):
         Engine(HP, params, EngineConfig(slots=1, layers_per_call=3))
 
 
+@pytest.mark.slow
 def test_a_lone_stream_decodes_with_every_block_in_one_program(params):
     engine = Engine(HP, params, EngineConfig(slots=4))  # whole_model_rows=1 by default
     per_layer = Engine(HP, params, EngineConfig(slots=4, whole_model_rows=0))
@@ -266,7 +288,8 @@ def test_a_lone_stream_decodes_with_every_block_in_one_program(params):
         EngineConfig(whole_model_rows=-1)
 
 
-def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
+@pytest.mark.slow
+def test_a_request_that_outlives_a_burst_decodes_as_one_row(params, solo):
     """Eight arrive together; the one in the highest slot outlives the rest. Once alone it moves to
     slot 0 and every later decode call runs one row, and its tokens are a lone run's."""
     engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
@@ -285,14 +308,13 @@ def test_a_request_that_outlives_a_burst_decodes_as_one_row(params):
     assert decode.call_count > 0
     assert {call.args[0].shape[0] for call in decode.call_args_list} == {1}
     assert engine.free_slots() == list(range(8))
-    solo = generate(
-        Engine(HP, params, EngineConfig(slots=1, prefill_chunk=128)),
-        [GenerationSpec(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)],
-        eos_id=None,
+    alone = generate(
+        solo, [GenerationSpec(ids[7], 30, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
     )[0]
-    assert survivor.generated == solo.generated
+    assert survivor.generated == alone.generated
 
 
+@pytest.mark.slow
 def test_live_sequences_stay_in_the_lowest_slots(params):
     """Whatever order requests end in, the live ones sit below the batch bucket of their count."""
     engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
@@ -314,6 +336,7 @@ def test_live_sequences_stay_in_the_lowest_slots(params):
             assert engine.length(s.slot) == len(s.spec.prompt_ids) + len(s.generated) - 1
 
 
+@pytest.mark.slow
 def test_a_moved_slot_scores_what_it_would_have_scored(params):
     moved = Engine(HP, params, EngineConfig(slots=4))
     stayed = Engine(HP, params, EngineConfig(slots=4))
@@ -339,6 +362,7 @@ def _serial_slide(params, hp, ids, n, config):
     return out
 
 
+@pytest.mark.slow
 def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
     """n_ctx 64, keep 40, chunks of 16: a slide is three prefill rounds; the other stream gets a
     token in every round but those of its own slides, and the sliding stream's tokens are the
@@ -370,6 +394,7 @@ def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
     assert sliding.generated == _serial_slide(params, hp, long_ids, 80, serial)
 
 
+@pytest.mark.slow
 def test_a_request_cancelled_mid_slide_frees_its_slot(params):
     hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
     engine = Engine(hp, random_params(hp, seed=15), EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
@@ -412,6 +437,7 @@ def test_compiled_programs_do_not_depend_on_slot_or_position_values(params):
     assert prefill([0, 1], [0, 0], [16, 3]) == prefill([5, 2], [32, 0], [1, 16])
 
 
+@pytest.mark.slow
 def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks():
     hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
     config = EngineConfig(slots=2, window_keep=40, prefill_chunk=64, slide_chunk=16)

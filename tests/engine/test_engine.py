@@ -34,6 +34,16 @@ def loaded(request, tiny_dirs):
     return load_model(tiny_dirs[request.param], slots=4)
 
 
+@pytest.fixture(scope="module")
+def solo(tiny_hp, tiny_params):
+    """The one-slot engine (prompts prefilled in one call) that lone reference runs share, so its
+    programs compile once per module. Each use leaves its slot free; nothing a run leaves in the
+    KV cache may change the next run's numbers."""
+    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=128))
+    yield engine
+    assert engine.free_slots() == [0]
+
+
 def prompts(n: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, n, size=k).tolist() for k in lengths]
@@ -78,6 +88,7 @@ def test_cached_decoding_in_every_slot_of_a_shared_batch(loaded, reference):
         engine.release(s)
 
 
+@pytest.mark.slow
 def test_greedy_continuation_equals_transformers_generate(loaded, reference):
     (ids,) = prompts(loaded.hparams.n_vocab, [20], seed=7)
     spec = GenerationSpec(ids, 64, SamplingParams(temperature=0), stop_at_eos=False)
@@ -85,12 +96,13 @@ def test_greedy_continuation_equals_transformers_generate(loaded, reference):
     assert seq.generated == hf_greedy(reference, ids, 64)
 
 
-def test_chunked_prefill_equals_one_shot(tiny_hp, tiny_params):
+@pytest.mark.slow
+def test_chunked_prefill_equals_one_shot(tiny_hp, tiny_params, solo):
     (ids,) = prompts(tiny_hp.n_vocab, [100], seed=2)
-    whole = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=128))
     chunked = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=16))
-    np.testing.assert_allclose(chunked.prefill(0, ids), whole.prefill(0, ids), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(chunked.step({0: 5}), whole.step({0: 5}), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(chunked.prefill(0, ids), solo.prefill(0, ids), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(chunked.step({0: 5}), solo.step({0: 5}), atol=1e-5, rtol=0)
+    solo.release(0)
 
 
 def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params):
@@ -103,7 +115,8 @@ def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params):
     assert engine.trace_count() == traced
 
 
-def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, tiny_params):
+@pytest.mark.slow
+def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, tiny_params, solo):
     params = [
         SamplingParams(temperature=1.0, seed=11),
         SamplingParams(temperature=0.8, top_k=40, seed=12),
@@ -115,8 +128,7 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
     def make() -> list[GenerationSpec]:
         return [GenerationSpec(p, 24, sp, stop_at_eos=False) for p, sp in zip(ids, params)]
 
-    solo_engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1))
-    alone = [generate(solo_engine, [seq], eos_id=None)[0].generated for seq in make()]
+    alone = [generate(solo, [seq], eos_id=None)[0].generated for seq in make()]
     together = generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=4)), make(), eos_id=None)
     assert [s.generated for s in together] == alone
     # And once more in another order, through a batch that is never full.
@@ -124,6 +136,7 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
     assert [s.generated for s in shuffled][::-1] == alone
 
 
+@pytest.mark.slow
 def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     (ids,) = prompts(tiny_hp.n_vocab, [8], seed=6)
@@ -141,7 +154,8 @@ def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
     assert engine.free_slots() == [0, 1]
 
 
-def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params):
+@pytest.mark.slow
+def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params, solo):
     """A request admitted while another decodes gets its first token before the other finishes."""
     engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
     batcher = Batcher(engine, eos_id=None)
@@ -158,14 +172,13 @@ def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params):
     assert batcher.free_slots() == 1
     while not long.finished:
         batcher.step()
-    solo = generate(
-        Engine(tiny_hp, tiny_params, EngineConfig(slots=1)),
-        [GenerationSpec(a, 30, SamplingParams(temperature=0), stop_at_eos=False)],
-        eos_id=None,
+    alone = generate(
+        solo, [GenerationSpec(a, 30, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
     )
-    assert long.generated == solo[0].generated
+    assert long.generated == alone[0].generated
 
 
+@pytest.mark.slow
 def test_sliding_window_runs_past_the_context(tiny_params):
     """n_ctx 32, 200 new tokens: never an error, positions stay < n_ctx, and the tokens equal a
     reference that re-runs transformers on the kept window every step."""
@@ -202,6 +215,7 @@ def test_engine_rejects_bad_input(tiny_hp, tiny_params):
         engine.prefill(1, [1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_options_run_and_stay_close(tiny_hp, tiny_params, dtype):
     (ids,) = prompts(tiny_hp.n_vocab, [16], seed=12)

@@ -29,6 +29,7 @@ def ids(n: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, HP.n_vocab, size=n).tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slots", [1, 4])
 def test_the_onednn_variant_scores_what_the_xla_variant_scores(params, slots):
     xla = Engine(HP, params, EngineConfig(slots=slots, kernels="xla"))
@@ -47,6 +48,7 @@ def test_the_onednn_variant_scores_what_the_xla_variant_scores(params, slots):
     assert xla._decode_attention_fn.experimental_get_tracing_count() == 0
 
 
+@pytest.mark.slow
 def test_greedy_tokens_are_the_same_under_either_variant(params):
     def run(variant):
         engine = Engine(HP, params, EngineConfig(slots=2, kernels=variant))
@@ -82,6 +84,7 @@ def test_a_call_takes_the_variant_of_its_row_class():
         EngineConfig(kernels="mkl")
 
 
+@pytest.mark.slow
 def test_auto_keeps_per_class_the_variant_that_timed_faster_and_the_next_start_reads_it(params, tmp_path):
     config = EngineConfig(slots=2, prefill_chunk=32, kernels="auto")
     engine = Engine(HP, params, config)
@@ -107,6 +110,7 @@ def test_auto_keeps_per_class_the_variant_that_timed_faster_and_the_next_start_r
     assert str(stored) in kept.reason
 
 
+@pytest.mark.slow
 def test_a_corrupt_or_foreign_plan_file_is_ignored_with_a_warning(params, tmp_path, caplog):
     engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"))
     path = kernels.cache_file(tmp_path, engine.kernel_key())
@@ -121,6 +125,7 @@ def test_a_corrupt_or_foreign_plan_file_is_ignored_with_a_warning(params, tmp_pa
     assert json.loads(path.read_text())["key"] == json.loads(json.dumps(engine.kernel_key()))
 
 
+@pytest.mark.slow
 def test_a_folder_that_cannot_be_written_only_costs_the_next_start_a_measurement(params, tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -130,6 +135,7 @@ def test_a_folder_that_cannot_be_written_only_costs_the_next_start_a_measurement
     assert plan.fixed is None and "cannot keep the kernel plan" in caplog.text
 
 
+@pytest.mark.slow
 def test_after_warmup_under_a_mixed_plan_no_request_compiles(params):
     engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32))
     engine.kernel_plan = kernels.KernelPlan(

@@ -63,6 +63,7 @@ def run(engine: Engine, specs: list[GenerationSpec]) -> list[tuple[Entry, list[t
     return [(s, tops[id(s)]) for s in seqs]
 
 
+@pytest.mark.slow
 def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
     greedy = GenerationSpec([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False, top_n_tokens=4)
     penalised = GenerationSpec(
@@ -73,10 +74,11 @@ def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
         engine, [GenerationSpec([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False)]
     )
     assert greedy.generated == plain.generated  # asking for alternatives changes nothing
-    # Replay each position alone and compare with an independent computation.
+    # Replay each position alone and compare with an independent computation (one replay engine:
+    # each sequence's prefill replaces what its slot held).
+    replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1))
     for seq, tops, temperature in ((greedy, greedy_tops, 0.0), (penalised, penalised_tops, 0.7)):
         context = list(seq.spec.prompt_ids)
-        replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1))
         logits = replay.prefill(0, context)
         assert len(tops) == len(seq.generated) == 6
         for token, top in zip(seq.generated, tops):

@@ -231,12 +231,14 @@ def check_tgi(r, path: str) -> None:
 # ---- properties ----
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=TGI_BODIES, path=st.sampled_from(["/generate", "/generate_stream", "/", "/tokenize"]))
 def test_tgi_bodies_are_answered_200_or_422(client, body, path):
     check_tgi(post(client, path, body), path)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=OPENAI_BODIES)
 def test_openai_bodies_are_answered_200_or_an_openai_error(client, body):
