@@ -516,24 +516,47 @@ class Engine:
         shapes = list(shapes)
         done = iter(range(1, len(shapes) + 1))
 
-        def compile_one(item: tuple[str, tuple[int, ...]]) -> None:
+        def program(item: tuple[str, tuple[int, ...]]) -> tuple[Callable, tuple]:
+            """The function and the dummy arguments that reach ``item``'s program."""
             kind, shape = item
+            if kind == "decode":
+                b, ctx = shape
+                return self._decode_fn, (
+                    tf.zeros([b], tf.int32),
+                    tf.fill([b], self.hp.n_ctx),
+                    ctx,
+                    self._decode_variant(b),
+                )
+            if kind == "move":
+                return self._move_fn, (tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
+            n, t, ctx = shape
+            zeros = tf.zeros([n], tf.int32)
+            variant = self.kernel_plan.variant("prefill", n * t)
+            return self._prefill_fn, (
+                tf.zeros([n, t], tf.int32),
+                zeros,
+                zeros,
+                zeros,
+                ctx,
+                kind == "verify",
+                variant,
+            )
+
+        def compile_one(item: tuple[str, tuple[int, ...]]) -> None:
             with self._placement():
-                if kind == "decode":
-                    b, ctx = shape
-                    variant = self._decode_variant(b)
-                    self._decode_fn(tf.zeros([b], tf.int32), tf.fill([b], self.hp.n_ctx), ctx, variant)
-                elif kind == "move":
-                    self._move_fn(tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
-                else:
-                    n, t, ctx = shape
-                    zeros = tf.zeros([n], tf.int32)
-                    variant = self.kernel_plan.variant("prefill", n * t)
-                    self._prefill_fn(
-                        tf.zeros([n, t], tf.int32), zeros, zeros, zeros, ctx, kind == "verify", variant
-                    )
+                fn, args = program(item)
+                fn(*args)
             if progress is not None:
+                kind, shape = item
                 progress(f"compiled {kind} {'x'.join(map(str, shape))} ({next(done)}/{len(shapes)})")
+
+        # Traced one at a time in a fixed order first: a traced function's name counts traces in
+        # this process, and XLA's persistent cache keys a program by it, so traces made in threads
+        # (in whatever order they win) gave another start other names and cache misses.
+        for item in shapes:
+            with self._placement():
+                fn, args = program(item)
+                fn.get_concrete_function(*args)
 
         def graph_ops(item: tuple[str, tuple[int, ...]]) -> bool:
             kind, shape = item

@@ -72,3 +72,6 @@ def test_a_restart_reads_the_programs_and_a_corrupt_one_is_compiled_again(tiny_d
         assert r.status_code == 200
     assert f"XLA cache: ignoring {programs[0]} (changed since it was checked)" in Path(log).read_text()
     assert programs[0].exists() and programs[0].read_bytes() != b"garbage"  # compiled and written again
+    # Every program of the second start was one of the first's (traced in the same order, so named
+    # the same): read from the cache, none compiled under a new name.
+    assert sorted(p.name for p in cache.glob("*.pb")) == [p.name for p in programs]
