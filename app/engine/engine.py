@@ -516,35 +516,9 @@ class Engine:
         shapes = list(shapes)
         done = iter(range(1, len(shapes) + 1))
 
-        def program(item: tuple[str, tuple[int, ...]]) -> tuple[Callable, tuple]:
-            """The function and the dummy arguments that reach ``item``'s program."""
-            kind, shape = item
-            if kind == "decode":
-                b, ctx = shape
-                return self._decode_fn, (
-                    tf.zeros([b], tf.int32),
-                    tf.fill([b], self.hp.n_ctx),
-                    ctx,
-                    self._decode_variant(b),
-                )
-            if kind == "move":
-                return self._move_fn, (tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
-            n, t, ctx = shape
-            zeros = tf.zeros([n], tf.int32)
-            variant = self.kernel_plan.variant("prefill", n * t)
-            return self._prefill_fn, (
-                tf.zeros([n, t], tf.int32),
-                zeros,
-                zeros,
-                zeros,
-                ctx,
-                kind == "verify",
-                variant,
-            )
-
         def compile_one(item: tuple[str, tuple[int, ...]]) -> None:
             with self._placement():
-                fn, args = program(item)
+                fn, args = self._dummy_call(item)
                 fn(*args)
             if progress is not None:
                 kind, shape = item
@@ -555,22 +529,50 @@ class Engine:
         # (in whatever order they win) gave another start other names and cache misses.
         for item in shapes:
             with self._placement():
-                fn, args = program(item)
+                fn, args = self._dummy_call(item)
                 fn.get_concrete_function(*args)
-
-        def graph_ops(item: tuple[str, tuple[int, ...]]) -> bool:
-            kind, shape = item
-            if kind == "decode":
-                return self._decode_variant(shape[0]) == "onednn"
-            return kind != "move" and self.kernel_plan.variant("prefill", shape[0] * shape[1]) == "onednn"
 
         # oneDNN-variant programs one at a time: two first calls of them at once crashed TensorFlow
         # (a segfault in execute, seen once in the full suite under a mixed plan); XLA's in threads.
-        serial = [graph_ops(item) for item in shapes]
+        serial = [self._graph_ops(item) for item in shapes]
         for item in (item for item, one in zip(shapes, serial) if one):
             compile_one(item)
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="warmup") as pool:
             list(pool.map(compile_one, [item for item, one in zip(shapes, serial) if not one]))
+
+    def _dummy_call(self, item: tuple[str, tuple[int, ...]]) -> tuple[Callable, tuple]:
+        """The function and dummy arguments that reach ``item``'s program (warm-up): they write only
+        scratch rows (``n_valid = 0``, ``pos = n_ctx``) or copy row 0 onto itself (moves)."""
+        kind, shape = item
+        if kind == "decode":
+            b, ctx = shape
+            return self._decode_fn, (
+                tf.zeros([b], tf.int32),
+                tf.fill([b], self.hp.n_ctx),
+                ctx,
+                self._decode_variant(b),
+            )
+        if kind == "move":
+            return self._move_fn, (tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
+        n, t, ctx = shape
+        zeros = tf.zeros([n], tf.int32)
+        variant = self.kernel_plan.variant("prefill", n * t)
+        return self._prefill_fn, (
+            tf.zeros([n, t], tf.int32),
+            zeros,
+            zeros,
+            zeros,
+            ctx,
+            kind == "verify",
+            variant,
+        )
+
+    def _graph_ops(self, item: tuple[str, tuple[int, ...]]) -> bool:
+        """Whether ``item``'s program runs oneDNN's graph ops (its kernel plan's variant)."""
+        kind, shape = item
+        if kind == "decode":
+            return self._decode_variant(shape[0]) == "onednn"
+        return kind != "move" and self.kernel_plan.variant("prefill", shape[0] * shape[1]) == "onednn"
 
     # ---- compute ----
 
