@@ -58,8 +58,8 @@ def test_the_playground_shows_cyrillic_whole_while_streaming(driver, server, tmp
     server.worker.step_hook = lambda: time.sleep(SLOW_STEP)  # slow enough to watch
     try:
         page.generate()
-        while page.state() != "done":
-            assert page.state() in ("connecting", "streaming"), page.shown("#error")
+        while (state := page.state()) != "done":  # read once: it may turn "done" between two reads
+            assert state in ("connecting", "streaming"), page.shown("#error")
             shown.append(page.text())
     finally:
         server.worker.step_hook = None
