@@ -23,14 +23,16 @@ def train_bpe_folder(folder: Path, texts: list[str] = RUSSIAN, vocab_size: int =
     return folder
 
 
-def train_sp_folder(folder: Path, texts: list[str] = RUSSIAN, vocab_size: int = 400) -> Path:
-    """An ``sp.model`` trained on ``texts``: byte fallback, identity normalisation,
-    ``<|endoftext|>`` a user-defined symbol."""
+def train_sp_folder(
+    folder: Path, texts: list[str] = RUSSIAN, vocab_size: int = 400, repeat: int = 20
+) -> Path:
+    """An ``sp.model`` trained on ``texts`` (``repeat`` times over): byte fallback, identity
+    normalisation, ``<|endoftext|>`` a user-defined symbol."""
     import sentencepiece
 
     folder.mkdir(parents=True, exist_ok=True)
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts * 20),
+        sentence_iterator=iter(texts * repeat),
         model_prefix=str(folder / "sp"),
         vocab_size=vocab_size,
         hard_vocab_limit=False,

@@ -18,6 +18,7 @@ from app.tokenizer.bpe import ENDOFTEXT, Encoder, bytes_to_unicode
 from app.tokenizer.detokenizer import IncrementalDetokenizer
 from app.tokenizer.load import load_tokenizer
 from app.tokenizer.sentencepiece_encoder import SentencePieceEncoder
+from tests.support.tokenizers import train_sp_folder
 
 PROPERTY = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -46,21 +47,7 @@ HELD_OUT = [
 def sp_dir(tmp_path_factory) -> Path:
     """A model folder with an sp.model trained here: byte fallback, identity normalisation (so text
     round-trips), the default dummy prefix, <|endoftext|> as a user-defined symbol."""
-    folder = tmp_path_factory.mktemp("sp-model")
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(TRAINING),
-        model_prefix=str(folder / "sp"),
-        vocab_size=360,
-        hard_vocab_limit=False,
-        byte_fallback=True,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        user_defined_symbols=[ENDOFTEXT],
-        minloglevel=2,
-    )
-    (folder / "sp.vocab").unlink()
-    return folder
+    return train_sp_folder(tmp_path_factory.mktemp("sp-model"), TRAINING, vocab_size=360, repeat=1)
 
 
 @pytest.fixture(scope="module")
