@@ -139,3 +139,12 @@ def tiny_dirs(tmp_path_factory, tiny_params) -> dict[str, object]:
         "openai": write_openai_model(root / "tiny-openai", TINY, tiny_params, tokenizer=gpt2),
         "hf": write_hf_model(root / "tiny-hf", TINY, tiny_params, tokenizer=gpt2),
     }
+
+
+@pytest.fixture(scope="session")
+def shelf():
+    """Compiled programs shared by the engines this test process builds (app.engine.programs):
+    each shape traces and compiles once per worker instead of once per engine."""
+    from app.engine.programs import ProgramShelf
+
+    return ProgramShelf()

@@ -46,8 +46,9 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from app.engine import gpt2, kernels
+from app.engine import gpt2, kernels, programs
 from app.engine.buckets import power_buckets, round_up
+from app.engine.programs import ProgramShelf
 from app.model.hparams import HParams, param_shapes
 
 DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
@@ -128,7 +129,16 @@ class Piece(NamedTuple):
 class Engine:
     """Weights + KV cache + per-slot token windows. Not thread-safe: one thread drives it."""
 
-    def __init__(self, hp: HParams, params: Mapping[str, np.ndarray], config: EngineConfig = EngineConfig()):
+    def __init__(
+        self,
+        hp: HParams,
+        params: Mapping[str, np.ndarray],
+        config: EngineConfig = EngineConfig(),
+        *,
+        shelf: ProgramShelf | None = None,
+    ):
+        """``shelf``: where engines of one model shape share their compiled programs (by default
+        this engine's own)."""
         self.hp = hp
         self.config = config
         self.dtype = DTYPES[config.dtype]
@@ -154,14 +164,9 @@ class Engine:
         self.kernel_plan = self._initial_plan()
         # kernels="auto" on the CPU in float32: the plan is measured by choose_kernels (once)
         self._kernels_to_measure = self.kernel_plan.reason == _AUTO_PENDING
-        self._decode_layer_fn = tf.function(self._decode_layer, jit_compile=jit)
-        self._prefill_layer_fn = tf.function(self._prefill_layer, jit_compile=jit)
-        self._decode_attention_fn = tf.function(self._decode_attention, jit_compile=jit)
-        self._prefill_attention_fn = tf.function(self._prefill_attention, jit_compile=jit)
-        self._head_fn = tf.function(self._head, jit_compile=jit)
+        self.programs = (shelf or ProgramShelf()).get(hp, jit)
         self._decode_fn = tf.function(self._decode_graph)
         self._prefill_fn = tf.function(self._prefill_graph)
-        self._move_fn = tf.function(self._move_rows, jit_compile=jit)
 
     def _build_variables(self, params: Mapping[str, np.ndarray]) -> None:
         hp = self.hp
@@ -189,27 +194,7 @@ class Engine:
             for i in range(hp.n_layer)
         ]
 
-    # ---- compiled bodies (traced once per static shape / bucket) ----
-
-    def _decode_layer(self, x, layers, caches, pos, ctx_len: int):
-        for lw, cache in zip(layers, caches):
-            x = gpt2.decode_layer(x, lw, cache, hp=self.hp, pos=pos, ctx_len=ctx_len)
-        return x
-
-    def _prefill_layer(self, x, layers, caches, slots, start, n_valid, ctx_len: int):
-        for lw, cache in zip(layers, caches):
-            x = gpt2.prefill_layer(
-                x, lw, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid, ctx_len=ctx_len
-            )
-        return x
-
-    def _decode_attention(self, q, k, v, cache, pos, ctx_len: int):
-        return gpt2.decode_attention(q, k, v, cache, hp=self.hp, pos=pos, ctx_len=ctx_len)
-
-    def _prefill_attention(self, q, k, v, cache, slots, start, n_valid, ctx_len: int):
-        return gpt2.prefill_attention(
-            q, k, v, cache, hp=self.hp, slots=slots, start=start, n_valid=n_valid, ctx_len=ctx_len
-        )
+    # ---- graphs (traced once per static shape / bucket) around the compiled programs ----
 
     def _blocks(self, x, variant: str, layer_fn, attention_fn, *args):
         """Every block over rows ``x``: XLA's way, one program per group of layers (``layer_fn``);
@@ -232,12 +217,9 @@ class Engine:
             for i in range(0, self.hp.n_layer, g)
         ]
 
-    def _head(self, x):
-        logits = gpt2.logits_of(x, *self._ln_f, self._wte)  # [N, V] float32
-        return logits, tf.reduce_logsumexp(logits, axis=-1)
-
     def _scores(self, x, variant: str) -> tuple[tf.Tensor, ...]:
-        logits, lse = self._head(x) if variant == "onednn" else self._head_fn(x)
+        head = programs.head if variant == "onednn" else self.programs.head  # graph ops or XLA
+        logits, lse = head(x, *self._ln_f, self._wte)  # [N, V] float32
         top_logits, top_ids = tf.math.top_k(logits, k=self._candidates, sorted=True)
         return logits, lse, top_ids, top_logits
 
@@ -247,7 +229,8 @@ class Engine:
 
     def _decode_graph(self, tokens, pos, ctx_len: int, variant: str = "xla"):
         x = self._embed(tokens, tf.minimum(pos, self.hp.n_ctx - 1))  # [B, C]
-        x = self._blocks(x, variant, self._decode_layer_fn, self._decode_attention_fn, pos, ctx_len)
+        p = self.programs
+        x = self._blocks(x, variant, p.decode_layers, p.decode_attention, pos, ctx_len)
         return self._scores(x, variant)
 
     def _prefill_graph(
@@ -256,22 +239,12 @@ class Engine:
         n, t_len = tokens.shape
         positions = tf.minimum(start[:, None] + tf.range(t_len)[None, :], self.hp.n_ctx - 1)  # [N, T]
         x = tf.reshape(self._embed(tokens, positions), [n * t_len, self.hp.n_embd])
-        x = self._blocks(
-            x, variant, self._prefill_layer_fn, self._prefill_attention_fn, slots, start, n_valid, ctx_len
-        )
+        p = self.programs
+        x = self._blocks(x, variant, p.prefill_layers, p.prefill_attention, slots, start, n_valid, ctx_len)
         if every_row:  # scores after every token (speculative verification)
             return self._scores(x, variant)
         last = tf.range(n) * t_len + tf.maximum(n_valid - 1, 0)  # each piece's last real token
         return self._scores(tf.gather(x, last), variant)
-
-    def _move_rows(self, src, dst, ctx_len: int):
-        # Row ``dst`` of every layer's keys and values takes row ``src``'s first ctx_len positions.
-        # (A gather, not ``k[src]``: XLA compiles a strided slice once per constant index.)
-        where = tf.stack([tf.fill([ctx_len], dst), tf.range(ctx_len)], axis=1)  # [L, 2]
-        for k, v in self._cache:
-            k.scatter_nd_update(where, tf.gather(k, src)[:ctx_len])
-            v.scatter_nd_update(where, tf.gather(v, src)[:ctx_len])
-        return tf.constant(0)
 
     def _decode_variant(self, rows: int) -> str:
         """The kernel plan's variant for a decode call of ``rows`` rows; XLA's becomes the
@@ -436,7 +409,7 @@ class Engine:
             raise ValueError(f"slot {src} is free")
         ctx_len = round_up(len(window), self.ctx_buckets)
         with self._placement():
-            self._move_fn(tf.constant(src), tf.constant(dst), ctx_len)
+            self.programs.move_rows(tuple(self._cache), tf.constant(src), tf.constant(dst), ctx_len)
         self._windows[dst], self._windows[src] = window, None
 
     def release(self, slot: int) -> None:
@@ -451,16 +424,7 @@ class Engine:
 
     def trace_count(self) -> int:
         """How many times the graphs have been traced (each new shape bucket traces once)."""
-        fns = (
-            self._prefill_fn,
-            self._decode_fn,
-            self._prefill_layer_fn,
-            self._decode_layer_fn,
-            self._prefill_attention_fn,
-            self._decode_attention_fn,
-            self._head_fn,
-            self._move_fn,
-        )
+        fns = (self._prefill_fn, self._decode_fn, *self.programs.functions())
         return sum(f.experimental_get_tracing_count() for f in fns)
 
     def piece_fits(self, lengths: Sequence[int]) -> bool:
@@ -553,7 +517,8 @@ class Engine:
                 self._decode_variant(b),
             )
         if kind == "move":
-            return self._move_fn, (tf.constant(0), tf.constant(0), shape[0])  # row 0 onto itself
+            # row 0 onto itself
+            return self.programs.move_rows, (tuple(self._cache), tf.constant(0), tf.constant(0), shape[0])
         n, t, ctx = shape
         zeros = tf.zeros([n], tf.int32)
         variant = self.kernel_plan.variant("prefill", n * t)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.engine import devices, memory, precision
 from app.engine.engine import Engine, EngineConfig
+from app.engine.programs import ProgramShelf
 from app.keywords.model_spec import KeywordSpec, read_model_spec
 from app.model.hparams import HParams
 from app.model.loader import load_weights, read_hparams, resolve_model_dir
@@ -43,12 +44,14 @@ def load_model(
     slots: int | None = None,
     memory_limit: int | None = None,
     cache_dir: Path | None = None,
+    shelf: ProgramShelf | None = None,
     **engine_options,
 ) -> LoadedModel:
     """``memory_limit`` (bytes) overrides what the device reports as free. Start-up measurements
-    (``dtype="auto"``, ``kernels="auto"``) are kept in ``cache_dir / <model folder name>``, by
-    default in a ``.gpt2-serve`` folder inside the model's folder. ``engine_options``: the other
-    fields of :class:`EngineConfig` (``prefill_chunk``, ``kernels``, ``batch_invariant``, ...)."""
+        (``dtype="auto"``, ``kernels="auto"``) are kept in ``cache_dir / <model folder name>``, by
+        default in a ``.gpt2-serve`` folder inside the model's folder. ``shelf``: compiled programs shared
+    with the other engines of the same shape (:mod:`app.engine.programs`). ``engine_options``: the other
+        fields of :class:`EngineConfig` (``prefill_chunk``, ``kernels``, ``batch_invariant``, ...)."""
     path = resolve_model_dir(name_or_path, models_dir)
     hp = read_hparams(path)
     device = devices.normalize(device) if device else devices.default_device(0)
@@ -69,7 +72,7 @@ def load_model(
         )
     _, params = load_weights(path)
     config = EngineConfig(slots=slots, dtype=dtype, device=device, **engine_options)
-    engine = Engine(hp, params, config)
+    engine = Engine(hp, params, config, shelf=shelf)
     return LoadedModel(
         Path(name_or_path).name, path, hp, encoder, engine, plan, read_model_spec(path), cache, reason
     )

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -27,12 +28,17 @@ from app.server.settings import Settings
 from app.server.shutdown import RefuseWhileDraining, begin_drain, remaining
 from app.server.state import ServerState
 
+if TYPE_CHECKING:
+    from app.engine.programs import ProgramShelf
+
 log = logging.getLogger("gpt2serve")
 
 ROUTERS = (tgi.router, system.router, ws.router, openai.router, attention.router, playground.router)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, shelf: ProgramShelf | None = None) -> FastAPI:
+    """The server's app; its models load when it starts. ``shelf``: compiled programs shared with
+    other apps in this process (tests start many servers of one model shape); by default its own."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -42,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             split_cpu(settings.cpu_devices)  # must precede any TensorFlow op in this process
         metrics = Metrics()
-        state = ServerState(settings, metrics, Registry(settings, metrics))
+        state = ServerState(settings, metrics, Registry(settings, metrics, shelf))
         app.state.server = state
         state.registry.start_loading()
         try:

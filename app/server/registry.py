@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from app.engine import batcher, devices, xla_cache
+from app.engine.programs import ProgramShelf
 from app.model.default_model import DEFAULT_NAME, resolve_default
 from app.runtime.load import LoadedModel, load_model
 from app.server.metrics import Metrics
@@ -50,9 +51,11 @@ class ModelEntry:
 
 
 class Registry:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, shelf: ProgramShelf | None = None):
         self.settings = settings
         self.metrics = metrics
+        # Models of one shape (a base and its fine-tunes) trace and compile their programs once.
+        self._shelf = shelf or ProgramShelf()
         self.entries: dict[str, ModelEntry] = {}
         for i, (source, name) in enumerate(zip(settings.models, settings.model_names)):
             if name in self.entries:
@@ -105,6 +108,7 @@ class Registry:
                 cache_dir=s.cache_dir,
                 batch_invariant=s.batch_invariant,
                 whole_model_rows=s.whole_model_rows,
+                shelf=self._shelf,
             )
             log.info("model %s: %s (%s)", entry.name, model.engine.config.dtype, model.dtype_reason)
             if s.warmup:

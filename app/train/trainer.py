@@ -28,6 +28,7 @@ import tensorflow as tf
 from app.engine import gpt2
 from app.engine.batcher import generate
 from app.engine.engine import Engine, EngineConfig
+from app.engine.programs import ProgramShelf
 from app.engine.sampling import SamplingParams
 from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams, param_shapes
@@ -122,6 +123,7 @@ class Trainer:
         # the gradient itself on small models (measured on the demo at 8x32 tokens: 364 ms eager,
         # about 80 ms as a graph, against 262 ms for the gradient).
         self._apply_fn = tf.function(self._apply)
+        self._sample_programs = ProgramShelf()  # the progress samples' engines compile once per run
 
     # ---- checkpoints ----
 
@@ -189,10 +191,12 @@ class Trainer:
 
         They come from a serving :class:`Engine` built from the current weights, so each token is
         one cached decode step (the full forward per token is what this replaced); an engine is
-        built per call because its weights are a copy. The same weights and seeds give the same
+        built per call because its weights are a copy, and its programs, compiled at the first
+        call, are the trainer's (:class:`ProgramShelf`). The same weights and seeds give the same
         tokens. ``<|endoftext|>`` does not end a sample.
         """
-        engine = Engine(self.hp, self.params(), EngineConfig(slots=len(seeds)))
+        config = EngineConfig(slots=len(seeds))
+        engine = Engine(self.hp, self.params(), config, shelf=self._sample_programs)
         requests = [
             GenerationSpec(list(context), length, SamplingParams(top_k=self.cfg.top_k, seed=seed))
             for seed in seeds

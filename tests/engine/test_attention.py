@@ -65,7 +65,7 @@ def engines(tiny_dirs):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs, tmp_path_factory):
+def server(tiny_dirs, tmp_path_factory, shelf):
     """Both layouts served (tiny-openai is the default), and a model that failed to load."""
     broken = tmp_path_factory.mktemp("attention") / BROKEN
     shutil.copytree(tiny_dirs["openai"], broken)
@@ -73,7 +73,7 @@ def server(tiny_dirs, tmp_path_factory):
         f.truncate(1000)
     models = [str(tiny_dirs["openai"]), str(tiny_dirs["hf"]), str(broken)]
     settings = tiny_settings(tiny_dirs["openai"], models=models, attention_max_tokens=MAX_TOKENS)
-    with live_server(settings, ready=none_loading) as live:
+    with live_server(settings, ready=none_loading, shelf=shelf) as live:
         yield live
 
 
@@ -328,9 +328,12 @@ def stream_tokens(server: LiveServer, n_new: int) -> list[dict]:
         return tokens
 
 
-def test_api_keys_guard_the_route(tiny_dirs):
+def test_api_keys_guard_the_route(tiny_dirs, shelf):
     settings = tiny_settings(tiny_dirs["openai"], api_keys=[KEY])
-    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60, trust_env=False) as client:
+    with (
+        running_server(settings, shelf=shelf) as url,
+        httpx.Client(base_url=url, timeout=60, trust_env=False) as client,
+    ):
         r = client.post("/attention", json={"inputs": TEXT})
         assert r.status_code == 401, r.text
         assert r.json() == {"error": r.json()["error"], "error_type": "unauthorized"}

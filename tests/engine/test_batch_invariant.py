@@ -38,7 +38,7 @@ def params():
 
 
 @pytest.fixture(scope="module")
-def engine_for(params):
+def engine_for(params, shelf):
     """One engine per configuration for the whole module: every run of a configuration reuses it
     (a run starts with every slot free and ends with every slot freed), so each program compiles
     once, and whatever an earlier run left in the KV cache must not change a later run's tokens."""
@@ -46,7 +46,7 @@ def engine_for(params):
 
     def get(config: EngineConfig) -> Engine:
         if config not in engines:
-            engines[config] = Engine(HP, params, config)
+            engines[config] = Engine(HP, params, config, shelf=shelf)
         return engines[config]
 
     return get
@@ -105,12 +105,12 @@ def test_seeded_requests_are_bit_identical_alone_and_in_any_batch(engine_for):
     assert _alone(engine_for(replace(CONFIG, speculative_tokens=0))) == alone
 
 
-def test_whatever_kernels_were_asked_for_it_runs_xla_and_stays_invariant(params, engine_for):
+def test_whatever_kernels_were_asked_for_it_runs_xla_and_stays_invariant(params, engine_for, shelf):
     """oneDNN's graph matmul gives the last rows of a block (2 of 8, 2 of 32) other low bits than
     the same row elsewhere in the block, measured on this CPU; XLA's does not. So the mode keeps
     XLA whatever ``kernels`` says, and says why."""
     for asked in ("onednn", "auto"):
-        engine = Engine(HP, params, replace(CONFIG, kernels=asked))
+        engine = Engine(HP, params, replace(CONFIG, kernels=asked), shelf=shelf)
         assert engine.kernel_plan.fixed == "xla" and "batch-invariant" in engine.kernel_plan.reason
         assert engine.choose_kernels(None) is engine.kernel_plan
     engine = engine_for(replace(CONFIG, kernels="onednn"))

@@ -29,19 +29,19 @@ def params():
 
 
 @pytest.fixture(scope="module")
-def solo(params):
+def solo(params, shelf):
     """The one-slot engine the tests' lone reference runs share: every program of a lone run is
     compiled once per module. Each use must leave its slot free; nothing a run leaves in the KV
     cache may change the next run's tokens."""
-    engine = Engine(HP, params, EngineConfig(slots=1))
+    engine = Engine(HP, params, EngineConfig(slots=1), shelf=shelf)
     yield engine
     assert engine.free_slots() == [0]
 
 
 @pytest.fixture(scope="module")
-def speculating(params):
+def speculating(params, shelf):
     """A one-slot engine that speculates (4-token drafts), shared like ``solo``."""
-    return Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4))
+    return Engine(HP, params, EngineConfig(slots=1, speculative_tokens=4), shelf=shelf)
 
 
 def prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
@@ -50,9 +50,9 @@ def prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.slow
-def test_several_prompts_in_one_call_equal_one_at_a_time(params):
-    batched = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
-    alone = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+def test_several_prompts_in_one_call_equal_one_at_a_time(params, shelf):
+    batched = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64), shelf=shelf)
+    alone = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64), shelf=shelf)
     ids = prompts([5, 16, 9, 13], seed=1)
     assert batched.piece_fits([len(p) for p in ids])
     together = batched.prefill_batch([Piece(slot, p) for slot, p in enumerate(ids)])
@@ -62,8 +62,8 @@ def test_several_prompts_in_one_call_equal_one_at_a_time(params):
     np.testing.assert_allclose(batched.step(step), alone.step(step), atol=1e-5, rtol=0)
 
 
-def test_pieces_that_do_not_fit_one_bucket_are_refused(params):
-    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+def test_pieces_that_do_not_fit_one_bucket_are_refused(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64), shelf=shelf)
     a, b = prompts([40, 40], seed=2)
     assert not engine.piece_fits([40, 40])  # 2 x 64 padded tokens > 64
     with pytest.raises(ValueError, match="fit one prefill bucket"):
@@ -73,8 +73,8 @@ def test_pieces_that_do_not_fit_one_bucket_are_refused(params):
         engine.prefill_batch([Piece(0, a[10:20], 3)])
 
 
-def test_device_candidates_are_the_hosts_top_k_with_ties_by_lower_id(params):
-    engine = Engine(HP, params, EngineConfig(slots=2, candidates=16))
+def test_device_candidates_are_the_hosts_top_k_with_ties_by_lower_id(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=2, candidates=16), shelf=shelf)
     (ids,) = prompts([12], seed=3)
     scores = engine.prefill_scores(0, ids)
     logits = scores.logits[0]
@@ -116,8 +116,8 @@ def test_sample_batch_gives_every_row_what_sample_gives_it():
         assert got.tolist() == expected, seed
 
 
-def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
-    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64))
+def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=64), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     seqs = [
         GenerationSpec(p, 3, SamplingParams(temperature=0), stop_at_eos=False)
@@ -130,9 +130,9 @@ def test_a_burst_of_short_prompts_is_prefilled_in_one_call(params):
     assert sorted(e.seq.slot for e in events) == [0, 1, 2, 3] and all(len(s.generated) == 1 for s in seqs)
 
 
-def _streams_then_arrivals(params, n_running: int) -> tuple[Batcher, list[Entry], list[Entry], list]:
+def _streams_then_arrivals(params, n_running: int, shelf) -> tuple[Batcher, list[Entry], list[Entry], list]:
     """``n_running`` greedy streams decoding, then seven 10-token prompts admitted."""
-    engine = Engine(HP, params, EngineConfig(slots=16, prefill_chunk=128, slide_chunk=32))
+    engine = Engine(HP, params, EngineConfig(slots=16, prefill_chunk=128, slide_chunk=32), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     greedy = SamplingParams(temperature=0)
     running = [GenerationSpec(p, 40, greedy, stop_at_eos=False) for p in prompts([5] * n_running, seed=30)]
@@ -145,11 +145,11 @@ def _streams_then_arrivals(params, n_running: int) -> tuple[Batcher, list[Entry]
 
 
 @pytest.mark.slow
-def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params, solo):
+def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_chunk(params, solo, shelf):
     """Seven 10-token prompts arrive while six streams decode (fewer than 1.2 waiting per stream):
     with a 32-token budget (16-token buckets) they go two a round, the streams stepping each
     round. Their tokens are those they get alone."""
-    batcher, running, seqs, ids = _streams_then_arrivals(params, 6)
+    batcher, running, seqs, ids = _streams_then_arrivals(params, 6, shelf)
     with mock.patch.object(batcher.engine, "prefill_batch", wraps=batcher.engine.prefill_batch) as spy:
         for _ in range(4):
             before = [len(r.generated) for r in running]
@@ -165,10 +165,10 @@ def test_while_streams_decode_a_round_packs_first_pieces_only_up_to_the_slide_ch
 
 
 @pytest.mark.slow
-def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params):
+def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params, shelf):
     """Seven prompts arriving beside one stream outnumber it 1.2 to 1 or more (TGI's
     waiting_served_ratio): one round prefills them all, the stream still stepping in it."""
-    batcher, running, seqs, _ = _streams_then_arrivals(params, 1)
+    batcher, running, seqs, _ = _streams_then_arrivals(params, 1, shelf)
     with mock.patch.object(batcher.engine, "prefill_batch", wraps=batcher.engine.prefill_batch) as spy:
         batcher.step()
     assert [len(call.args[0]) for call in spy.call_args_list] == [7]
@@ -176,9 +176,9 @@ def test_a_burst_arriving_beside_few_streams_is_prefilled_in_full_pieces(params)
 
 
 @pytest.mark.slow
-def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params, solo):
+def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params, solo, shelf):
     """A 100-token prompt (chunks of 32) takes four rounds; a running stream gets a token in each."""
-    engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32))
+    engine = Engine(HP, params, EngineConfig(slots=2, prefill_chunk=32), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     short_ids, long_ids = prompts([5, 100], seed=6)
     running = GenerationSpec(short_ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
@@ -203,8 +203,8 @@ def test_a_long_prompt_is_chunked_while_the_others_keep_streaming(params, solo):
 
 
 @pytest.mark.slow
-def test_after_warmup_no_request_of_any_length_or_batch_compiles(params):
-    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32))
+def test_after_warmup_no_request_of_any_length_or_batch_compiles(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32), shelf=shelf)
     lines: list[str] = []
     engine.warmup(programs(engine), lines.append)
     assert len(lines) == len(programs(engine)) and lines[-1].endswith(f"({len(lines)}/{len(lines)})")
@@ -246,9 +246,9 @@ def test_speculation_gives_the_tokens_plain_decoding_gives(solo, speculating, sp
 
 
 @pytest.mark.slow
-def test_verify_scores_every_position_like_single_steps(params):
-    engine = Engine(HP, params, EngineConfig(slots=2, speculative_tokens=4))
-    other = Engine(HP, params, EngineConfig(slots=2))
+def test_verify_scores_every_position_like_single_steps(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=2, speculative_tokens=4), shelf=shelf)
+    other = Engine(HP, params, EngineConfig(slots=2), shelf=shelf)
     (ids,) = prompts([20], seed=9)
     engine.prefill(1, ids[:15])
     other.prefill(1, ids[:15])
@@ -260,20 +260,20 @@ def test_verify_scores_every_position_like_single_steps(params):
 
 
 @pytest.mark.slow
-def test_blocks_per_compiled_program_do_not_change_the_numbers(params):
-    one = Engine(HP, params, EngineConfig(slots=2, layers_per_call=1))
-    both = Engine(HP, params, EngineConfig(slots=2, layers_per_call=2))
+def test_blocks_per_compiled_program_do_not_change_the_numbers(params, shelf):
+    one = Engine(HP, params, EngineConfig(slots=2, layers_per_call=1), shelf=shelf)
+    both = Engine(HP, params, EngineConfig(slots=2, layers_per_call=2), shelf=shelf)
     (ids,) = prompts([30], seed=10)
     np.testing.assert_allclose(both.prefill(0, ids), one.prefill(0, ids), atol=1e-5, rtol=0)
     np.testing.assert_allclose(both.step({0: 3}), one.step({0: 3}), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="must divide n_layer=2"):
-        Engine(HP, params, EngineConfig(slots=1, layers_per_call=3))
+        Engine(HP, params, EngineConfig(slots=1, layers_per_call=3), shelf=shelf)
 
 
 @pytest.mark.slow
-def test_a_lone_stream_decodes_with_every_block_in_one_program(params):
-    engine = Engine(HP, params, EngineConfig(slots=4))  # whole_model_rows=1 by default
-    per_layer = Engine(HP, params, EngineConfig(slots=4, whole_model_rows=0))
+def test_a_lone_stream_decodes_with_every_block_in_one_program(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=4), shelf=shelf)  # whole_model_rows=1 by default
+    per_layer = Engine(HP, params, EngineConfig(slots=4, whole_model_rows=0), shelf=shelf)
     (ids,) = prompts([9], seed=40)
     for e in (engine, per_layer):
         e.prefill(0, ids)
@@ -289,10 +289,10 @@ def test_a_lone_stream_decodes_with_every_block_in_one_program(params):
 
 
 @pytest.mark.slow
-def test_a_request_that_outlives_a_burst_decodes_as_one_row(params, solo):
+def test_a_request_that_outlives_a_burst_decodes_as_one_row(params, solo, shelf):
     """Eight arrive together; the one in the highest slot outlives the rest. Once alone it moves to
     slot 0 and every later decode call runs one row, and its tokens are a lone run's."""
-    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
+    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     ids = prompts([5 + i for i in range(8)], seed=11)
     seqs = [GenerationSpec(p, 4, SamplingParams(temperature=0), stop_at_eos=False) for p in ids[:7]]
@@ -315,9 +315,9 @@ def test_a_request_that_outlives_a_burst_decodes_as_one_row(params, solo):
 
 
 @pytest.mark.slow
-def test_live_sequences_stay_in_the_lowest_slots(params):
+def test_live_sequences_stay_in_the_lowest_slots(params, shelf):
     """Whatever order requests end in, the live ones sit below the batch bucket of their count."""
-    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128))
+    engine = Engine(HP, params, EngineConfig(slots=8, prefill_chunk=128), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     rng = np.random.default_rng(12)
     lengths = rng.integers(2, 12, size=8).tolist()
@@ -337,9 +337,9 @@ def test_live_sequences_stay_in_the_lowest_slots(params):
 
 
 @pytest.mark.slow
-def test_a_moved_slot_scores_what_it_would_have_scored(params):
-    moved = Engine(HP, params, EngineConfig(slots=4))
-    stayed = Engine(HP, params, EngineConfig(slots=4))
+def test_a_moved_slot_scores_what_it_would_have_scored(params, shelf):
+    moved = Engine(HP, params, EngineConfig(slots=4), shelf=shelf)
+    stayed = Engine(HP, params, EngineConfig(slots=4), shelf=shelf)
     (ids,) = prompts([70], seed=13)
     moved.prefill(3, ids)
     stayed.prefill(3, ids)
@@ -352,9 +352,9 @@ def test_a_moved_slot_scores_what_it_would_have_scored(params):
         moved.move(2, 0)
 
 
-def _serial_slide(params, hp, ids, n, config):
+def _serial_slide(params, hp, ids, n, config, shelf):
     """Greedy tokens of one slot stepped through Engine.step_scores, which slides in place."""
-    engine = Engine(hp, params, config)
+    engine = Engine(hp, params, config, shelf=shelf)
     token, out = int(np.argmax(engine.prefill(0, ids))), []
     for _ in range(n):
         out.append(token)
@@ -363,13 +363,13 @@ def _serial_slide(params, hp, ids, n, config):
 
 
 @pytest.mark.slow
-def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
+def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream(shelf):
     """n_ctx 64, keep 40, chunks of 16: a slide is three prefill rounds; the other stream gets a
     token in every round but those of its own slides, and the sliding stream's tokens are the
     in-place slide's."""
     hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
     params = random_params(hp, seed=14, ln_noise=True)
-    engine = Engine(hp, params, EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
+    engine = Engine(hp, params, EngineConfig(slots=2, window_keep=40, prefill_chunk=16), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     long_ids, short_ids = prompts([60, 5], seed=14)
     sliding = GenerationSpec(long_ids, 80, SamplingParams(temperature=0), stop_at_eos=False)
@@ -391,13 +391,15 @@ def test_a_sliding_window_goes_through_the_prefill_plan_while_others_stream():
     assert streamed_during_slides >= 2 * slides
     assert all(len(call.args[0][0].ids) <= 16 for call in prefill.call_args_list)
     serial = EngineConfig(slots=1, window_keep=40, prefill_chunk=16)
-    assert sliding.generated == _serial_slide(params, hp, long_ids, 80, serial)
+    assert sliding.generated == _serial_slide(params, hp, long_ids, 80, serial, shelf)
 
 
 @pytest.mark.slow
-def test_a_request_cancelled_mid_slide_frees_its_slot(params):
+def test_a_request_cancelled_mid_slide_frees_its_slot(params, shelf):
     hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
-    engine = Engine(hp, random_params(hp, seed=15), EngineConfig(slots=2, window_keep=40, prefill_chunk=16))
+    engine = Engine(
+        hp, random_params(hp, seed=15), EngineConfig(slots=2, window_keep=40, prefill_chunk=16), shelf=shelf
+    )
     batcher = Batcher(engine, eos_id=None)
     (ids,) = prompts([63], seed=15)
     seq = GenerationSpec(ids, 50, SamplingParams(temperature=0), stop_at_eos=False)
@@ -410,11 +412,11 @@ def test_a_request_cancelled_mid_slide_frees_its_slot(params):
     assert batcher.step() == []
 
 
-def test_compiled_programs_do_not_depend_on_slot_or_position_values(params):
+def test_compiled_programs_do_not_depend_on_slot_or_position_values(params, shelf):
     """XLA compiles a program again for each value of an input it must know at compile time (a
     strided slice's index), which tf.function's trace count does not show: a move once cost 250 ms
     per new slot pair that way. The programs' HLO must be the same for any slots and positions."""
-    engine = Engine(HP, params, EngineConfig(slots=8))
+    engine = Engine(HP, params, EngineConfig(slots=8), shelf=shelf)
     layers, caches = engine._groups()[0]
     c, i32 = HP.n_embd, tf.int32
 
@@ -422,15 +424,15 @@ def test_compiled_programs_do_not_depend_on_slot_or_position_values(params):
         return fn.experimental_get_compiler_ir(*args)(stage="hlo")
 
     def move(src, dst):
-        return hlo(engine._move_fn, tf.constant(src), tf.constant(dst), 64)
+        return hlo(engine.programs.move_rows, tuple(engine._cache), tf.constant(src), tf.constant(dst), 64)
 
     def decode(pos):
-        return hlo(engine._decode_layer_fn, tf.zeros([4, c]), layers, caches, tf.constant(pos, i32), 64)
+        return hlo(engine.programs.decode_layers, tf.zeros([4, c]), layers, caches, tf.constant(pos, i32), 64)
 
     def prefill(slots, start, n_valid):
         x = tf.zeros([2 * 16, c])
         consts = (tf.constant(v, i32) for v in (slots, start, n_valid))
-        return hlo(engine._prefill_layer_fn, x, layers, caches, *consts, 64)
+        return hlo(engine.programs.prefill_layers, x, layers, caches, *consts, 64)
 
     assert move(7, 0) == move(5, 1)
     assert decode([1, 2, 3, 4]) == decode([9, HP.n_ctx, 0, 30])
@@ -438,11 +440,11 @@ def test_compiled_programs_do_not_depend_on_slot_or_position_values(params):
 
 
 @pytest.mark.slow
-def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks():
+def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks(shelf):
     hp = HParams(n_vocab=50257, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
     config = EngineConfig(slots=2, window_keep=40, prefill_chunk=64, slide_chunk=16)
     params = random_params(hp, seed=16)
-    engine = Engine(hp, params, config)
+    engine = Engine(hp, params, config, shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     (ids,) = prompts([60], seed=16)
     seq = GenerationSpec(ids, 10, SamplingParams(temperature=0), stop_at_eos=False)
@@ -452,4 +454,4 @@ def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks()
             batcher.step()
     lengths = [len(call.args[0][0].ids) for call in prefill.call_args_list]
     assert lengths == [60, 16, 16, 8]  # the prompt in one piece; its 40-token slide in three
-    assert seq.generated == _serial_slide(params, hp, ids, 10, config)
+    assert seq.generated == _serial_slide(params, hp, ids, 10, config, shelf)

@@ -35,11 +35,11 @@ def loaded(request, tiny_dirs):
 
 
 @pytest.fixture(scope="module")
-def solo(tiny_hp, tiny_params):
+def solo(tiny_hp, tiny_params, shelf):
     """The one-slot engine (prompts prefilled in one call) that lone reference runs share, so its
     programs compile once per module. Each use leaves its slot free; nothing a run leaves in the
     KV cache may change the next run's numbers."""
-    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=128))
+    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=128), shelf=shelf)
     yield engine
     assert engine.free_slots() == [0]
 
@@ -97,16 +97,16 @@ def test_greedy_continuation_equals_transformers_generate(loaded, reference):
 
 
 @pytest.mark.slow
-def test_chunked_prefill_equals_one_shot(tiny_hp, tiny_params, solo):
+def test_chunked_prefill_equals_one_shot(tiny_hp, tiny_params, solo, shelf):
     (ids,) = prompts(tiny_hp.n_vocab, [100], seed=2)
-    chunked = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=16))
+    chunked = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, prefill_chunk=16), shelf=shelf)
     np.testing.assert_allclose(chunked.prefill(0, ids), solo.prefill(0, ids), atol=1e-5, rtol=0)
     np.testing.assert_allclose(chunked.step({0: 5}), solo.step({0: 5}), atol=1e-5, rtol=0)
     solo.release(0)
 
 
-def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params):
-    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
+def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params, shelf):
+    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2), shelf=shelf)
     a, b = prompts(tiny_hp.n_vocab, [20, 23], seed=4)  # same prompt bucket (32), same context bucket
     generate(engine, [GenerationSpec(a, 10, SamplingParams(top_k=5, seed=1))], eos_id=None)
     traced = engine.trace_count()
@@ -116,7 +116,7 @@ def test_second_request_of_a_bucket_does_not_retrace(tiny_hp, tiny_params):
 
 
 @pytest.mark.slow
-def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, tiny_params, solo):
+def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, tiny_params, solo, shelf):
     params = [
         SamplingParams(temperature=1.0, seed=11),
         SamplingParams(temperature=0.8, top_k=40, seed=12),
@@ -129,16 +129,18 @@ def test_seeded_requests_give_the_same_tokens_alone_or_in_a_full_batch(tiny_hp, 
         return [GenerationSpec(p, 24, sp, stop_at_eos=False) for p, sp in zip(ids, params)]
 
     alone = [generate(solo, [seq], eos_id=None)[0].generated for seq in make()]
-    together = generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=4)), make(), eos_id=None)
+    together = generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=4), shelf=shelf), make(), eos_id=None)
     assert [s.generated for s in together] == alone
     # And once more in another order, through a batch that is never full.
-    shuffled = generate(Engine(tiny_hp, tiny_params, EngineConfig(slots=3)), make()[::-1], eos_id=None)
+    shuffled = generate(
+        Engine(tiny_hp, tiny_params, EngineConfig(slots=3), shelf=shelf), make()[::-1], eos_id=None
+    )
     assert [s.generated for s in shuffled][::-1] == alone
 
 
 @pytest.mark.slow
-def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
-    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
+def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params, shelf):
+    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2), shelf=shelf)
     (ids,) = prompts(tiny_hp.n_vocab, [8], seed=6)
     free_run = generate(
         engine, [GenerationSpec(ids, 6, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
@@ -155,9 +157,9 @@ def test_endoftext_ends_a_sample_unless_ignored(tiny_hp, tiny_params):
 
 
 @pytest.mark.slow
-def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params, solo):
+def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params, solo, shelf):
     """A request admitted while another decodes gets its first token before the other finishes."""
-    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2))
+    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=2), shelf=shelf)
     batcher = Batcher(engine, eos_id=None)
     a, b = prompts(tiny_hp.n_vocab, [10, 12], seed=8)
     long = GenerationSpec(a, 30, SamplingParams(temperature=0), stop_at_eos=False)
@@ -179,13 +181,13 @@ def test_slots_join_and_leave_between_steps(tiny_hp, tiny_params, solo):
 
 
 @pytest.mark.slow
-def test_sliding_window_runs_past_the_context(tiny_params):
+def test_sliding_window_runs_past_the_context(tiny_params, shelf):
     """n_ctx 32, 200 new tokens: never an error, positions stay < n_ctx, and the tokens equal a
     reference that re-runs transformers on the kept window every step."""
     hp = HParams(n_vocab=50257, n_ctx=32, n_embd=64, n_head=4, n_layer=2)
     params = random_params(hp, seed=9, ln_noise=True)
     reference = hf_model(hp, params)
-    engine = Engine(hp, params, EngineConfig(slots=2, window_keep=24))
+    engine = Engine(hp, params, EngineConfig(slots=2, window_keep=24), shelf=shelf)
     (ids,) = prompts(hp.n_vocab, [10], seed=10)
     seq = generate(
         engine, [GenerationSpec(ids, 200, SamplingParams(temperature=0), stop_at_eos=False)], eos_id=None
@@ -203,8 +205,8 @@ def test_sliding_window_runs_past_the_context(tiny_params):
     assert seq.generated == expected
 
 
-def test_engine_rejects_bad_input(tiny_hp, tiny_params):
-    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1))
+def test_engine_rejects_bad_input(tiny_hp, tiny_params, shelf):
+    engine = Engine(tiny_hp, tiny_params, EngineConfig(slots=1), shelf=shelf)
     with pytest.raises(ValueError, match="1..128 tokens"):
         engine.prefill(0, [])
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -217,10 +219,10 @@ def test_engine_rejects_bad_input(tiny_hp, tiny_params):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_options_run_and_stay_close(tiny_hp, tiny_params, dtype):
+def test_half_precision_options_run_and_stay_close(tiny_hp, tiny_params, dtype, shelf):
     (ids,) = prompts(tiny_hp.n_vocab, [16], seed=12)
-    f32 = Engine(tiny_hp, tiny_params, EngineConfig(slots=1)).prefill(0, ids)
-    half = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, dtype=dtype))
+    f32 = Engine(tiny_hp, tiny_params, EngineConfig(slots=1), shelf=shelf).prefill(0, ids)
+    half = Engine(tiny_hp, tiny_params, EngineConfig(slots=1, dtype=dtype), shelf=shelf)
     got = half.prefill(0, ids)
     assert got.dtype == np.float32 and np.isfinite(got).all()
     assert np.abs(got - f32).max() < (0.05 if dtype == "float16" else 0.3)

@@ -43,15 +43,15 @@ def test_the_onednn_variant_scores_what_the_xla_variant_scores(params, slots):
     np.testing.assert_allclose(a.logits, b.logits, atol=2e-5, rtol=0)
     np.testing.assert_allclose(a.lse, b.lse, atol=2e-5, rtol=0)
     # Each ran its own programs: oneDNN's compiled only attention, XLA's whole blocks.
-    assert onednn._decode_layer_fn.experimental_get_tracing_count() == 0
-    assert onednn._decode_attention_fn.experimental_get_tracing_count() > 0
-    assert xla._decode_attention_fn.experimental_get_tracing_count() == 0
+    assert onednn.programs.decode_layers.experimental_get_tracing_count() == 0
+    assert onednn.programs.decode_attention.experimental_get_tracing_count() > 0
+    assert xla.programs.decode_attention.experimental_get_tracing_count() == 0
 
 
 @pytest.mark.slow
-def test_greedy_tokens_are_the_same_under_either_variant(params):
+def test_greedy_tokens_are_the_same_under_either_variant(params, shelf):
     def run(variant):
-        engine = Engine(HP, params, EngineConfig(slots=2, kernels=variant))
+        engine = Engine(HP, params, EngineConfig(slots=2, kernels=variant), shelf=shelf)
         seqs = [
             GenerationSpec(ids(9, seed=s), 24, SamplingParams(temperature=0), stop_at_eos=False)
             for s in (5, 6)
@@ -85,9 +85,11 @@ def test_a_call_takes_the_variant_of_its_row_class():
 
 
 @pytest.mark.slow
-def test_auto_keeps_per_class_the_variant_that_timed_faster_and_the_next_start_reads_it(params, tmp_path):
+def test_auto_keeps_per_class_the_variant_that_timed_faster_and_the_next_start_reads_it(
+    params, tmp_path, shelf
+):
     config = EngineConfig(slots=2, prefill_chunk=32, kernels="auto")
-    engine = Engine(HP, params, config)
+    engine = Engine(HP, params, config, shelf=shelf)
     assert engine.kernel_plan.fixed == "xla"  # until measured
     lines: list[str] = []
     plan = engine.choose_kernels(tmp_path, lines.append, repeats=2)
@@ -103,7 +105,7 @@ def test_auto_keeps_per_class_the_variant_that_timed_faster_and_the_next_start_r
     (stored,) = tmp_path.glob("kernels-*.json")
     assert json.loads(stored.read_text())["key"]["dtype"] == "float32"
 
-    again = Engine(HP, params, config)
+    again = Engine(HP, params, config, shelf=shelf)
     with mock.patch.object(again, "time_kernels", side_effect=AssertionError("measured again")):
         kept = again.choose_kernels(tmp_path)
     assert (kept.decode, kept.prefill) == (plan.decode, plan.prefill)
@@ -111,12 +113,12 @@ def test_auto_keeps_per_class_the_variant_that_timed_faster_and_the_next_start_r
 
 
 @pytest.mark.slow
-def test_a_corrupt_or_foreign_plan_file_is_ignored_with_a_warning(params, tmp_path, caplog):
-    engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"))
+def test_a_corrupt_or_foreign_plan_file_is_ignored_with_a_warning(params, tmp_path, caplog, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"), shelf=shelf)
     path = kernels.cache_file(tmp_path, engine.kernel_key())
     for content in ("{not json", json.dumps({"key": {"cpu": "another"}, "plan": {}})):
         path.write_text(content)
-        engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"))
+        engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"), shelf=shelf)
         with caplog.at_level(logging.WARNING, logger="app.engine.kernels"):
             plan = engine.choose_kernels(tmp_path, repeats=1)
         assert plan.fixed is None and "measured at this start" in plan.reason
@@ -126,18 +128,20 @@ def test_a_corrupt_or_foreign_plan_file_is_ignored_with_a_warning(params, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_folder_that_cannot_be_written_only_costs_the_next_start_a_measurement(params, tmp_path, caplog):
+def test_a_folder_that_cannot_be_written_only_costs_the_next_start_a_measurement(
+    params, tmp_path, caplog, shelf
+):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"))
+    engine = Engine(HP, params, EngineConfig(slots=1, prefill_chunk=16, kernels="auto"), shelf=shelf)
     with caplog.at_level(logging.WARNING, logger="app.engine.kernels"):
         plan = engine.choose_kernels(blocker / "cache", repeats=1)
     assert plan.fixed is None and "cannot keep the kernel plan" in caplog.text
 
 
 @pytest.mark.slow
-def test_after_warmup_under_a_mixed_plan_no_request_compiles(params):
-    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32))
+def test_after_warmup_under_a_mixed_plan_no_request_compiles(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=4, prefill_chunk=32), shelf=shelf)
     engine.kernel_plan = kernels.KernelPlan(
         decode={1: "xla", 2: "onednn", 4: "xla"}, prefill={16: "onednn", 32: "xla"}, fixed=None
     )
@@ -149,8 +153,8 @@ def test_after_warmup_under_a_mixed_plan_no_request_compiles(params):
     assert engine.trace_count() == traced
 
 
-def test_half_precision_weights_on_the_cpu_take_onednn(params):
-    engine = Engine(HP, params, EngineConfig(slots=1, dtype="bfloat16", kernels="auto"))
+def test_half_precision_weights_on_the_cpu_take_onednn(params, shelf):
+    engine = Engine(HP, params, EngineConfig(slots=1, dtype="bfloat16", kernels="auto"), shelf=shelf)
     assert engine.kernel_plan.fixed == "onednn" and "bfloat16" in engine.kernel_plan.reason
     assert engine.choose_kernels(None) is engine.kernel_plan  # nothing to measure
 

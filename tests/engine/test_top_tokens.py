@@ -48,8 +48,8 @@ def test_alternatives_tie_at_the_edge_keeps_the_lower_id():
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=2))
+def engine(shelf):
+    return Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=2), shelf=shelf)
 
 
 def run(engine: Engine, specs: list[GenerationSpec]) -> list[tuple[Entry, list[tuple]]]:
@@ -64,7 +64,7 @@ def run(engine: Engine, specs: list[GenerationSpec]) -> list[tuple[Entry, list[t
 
 
 @pytest.mark.slow
-def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
+def test_batcher_reports_alternatives_from_the_sampled_distribution(engine, shelf):
     greedy = GenerationSpec([1, 2, 3], 6, SamplingParams(temperature=0), stop_at_eos=False, top_n_tokens=4)
     penalised = GenerationSpec(
         [1, 2, 3], 6, SamplingParams(temperature=0.7, top_k=5, seed=9, repetition_penalty=1.3), top_n_tokens=3
@@ -76,7 +76,7 @@ def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
     assert greedy.generated == plain.generated  # asking for alternatives changes nothing
     # Replay each position alone and compare with an independent computation (one replay engine:
     # each sequence's prefill replaces what its slot held).
-    replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1))
+    replay = Engine(TINY, random_params(TINY, seed=5, ln_noise=True), EngineConfig(slots=1), shelf=shelf)
     for seq, tops, temperature in ((greedy, greedy_tops, 0.0), (penalised, penalised_tops, 0.7)):
         context = list(seq.spec.prompt_ids)
         logits = replay.prefill(0, context)
@@ -95,8 +95,8 @@ def test_batcher_reports_alternatives_from_the_sampled_distribution(engine):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
-    with live_server(tiny_settings(tiny_dirs["openai"], slots=2, queue_size=2)) as live:
+def server(tiny_dirs, shelf):
+    with live_server(tiny_settings(tiny_dirs["openai"], slots=2, queue_size=2), shelf=shelf) as live:
         yield live
 
 

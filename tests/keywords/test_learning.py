@@ -138,10 +138,10 @@ def trained(cut, run_dir):
 
 
 @pytest.fixture(scope="module")
-def served(trained, run_dir, tmp_path_factory):
+def served(trained, run_dir, tmp_path_factory, shelf):
     """The run exported as a model folder (with the cut tokenizer and ``keywords.json``), served."""
     dest = export_weights(run_dir, "kw", tmp_path_factory.mktemp("kwmodels"))
-    with live_server(tiny_settings(dest)) as server:
+    with live_server(tiny_settings(dest), shelf=shelf) as server:
         yield server
 
 

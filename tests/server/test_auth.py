@@ -40,27 +40,27 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_dirs):
+def url(tiny_dirs, shelf):
     """API keys, no CORS, /metrics public (the defaults)."""
     settings = tiny_settings(tiny_dirs["openai"], api_keys=[KEY, OTHER_KEY], max_body_bytes=4096)
-    with running_server(settings) as base:
+    with running_server(settings, shelf=shelf) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def strict_url(tiny_dirs):
+def strict_url(tiny_dirs, shelf):
     """API keys, /metrics protected, CORS for one origin."""
     settings = tiny_settings(
         tiny_dirs["openai"], api_keys=[KEY], protect_metrics=True, cors_origins=[ALLOWED]
     )
-    with running_server(settings) as base:
+    with running_server(settings, shelf=shelf) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def open_url(tiny_dirs):
+def open_url(tiny_dirs, shelf):
     """No keys, no CORS."""
-    with running_server(tiny_settings(tiny_dirs["openai"])) as base:
+    with running_server(tiny_settings(tiny_dirs["openai"]), shelf=shelf) as base:
         yield base
 
 

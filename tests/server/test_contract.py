@@ -80,9 +80,9 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(tiny_dirs):
+def api(tiny_dirs, shelf):
     settings_ = server_settings(tiny_dirs["openai"])
-    with running_server(settings_) as url:
+    with running_server(settings_, shelf=shelf) as url:
         served = httpx.get(f"{url}/openapi.json", timeout=10, trust_env=False).json()
         assert sorted((p, m.upper()) for p, item in served["paths"].items() for m in item) == operations()
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
@@ -167,7 +167,7 @@ def test_contract(api, path, method, mode):
 
 
 @pytest.fixture(scope="module")
-def api_keywords(tmp_path_factory):
+def api_keywords(tmp_path_factory, shelf):
     """A keyword-conditioned model (a tiny model with a keywords.json) as default, next to a plain one."""
     from app.keywords.model_spec import write_model_spec
     from app.model.random_init import write_random_model
@@ -180,7 +180,7 @@ def api_keywords(tmp_path_factory):
     write_model_spec(kw, {"delimiters": {}, "max_keywords": 3, "language": "en"})
     limits = {"max_keywords": 4, "max_keyword_length": 20, "max_title_length": 40}
     settings_ = server_settings(kw).model_copy(update={"models": [str(kw), str(plain)], **limits})
-    with running_server(settings_) as url:
+    with running_server(settings_, shelf=shelf) as url:
         yield Api(url, schemathesis.openapi.from_url(f"{url}/openapi.json"))
 
 

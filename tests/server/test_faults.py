@@ -42,9 +42,9 @@ INJECTED = 'injected: File "/work/main/app/engine/secret.py", line 1, object at 
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
+def server(tiny_dirs, shelf):
     settings = tiny_settings(tiny_dirs["openai"], slots=4, queue_size=4, health_stuck_seconds=STUCK)
-    with live_server(settings) as live:
+    with live_server(settings, shelf=shelf) as live:
         generate(live.url, "Warm up", 4)  # compile before anything is timed
         yield live
 
@@ -229,13 +229,13 @@ def none_loading(client: httpx.Client) -> bool | str:
 
 
 @pytest.fixture(scope="module")
-def half_broken(tiny_dirs, tmp_path_factory):
+def half_broken(tiny_dirs, tmp_path_factory, shelf):
     broken = tmp_path_factory.mktemp("faults") / BROKEN
     shutil.copytree(tiny_dirs["openai"], broken)
     with open(broken / BROKEN_FILE, "r+b") as f:
         f.truncate(1000)  # a download cut short
     settings = Settings(models=[str(tiny_dirs["openai"]), str(broken)], warmup=False, slots=2, queue_size=2)
-    with running_server(settings, ready=none_loading) as url:
+    with running_server(settings, ready=none_loading, shelf=shelf) as url:
         yield url
 
 

@@ -30,9 +30,11 @@ def models(tiny_dirs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(models):
+def server(models, shelf):
     kw, plain, custom = models
-    with live_server(tiny_settings(kw, models=[str(kw), str(plain), str(custom)], max_keywords=4)) as srv:
+    with live_server(
+        tiny_settings(kw, models=[str(kw), str(plain), str(custom)], max_keywords=4), shelf=shelf
+    ) as srv:
         yield srv
 
 
@@ -191,9 +193,9 @@ def test_openapi_declares_the_limits(server):
     assert params["not"]["allOf"][1] == {"properties": {"model": {"enum": ["plain"]}}, "required": ["model"]}
 
 
-def test_openapi_of_a_server_without_keyword_models(models):
+def test_openapi_of_a_server_without_keyword_models(models, shelf):
     _, plain, _ = models
-    with live_server(tiny_settings(plain)) as srv:
+    with live_server(tiny_settings(plain), shelf=shelf) as srv:
         doc = httpx.get(f"{srv.url}/openapi.json", timeout=10).json()
         r = post(srv, {"keywords": ["a"]})
     fields = doc["components"]["schemas"]["Parameters"]["properties"]

@@ -19,9 +19,9 @@ N_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
+def server(tiny_dirs, shelf):
     settings = Settings(models=[str(tiny_dirs["openai"])], warmup=False, slots=4)
-    app = create_app(settings)  # kept to reach the model's worker
+    app = create_app(settings, shelf=shelf)  # kept to reach the model's worker
     with running_server(settings, app=app) as url:
         yield url, app
 

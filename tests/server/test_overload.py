@@ -49,9 +49,9 @@ FREED_WITHIN = (
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
+def server(tiny_dirs, shelf):
     settings = tiny_settings(tiny_dirs["openai"], slots=SLOTS, queue_size=QUEUE)
-    with live_server(settings) as live:
+    with live_server(settings, shelf=shelf) as live:
         # Compile every shape a long request meets (both context buckets, the sliding window),
         # so no XLA compilation pauses the worker while a test times a disconnect.
         via_generate(live.url, "Warm up", max_new_tokens=2 * 128)

@@ -39,9 +39,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_dirs):
+def base_url(tiny_dirs, shelf):
     settings = tiny_settings(tiny_dirs["openai"], slots=8, queue_size=40)
-    with running_server(settings) as url:
+    with running_server(settings, shelf=shelf) as url:
         yield url
 
 
@@ -216,17 +216,19 @@ def test_two_models_on_two_logical_devices_each_answer_for_themselves(tmp_path, 
     assert srv.proc.returncode == 0  # stopped by SIGTERM: a clean exit
 
 
-def test_the_start_up_heap_is_frozen_once_a_model_is_loaded(tiny_dirs):
+def test_the_start_up_heap_is_frozen_once_a_model_is_loaded(tiny_dirs, shelf):
     """A full garbage collection over TensorFlow's start-up objects stalled every stream for
     0.1-0.5 s at 124M; the registry moves them out of the collector's reach after loading."""
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
-    with running_server(tiny_settings(tiny_dirs["openai"], slots=2, warmup=False)) as url:
+    with running_server(tiny_settings(tiny_dirs["openai"], slots=2, warmup=False), shelf=shelf) as url:
         assert httpx.get(f"{url}/ready", timeout=5.0).status_code == 200
         assert gc.get_freeze_count() > 10_000
 
 
-def test_models_and_the_log_say_which_kernels_and_dtype_were_chosen_and_why(tiny_dirs, tmp_path, caplog):
+def test_models_and_the_log_say_which_kernels_and_dtype_were_chosen_and_why(
+    tiny_dirs, tmp_path, caplog, shelf
+):
     """kernels=auto is timed at the first start and read back at the next (issue 18 §3); dtype=auto
     keeps float32 on a CPU without native bfloat16 and says so (§4)."""
     settings = tiny_settings(
@@ -234,7 +236,10 @@ def test_models_and_the_log_say_which_kernels_and_dtype_were_chosen_and_why(tiny
     )
     reasons = []
     for _ in range(2):
-        with caplog.at_level(logging.INFO, logger="gpt2serve.registry"), running_server(settings) as url:
+        with (
+            caplog.at_level(logging.INFO, logger="gpt2serve.registry"),
+            running_server(settings, shelf=shelf) as url,
+        ):
             (model,) = httpx.get(f"{url}/models", timeout=5.0).json()["models"]
         plan = model["kernels"]
         assert plan["fixed"] is None and set(plan["decode"]) == {"1", "2"}
@@ -246,7 +251,7 @@ def test_models_and_the_log_say_which_kernels_and_dtype_were_chosen_and_why(tiny
     assert list(tmp_path.iterdir()) == [tmp_path / Path(tiny_dirs["openai"]).name]
 
     settings = tiny_settings(tiny_dirs["openai"], slots=2, dtype="auto", cache_dir=tmp_path)
-    with running_server(settings) as url:
+    with running_server(settings, shelf=shelf) as url:
         (model,) = httpx.get(f"{url}/models", timeout=5.0).json()["models"]
         assert httpx.get(f"{url}/info", timeout=5.0).json()["model_dtype"] == model["dtype"]  # not "auto"
     if kernels.bf16_native(kernels.cpu_info()[1]):

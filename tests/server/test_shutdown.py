@@ -248,9 +248,9 @@ def not_reading_client(ws_url: str, port: int):
     )
 
 
-def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs):
+def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs, shelf):
     settings = tiny_settings(tiny_dirs["openai"], slots=2, queue_size=2, ws_max_buffered_tokens=BUFFERED)
-    with live_server(settings, send_buffer=4096) as live:  # the slow client backs up in ~100 KB
+    with live_server(settings, send_buffer=4096, shelf=shelf) as live:  # the slow client backs up in ~100 KB
         url, ws_url, app = live.url, live.ws_url, live.app
         port = int(url.rsplit(":", 1)[1])
         model = Path(tiny_dirs["openai"]).name

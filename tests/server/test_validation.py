@@ -30,11 +30,11 @@ LONG_PROMPT = "hello" + " hello" * 199  # 200 tokens: longer than the context
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
+def server(tiny_dirs, shelf):
     settings = tiny_settings(
         tiny_dirs["openai"], max_body_bytes=MAX_BODY, max_new_tokens_limit=LIMIT, default_max_new_tokens=4
     )
-    app = create_app(settings)
+    app = create_app(settings, shelf=shelf)
     add_failing_routes(app)
     with running_server(settings, app=app) as url:
         yield url

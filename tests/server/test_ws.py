@@ -30,11 +30,11 @@ server_message = TypeAdapter(proto.ServerMessage)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
+def server(tiny_dirs, shelf):
     settings = tiny_settings(
         tiny_dirs["openai"], slots=4, queue_size=2, max_websockets=8, max_body_bytes=4096
     )
-    with live_server(settings) as live:
+    with live_server(settings, shelf=shelf) as live:
         yield live
 
 

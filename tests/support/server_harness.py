@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
+    from app.engine.programs import ProgramShelf
     from app.server.settings import Settings
     from app.server.state import ServerState
     from app.server.worker import ModelWorker
@@ -181,13 +182,16 @@ def threaded_server(
 
 
 @contextmanager
-def running_server(settings: Settings, *, app: FastAPI | None = None, **options: Any) -> Iterator[str]:
-    """Serve ``app`` (default: ``create_app(settings)``) on a free port; yield its base URL once
-    ready. ``options``: those of :func:`threaded_server`."""
+def running_server(
+    settings: Settings, *, app: FastAPI | None = None, shelf: ProgramShelf | None = None, **options: Any
+) -> Iterator[str]:
+    """Serve ``app`` (default: ``create_app(settings, shelf=shelf)``) on a free port; yield its base
+    URL once ready. ``shelf``: compiled programs shared with the test process's other engines
+    (tests/conftest.py's ``shelf``). ``options``: those of :func:`threaded_server`."""
     if app is None:
         from app.server.app import create_app
 
-        app = create_app(settings)
+        app = create_app(settings, shelf=shelf)
     with threaded_server(app, **options) as live:
         yield live.url
 
@@ -227,11 +231,14 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(settings: Settings, **options: Any) -> Iterator[LiveServer]:
-    """:func:`running_server` of ``create_app(settings)``, as a :class:`LiveServer` (the app in hand)."""
+def live_server(
+    settings: Settings, *, shelf: ProgramShelf | None = None, **options: Any
+) -> Iterator[LiveServer]:
+    """:func:`running_server` of ``create_app(settings, shelf=shelf)``, as a :class:`LiveServer` (the
+    app in hand)."""
     from app.server.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, shelf=shelf)
     with running_server(settings, app=app, **options) as url:
         yield LiveServer(url, app)
 

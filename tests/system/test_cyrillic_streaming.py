@@ -25,8 +25,8 @@ PARAMS = dict(max_new_tokens=40, temperature=0.9, top_k=40, seed=7)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with live_server(tiny_settings(DEMO_RU, slots=2)) as live:
+def server(shelf) -> Iterator[LiveServer]:
+    with live_server(tiny_settings(DEMO_RU, slots=2), shelf=shelf) as live:
         yield LiveServer(live.url, live.app, model="demo-ru")
 
 

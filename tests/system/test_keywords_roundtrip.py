@@ -47,7 +47,7 @@ def test_encode_keywords_is_reproducible_and_records_the_format(tmp_path):
     assert len(docs) > 6 * 3  # the long documents were split, each piece with its prefix
 
 
-def test_keywords_round_trip(tmp_path):
+def test_keywords_round_trip(tmp_path, shelf):
     base = write_random_model(tmp_path / "base", HP, seed=0)
     data = tmp_path / "folder"
     for i, cat in enumerate(("tales", "news")):
@@ -65,7 +65,7 @@ def test_keywords_round_trip(tmp_path):
     spec = json.loads((models / "kwmodel" / "keywords.json").read_text())
     assert spec["delimiters"]["body"] == "}" and (models / "kwmodel" / "hparams.json").is_file()
 
-    with running_server(tiny_settings("kwmodel", models_dir=str(models))) as url:
+    with running_server(tiny_settings("kwmodel", models_dir=str(models)), shelf=shelf) as url:
         listed = httpx.get(f"{url}/models", timeout=30).json()["models"]
         assert listed[0]["keywords"]["delimiters"]["section"] == "~"
         body = {

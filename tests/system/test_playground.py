@@ -38,8 +38,8 @@ SLOW_STEP = 0.04  # seconds per decode step while a test watches tokens arrive
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs) -> Iterator[LiveServer]:
-    with live_server(tiny_settings(tiny_dirs["openai"], slots=2)) as live:
+def server(tiny_dirs, shelf) -> Iterator[LiveServer]:
+    with live_server(tiny_settings(tiny_dirs["openai"], slots=2), shelf=shelf) as live:
         yield live
 
 
@@ -395,10 +395,10 @@ def test_api_key_is_sent_on_requests_and_never_stored(page):
     assert page.el("#api-key").get_attribute("value") == ""
 
 
-def test_a_refused_connection_is_shown(driver, tiny_dirs, tmp_path):
+def test_a_refused_connection_is_shown(driver, tiny_dirs, tmp_path, shelf):
     """A WebSocket that cannot connect (here: the server is gone; with API keys on, the refused
     handshake looks the same to a browser) ends the request with an error, not a hang."""
-    with live_server(tiny_settings(tiny_dirs["openai"], slots=1)) as gone:
+    with live_server(tiny_settings(tiny_dirs["openai"], slots=1), shelf=shelf) as gone:
         page = Page(driver, gone, tmp_path)
         page.open()
     page.fill("Anyone there?", max_new_tokens=3)
@@ -412,11 +412,11 @@ def test_a_refused_connection_is_shown(driver, tiny_dirs, tmp_path):
     page.console_errors()  # the browser logs the refused connections: expected here
 
 
-def test_with_api_keys_the_page_opens_and_streams_with_its_key(driver, tiny_dirs, tmp_path):
+def test_with_api_keys_the_page_opens_and_streams_with_its_key(driver, tiny_dirs, tmp_path, shelf):
     """The page's files are public; its requests and its WebSocket (the key as a subprotocol,
     since a browser cannot set headers there) carry the key typed into the page."""
     settings = tiny_settings(tiny_dirs["openai"], slots=1, api_keys=["playground-key"])
-    with live_server(settings) as keyed:
+    with live_server(settings, shelf=shelf) as keyed:
         page = Page(driver, keyed, tmp_path)
         page.console_errors()
         page.driver.get(f"{keyed.url}/playground")  # no key needed for the page itself
@@ -504,14 +504,14 @@ def test_attention_errors_are_shown_as_they_are(page):
 
 
 @pytest.fixture(scope="module")
-def kw_server(tiny_dirs, tmp_path_factory) -> Iterator[LiveServer]:
+def kw_server(tiny_dirs, tmp_path_factory, shelf) -> Iterator[LiveServer]:
     """The tiny model served twice: ``plain`` (the default) and ``kw``, marked keyword-conditioned."""
     root = tmp_path_factory.mktemp("playground-kw")
     plain, kw = root / "plain", root / "kw"
     for folder in (plain, kw):
         shutil.copytree(tiny_dirs["openai"], folder)
     write_model_spec(kw, {"delimiters": {}, "max_keywords": 3, "language": "en"})
-    with live_server(tiny_settings(plain, models=[str(plain), str(kw)], slots=2)) as live:
+    with live_server(tiny_settings(plain, models=[str(plain), str(kw)], slots=2), shelf=shelf) as live:
         yield live
 
 

@@ -89,10 +89,10 @@ def write_config(tmp: Path, target: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dirs):
+def server(tiny_dirs, shelf):
     # One slot and no queue: a second request while one runs is refused at once (429).
     settings = tiny_settings(tiny_dirs["openai"], slots=1, queue_size=0)
-    with live_server(settings) as live:
+    with live_server(settings, shelf=shelf) as live:
         # Compile every shape the traffic meets (both context buckets, the sliding window) before
         # Prometheus scrapes: a compiling worker on a busy machine could delay a 1 s scrape.
         assert generate(live.url, max_new_tokens=300).status_code == 200

@@ -21,7 +21,7 @@ from tests.support.server_harness import STORY, TRAIN_HP, running_server, tiny_s
 pytestmark = pytest.mark.system  # starts processes or trains
 
 
-def test_encode_train_export_and_serve(tmp_path):
+def test_encode_train_export_and_serve(tmp_path, shelf):
     data = tmp_path / "texts"
     data.mkdir()
     for i in range(3):
@@ -108,7 +108,7 @@ def test_encode_train_export_and_serve(tmp_path):
     expected = hf_greedy(hf_model(TRAIN_HP, trained.params()), prompt, 4)
     if enc.eot_token in expected:  # the server stops at the end-of-text token, Hugging Face here does not
         expected = expected[: expected.index(enc.eot_token) + 1]
-    with running_server(tiny_settings("mine", models_dir=str(models))) as url:
+    with running_server(tiny_settings("mine", models_dir=str(models)), shelf=shelf) as url:
         listed = httpx.get(f"{url}/models", timeout=30).json()["models"]
         assert [(m["name"], m["state"]) for m in listed] == [("mine", "ready")]
         r = httpx.post(

@@ -24,7 +24,7 @@ STEPS = 100  # the loss falls from 6.2 to about 0.2 by step 60 (2 layers, width 
 PROMPT, CONTINUATION = "Широкая электрификация южных", " губерний даст мощный толчок"
 
 
-def test_a_model_from_scratch_learns_a_tiny_corpus_and_serves_it(tmp_path):
+def test_a_model_from_scratch_learns_a_tiny_corpus_and_serves_it(tmp_path, shelf):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(RUSSIAN * 40) + "\n", encoding="utf-8")
     tok, models, ck = tmp_path / "tok", tmp_path / "models", tmp_path / "checkpoint"
@@ -64,7 +64,7 @@ def test_a_model_from_scratch_learns_a_tiny_corpus_and_serves_it(tmp_path):
     local = generate(model.engine, [spec], eos_id=model.encoder.eot_token)[0].generated
     assert model.encoder.decode(local).startswith(CONTINUATION)
 
-    with running_server(tiny_settings("ru", models_dir=str(models), slots=1)) as url:
+    with running_server(tiny_settings("ru", models_dir=str(models), slots=1), shelf=shelf) as url:
         (listed,) = httpx.get(f"{url}/models", timeout=30).json()["models"]
         assert listed["tokenizer"] == {"kind": "byte-level BPE", "n_vocab": tokenizer.n_vocab}
         assert listed["hparams"]["n_vocab"] == tokenizer.n_vocab
