@@ -1,8 +1,8 @@
-"""`gpt2-serve devices`, run as a user runs it (a fresh process, since TensorFlow reads
-``CUDA_VISIBLE_DEVICES`` once at start-up): on this CPU machine, with ``CUDA_VISIBLE_DEVICES=-1``,
-and with a GPU asked for that TensorFlow cannot see (the one-line reason, exit 1). Every branch of
-the reason (:func:`app.cli.gpu_diagnosis.why_no_gpu`) is a pure function of the facts, checked
-one by one, since a machine without a GPU shows only some of them for real."""
+"""`gpt2-serve devices`: with ``CUDA_VISIBLE_DEVICES`` set (``-1``, a GPU that TensorFlow cannot
+see: the one-line reason, exit 1; empty) run as a user runs it, in a fresh process, since
+TensorFlow reads that variable once at start-up; without it (this CPU machine as it is) in this
+process. Every branch of the reason (:func:`app.cli.gpu_diagnosis.why_no_gpu`) is a pure function
+of the facts, checked one by one, since a machine without a GPU shows only some of them for real."""
 
 from __future__ import annotations
 
@@ -11,19 +11,38 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from app.cli.gpu_diagnosis import GpuFacts, gather, gpu_requested, hidden_by_env, why_no_gpu
+from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def devices(*argv: str, cvd: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPT2_") and k != "CUDA_VISIBLE_DEVICES"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    if cvd is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cvd
+class Report(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def devices_here(monkeypatch):
+    """``gpt2-serve devices ARGS`` in this process, with neither ``CUDA_VISIBLE_DEVICES`` nor any
+    GPT2_* setting in the environment."""
+    for name in [k for k in os.environ if k.startswith("GPT2_") or k == "CUDA_VISIBLE_DEVICES"]:
+        monkeypatch.delenv(name)
+
+    def run(*argv: str) -> Report:
+        return Report(*cli(["devices", *argv]))
+
+    return run
+
+
+def devices(*argv: str, cvd: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPT2_")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES=cvd)
     return subprocess.run(
         [sys.executable, "-m", "app.cli.main", "devices", *argv],
         cwd=ROOT,
@@ -34,9 +53,8 @@ def devices(*argv: str, cvd: str | None) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.system
-def test_cpu_machine_report(tiny_dirs):
-    proc = devices("--models", f"{tiny_dirs['openai']},124M", "--slots", "2", "--json", cvd=None)
+def test_cpu_machine_report(tiny_dirs, devices_here):
+    proc = devices_here("--models", f"{tiny_dirs['openai']},124M", "--slots", "2", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     assert r["tensorflow"] and r["cuda_build"] is False and r["gpus"] == []
@@ -78,20 +96,22 @@ def test_gpu_asked_for_but_not_visible_says_why_in_one_line(tiny_dirs):
 
 
 @pytest.mark.system
-def test_empty_visible_devices_and_gpu_placement(tiny_dirs):
+def test_empty_visible_devices(tiny_dirs):
     proc = devices("--models", str(tiny_dirs["openai"]), cvd="")
     assert proc.returncode == 1 and proc.stdout.splitlines()[-1].endswith(
         "CUDA_VISIBLE_DEVICES is set but empty, which hides every GPU (unset it or list indices, e.g. 0,1)"
     )
-    proc = devices("--models", str(tiny_dirs["openai"]), "--placement", "tiny-openai=GPU:0", cvd=None)
+
+
+def test_a_gpu_placement_without_a_gpu(tiny_dirs, devices_here):
+    proc = devices_here("--models", str(tiny_dirs["openai"]), "--placement", "tiny-openai=GPU:0")
     assert proc.returncode == 1
     assert "placement: device 'GPU:0' is not available; TensorFlow sees: /CPU:0" in proc.stdout
     assert "GPU asked for (a GPU placement or --expect-gpu) but TensorFlow sees none" in proc.stdout
 
 
-@pytest.mark.system
-def test_missing_model_exits_1_naming_it(tmp_path):
-    proc = devices("--models", "nothing-here", "--models-dir", str(tmp_path), cvd="-1")
+def test_missing_model_exits_1_naming_it(tmp_path, devices_here):
+    proc = devices_here("--models", "nothing-here", "--models-dir", str(tmp_path))
     assert proc.returncode == 1 and "nothing-here -> /CPU:0: no model 'nothing-here'" in proc.stdout
 
 
@@ -137,16 +157,20 @@ def test_gather_on_this_machine():
     assert facts.cuda_visible_devices == os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-@pytest.mark.system
-def test_devices_says_which_kernels_serve_chose_here_and_whether_bfloat16_is_native(tiny_dirs, tmp_path):
+@pytest.mark.slow  # times the kernels
+def test_devices_says_which_kernels_serve_chose_here_and_whether_bfloat16_is_native(
+    tiny_dirs, tmp_path, devices_here, shelf
+):
     from app.engine import kernels
     from app.runtime.load import load_model
 
-    model = load_model(tiny_dirs["openai"], slots=2, prefill_chunk=32, kernels="auto", cache_dir=tmp_path)
-    before = devices("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path), cvd=None)
+    model = load_model(
+        tiny_dirs["openai"], slots=2, prefill_chunk=32, kernels="auto", cache_dir=tmp_path, shelf=shelf
+    )
+    before = devices_here("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path))
     assert "kernels: not measured on this machine yet" in before.stdout, before.stderr[-2000:]
     plan = model.engine.choose_kernels(model.cache_dir, repeats=1)
-    proc = devices("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path), "--json", cvd=None)
+    proc = devices_here("--models", str(tiny_dirs["openai"]), "--cache-dir", str(tmp_path), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     (line,) = r["models"][0]["kernels"]
@@ -156,10 +180,7 @@ def test_devices_says_which_kernels_serve_chose_here_and_whether_bfloat16_is_nat
     assert r["cpu"]["bfloat16"].startswith("native" if kernels.bf16_native(flags) else "emulated")
 
 
-@pytest.mark.system
-def test_devices_with_dtype_auto_plans_memory_as_serve_sizes_it(tiny_dirs):
-    proc = devices(
-        "--models", str(tiny_dirs["openai"]), "--dtype", "auto", "--slots", "2", "--json", cvd=None
-    )
+def test_devices_with_dtype_auto_plans_memory_as_serve_sizes_it(tiny_dirs, devices_here):
+    proc = devices_here("--models", str(tiny_dirs["openai"]), "--dtype", "auto", "--slots", "2", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["models"][0]["plan"]["dtype"] == "float32"
