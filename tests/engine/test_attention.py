@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from websockets.sync.client import connect
 
 from app.engine.attention_maps import attention_maps
@@ -53,6 +52,8 @@ def reference(tiny_params):
 
 def hf_attentions(model, ids: list[int]) -> np.ndarray:
     """transformers' ``output_attentions`` of ``ids``: ``[n_layer, n_head, T, T]``."""
+    import torch  # here, not at the top: see tests/support/hf_reference.py
+
     with torch.no_grad():
         out = model(torch.tensor([ids]), output_attentions=True)
     return np.stack([a[0].numpy() for a in out.attentions])

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
-import torch
 from safetensors.numpy import save_file
 from tensorflow.core.protobuf import meta_graph_pb2, saver_pb2
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
-from transformers.models.gpt2.modeling_gpt2 import load_tf_weights_in_gpt2
 
 from app.model.formats import is_canonical
 from app.model.formats.hf import canonical_name, hf_key, read_hf_model, write_hf_model
@@ -22,6 +20,11 @@ from app.model.loader import OPENAI_FILES, load_weights
 from app.model.random_init import random_params
 from app.tokenizer.load import TokenizerFiles, gpt2_tokenizer_files
 from tests.support.server_harness import TINY  # real 50257-token vocabulary
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+# torch and transformers are imported where used: see tests/support/hf_reference.py.
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,8 @@ def assert_same(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) 
 
 
 def tiny_transformers_config() -> GPT2Config:
+    from transformers import GPT2Config
+
     return GPT2Config(n_layer=TINY.n_layer, n_embd=TINY.n_embd, n_head=TINY.n_head, n_positions=TINY.n_ctx)
 
 
@@ -117,6 +122,9 @@ def test_openai_checkpoint_reads_with_tensorflow(tmp_path, params, bpe):
 
 
 def test_openai_checkpoint_loads_into_transformers(tmp_path, params, bpe):
+    from transformers import GPT2Model
+    from transformers.models.gpt2.modeling_gpt2 import load_tf_weights_in_gpt2
+
     write_openai_model(tmp_path, TINY, params, **bpe)
     config = tiny_transformers_config()
     model = load_tf_weights_in_gpt2(GPT2Model(config), config, str(tmp_path / "model.ckpt"))
@@ -129,6 +137,8 @@ def test_openai_checkpoint_loads_into_transformers(tmp_path, params, bpe):
 
 
 def test_hf_folder_loads_with_from_pretrained(tmp_path, params, bpe):
+    from transformers import GPT2LMHeadModel
+
     write_hf_model(tmp_path, TINY, params, **bpe)
     model, info = GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
@@ -142,6 +152,9 @@ def test_hf_folder_loads_with_from_pretrained(tmp_path, params, bpe):
 
 def transformers_model(seed: int) -> GPT2LMHeadModel:
     """A tiny GPT2LMHeadModel whose layer norms and biases are random too (its init makes them 1 and 0)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(tiny_transformers_config())
     with torch.no_grad():

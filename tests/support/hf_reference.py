@@ -3,15 +3,24 @@ independent reference for numerics (as minGPT's tests/test_huggingface_import.py
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.model.formats.hf import hf_key
 from app.model.hparams import HParams
 
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
+
+# torch and transformers (~6 s to import) are imported by the functions that use them, so a test
+# process that runs none of them does not pay for them at collection.
+
 
 def hf_model(hp: HParams, params: dict[str, np.ndarray]) -> GPT2LMHeadModel:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     config = GPT2Config(
         vocab_size=hp.n_vocab,
         n_positions=hp.n_ctx,
@@ -34,11 +43,15 @@ def hf_model(hp: HParams, params: dict[str, np.ndarray]) -> GPT2LMHeadModel:
 
 def hf_logits(model: GPT2LMHeadModel, ids: list[int]) -> np.ndarray:
     """Logits ``[T, V]`` of a full forward pass over ``ids``."""
+    import torch
+
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
 def hf_greedy(model: GPT2LMHeadModel, ids: list[int], n: int) -> list[int]:
+    import torch
+
     with torch.no_grad():
         out = model.generate(
             torch.tensor([ids]),
