@@ -34,20 +34,43 @@ class UnknownModel(LookupError):
     pass
 
 
+@dataclass(frozen=True)
+class Status:
+    """A model's state with what goes with it, replaced whole (never edited) by the loader thread,
+    so the event loop, reading ``entry.status`` once, never sees a half-written one (a failed model
+    without its reason, a ready one without its worker)."""
+
+    state: State = "loading"
+    reason: str | None = None  # why it failed
+    worker: ModelWorker | None = None  # once ready
+    loaded_at: float | None = None
+
+
 @dataclass(eq=False)
 class ModelEntry:
     name: str  # what clients use in `model`
     source: str  # as configured: a name in models_dir or a folder path
     device: str
-    state: State = "loading"
-    reason: str | None = None
-    worker: ModelWorker | None = None
-    loaded_at: float | None = None
+    status: Status = field(default_factory=Status)
     created: int = field(default_factory=lambda: int(time.time()))
+
+    # One field of the current status each; read ``status`` once for several that must agree.
+    @property
+    def state(self) -> State:
+        return self.status.state
+
+    @property
+    def reason(self) -> str | None:
+        return self.status.reason
+
+    @property
+    def worker(self) -> ModelWorker | None:
+        return self.status.worker
 
     @property
     def model(self) -> LoadedModel | None:
-        return self.worker.model if self.worker else None
+        worker = self.status.worker
+        return worker.model if worker else None
 
 
 class Registry:
@@ -121,10 +144,10 @@ class Registry:
             worker = ModelWorker(entry.name, model, queue_size=s.queue_size, metrics=self.metrics)
             worker.start()
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, others go on
-            entry.state, entry.reason = "failed", _reason(exc)
+            entry.status = Status("failed", _reason(exc))
             log.error("model %s failed to load: %s", entry.name, entry.reason)
             return
-        entry.worker, entry.state, entry.loaded_at = worker, "ready", time.time()
+        entry.status = Status("ready", worker=worker, loaded_at=time.time())
         if self._stopping:  # the server began shutting down while this model loaded
             worker.stop()
         log.info("model %s ready on %s (%d slots)", entry.name, entry.device, model.engine.slots)
@@ -185,12 +208,13 @@ def _reason(exc: BaseException) -> str:
 
 def describe(entry: ModelEntry) -> dict:
     """What ``GET /models`` says of one model."""
-    out: dict = {"name": entry.name, "source": entry.source, "device": entry.device, "state": entry.state}
-    if entry.reason:
-        out["reason"] = entry.reason
-    model = entry.model
-    if model is not None:
-        worker = entry.worker
+    status = entry.status  # once: the loader thread may replace it meanwhile
+    out: dict = {"name": entry.name, "source": entry.source, "device": entry.device, "state": status.state}
+    if status.reason:
+        out["reason"] = status.reason
+    worker = status.worker
+    if worker is not None:
+        model = worker.model
         out.update(
             path=str(Path(model.path)),
             hparams=model.hparams.__dict__,

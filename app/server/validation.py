@@ -29,12 +29,13 @@ def ready_worker(registry: Registry, name: str | None) -> tuple[ModelEntry, Mode
         entry = registry.get(name)
     except UnknownModel as exc:
         raise APIError("validation", str(exc), param="model") from None
-    if entry.state == "failed":
+    status = entry.status  # once: the loader thread may replace it meanwhile
+    if status.state == "failed":
         # Not the reason itself: it names files on the server (GET /models shows it to operators).
         raise APIError("unavailable", f"model {entry.name} failed to load; GET /models gives the reason")
-    if entry.state != "ready" or entry.worker is None:
-        raise APIError("unavailable", f"model {entry.name} is {entry.state}")
-    return entry, entry.worker
+    if status.state != "ready" or status.worker is None:
+        raise APIError("unavailable", f"model {entry.name} is {status.state}")
+    return entry, status.worker
 
 
 def check_text(text: str, param: str) -> None:

@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from app.engine.attention_maps import attention_maps
 from app.runtime.load import load_model
+from app.server.registry import Status
 from app.server.settings import Settings
 from tests.support.hf_reference import hf_model
 from tests.support.server_harness import (
@@ -276,11 +277,12 @@ def test_a_model_that_is_not_ready_is_503(server, http):
         "error_type": "unavailable",
     }
     entry = server.state.registry.entries[MODELS["hf"]]
-    entry.state = "loading"  # as while its weights are read (the registry's own word for it)
+    ready = entry.status
+    entry.status = Status("loading")  # as while its weights are read (the registry's own word for it)
     try:
         r = http.post("/attention", json={"inputs": TEXT, "model": MODELS["hf"]})
     finally:
-        entry.state = "ready"
+        entry.status = ready
     assert r.status_code == 503 and r.json() == {
         "error": "model tiny-hf is loading",
         "error_type": "unavailable",
