@@ -32,6 +32,10 @@ ERROR_KINDS = {
     "method_not_allowed": (405, "invalid_request_error"),
     "generation": (424, "server_error"),
     "cancelled": (499, "invalid_request_error"),  # the client closed the request; nobody reads this
+    "slow_client": (
+        408,
+        "invalid_request_error",
+    ),  # a stream's client fell too far behind (an event, not a status)
     "internal": (500, "server_error"),
 }
 

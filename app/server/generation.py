@@ -17,7 +17,7 @@ translate in and format out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -133,6 +133,8 @@ class Generation:
         )
         self._ended: list[Done | Failed] = []
         self._pumps: list[asyncio.Future] = []
+        self._too_slow = False  # more events waited than the stream may hold: every request cancelled
+        self._counted = False  # the outcome went to the requests metric
 
     @property
     def specs(self) -> list[GenerationSpec]:
@@ -188,16 +190,41 @@ class Generation:
         for p in self._pumps:
             p.cancel()
         self.cancel()
-        self.state.metrics.requests.labels(self.route, self.model, self.outcome).inc()
+        self._count()
 
-    async def events(self, client: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self.state.metrics.requests.labels(self.route, self.model, self.outcome).inc()
+
+    async def events(
+        self, client: Request | None = None, *, max_waiting: int | None = None
+    ) -> AsyncIterator[tuple[int, Event]]:
         """Every request's tokens then its ``Result`` or ``Failed``, merged in arrival order. With
         ``client`` (an HTTP request answered at the end), a disconnect raises :class:`ClientGone`.
-        Read it once, inside ``async with`` (which stops the readers however the loop ends)."""
+        Read it once, inside ``async with`` (which stops the readers however the loop ends).
+
+        ``max_waiting``: for a stream whose sends block while its client does not read (SSE). Once
+        more events wait to be read than that, every request is cancelled at once (its slot freed
+        at the next step, while the reader may still be blocked in a send) and the stream ends with
+        one ``Failed("slow_client")`` for the client to find if it reads again."""
         merged: asyncio.Queue[tuple[int, WorkerEvent]] = asyncio.Queue()
-        self._pumps = [asyncio.ensure_future(_pump(i, h, merged)) for i, h in enumerate(self.handles)]
+
+        def check_backlog() -> None:
+            if max_waiting is not None and merged.qsize() > max_waiting and not self._too_slow:
+                self._too_slow, self.outcome = True, "slow_client"
+                self.cancel()
+                self._count()  # now: the reader may stay blocked in a send for long
+
+        self._pumps = [
+            asyncio.ensure_future(_pump(i, h, merged, check_backlog)) for i, h in enumerate(self.handles)
+        ]
         watch = _Watch(client) if client is not None else None
         while len(self._ended) < len(self.handles):
+            if self._too_slow:
+                message = f"client too slow: more than {max_waiting} events waited to be sent; the request was cancelled"
+                yield 0, Failed("slow_client", message)
+                return
             i, event = await (merged.get() if watch is None else watch.next(merged))
             if isinstance(event, Token):
                 yield i, self._token(i, event)
@@ -225,9 +252,10 @@ class Generation:
             self.outcome = "cancelled" if cancelled else "ok"
 
 
-async def _pump(i: int, handle: RequestHandle, merged: asyncio.Queue) -> None:
+async def _pump(i: int, handle: RequestHandle, merged: asyncio.Queue, check: Callable[[], None]) -> None:
     async for event in handle.events():
         merged.put_nowait((i, event))
+        check()
 
 
 class _Watch:

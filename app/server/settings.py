@@ -7,6 +7,7 @@ override the environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -157,11 +158,12 @@ class Settings(BaseSettings):
     max_websockets: int = Field(
         default=256, ge=1, description="open WebSocket connections; more are closed 1013"
     )
-    ws_max_buffered_tokens: int = Field(
+    max_buffered_tokens: int = Field(
         default=256,
         ge=1,
         description=(
-            "token messages that may wait to be sent to one WebSocket client; more closes it with 1008"
+            "token events that may wait to be sent to one streaming client (WebSocket or SSE); more"
+            " cancels its request: the WebSocket is closed 1008, an SSE stream ends with a slow_client error"
         ),
     )
     attention_max_tokens: int = Field(
@@ -200,6 +202,15 @@ class Settings(BaseSettings):
                 out[name.strip()] = device.strip()
             return out
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: object) -> object:
+        if "GPT2_WS_MAX_BUFFERED_TOKENS" in os.environ:  # pydantic-settings ignores unknown variables
+            raise ValueError(
+                "GPT2_WS_MAX_BUFFERED_TOKENS was renamed GPT2_MAX_BUFFERED_TOKENS (it bounds SSE streams too)"
+            )
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

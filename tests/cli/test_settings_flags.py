@@ -57,7 +57,7 @@ def test_every_settings_field_is_described():
         (["--no-warmup"], "warmup", False),
         (["--protect-metrics"], "protect_metrics", True),
         (["--health-stuck-seconds", "9"], "health_stuck_seconds", 9.0),
-        (["--ws-max-buffered-tokens", "8"], "ws_max_buffered_tokens", 8),
+        (["--max-buffered-tokens", "8"], "max_buffered_tokens", 8),
     ],
 )
 def test_flags_set_their_field(argv, field, expected, monkeypatch):
@@ -100,3 +100,14 @@ def test_serve_bad_value_exits_2_with_one_line(capsys, monkeypatch):
     assert main(["serve", "--slots", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpt2-serve serve: error: setting slots:") and "\n" not in err
+
+
+def test_the_renamed_buffer_variable_is_refused_with_its_new_name(monkeypatch):
+    """GPT2_WS_MAX_BUFFERED_TOKENS became GPT2_MAX_BUFFERED_TOKENS (it bounds SSE streams too);
+    pydantic-settings would ignore the old name silently."""
+    monkeypatch.setenv("GPT2_WS_MAX_BUFFERED_TOKENS", "8")
+    with pytest.raises(ValueError, match="renamed GPT2_MAX_BUFFERED_TOKENS"):
+        Settings()
+    monkeypatch.delenv("GPT2_WS_MAX_BUFFERED_TOKENS")
+    monkeypatch.setenv("GPT2_MAX_BUFFERED_TOKENS", "8")
+    assert Settings().max_buffered_tokens == 8

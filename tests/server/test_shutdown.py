@@ -7,7 +7,7 @@
   request still running at the drain timeout is cut (WebSocket close 1012) and the server stops
   soon after; a second signal stops it at once.
 * A WebSocket client that stops reading is closed with 1008 once more than
-  ``ws_max_buffered_tokens`` token messages wait for it; its slot is freed and another client's
+  ``max_buffered_tokens`` token messages wait for it; its slot is freed and another client's
   stream completes meanwhile.
 """
 
@@ -233,7 +233,7 @@ def test_second_signal_exits_at_once(tiny_dirs):
 
 # ---- slow readers ----
 
-BUFFERED = 8  # ws_max_buffered_tokens in the test server
+BUFFERED = 8  # max_buffered_tokens in the test server
 
 
 def not_reading_client(ws_url: str, port: int):
@@ -249,7 +249,7 @@ def not_reading_client(ws_url: str, port: int):
 
 
 def test_websocket_client_that_stops_reading_is_closed_with_1008(tiny_dirs, shelf):
-    settings = tiny_settings(tiny_dirs["openai"], slots=2, queue_size=2, ws_max_buffered_tokens=BUFFERED)
+    settings = tiny_settings(tiny_dirs["openai"], slots=2, queue_size=2, max_buffered_tokens=BUFFERED)
     with live_server(settings, send_buffer=4096, shelf=shelf) as live:  # the slow client backs up in ~100 KB
         url, ws_url, app = live.url, live.ws_url, live.app
         port = int(url.rsplit(":", 1)[1])

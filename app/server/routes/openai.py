@@ -214,7 +214,7 @@ def stream(state: ServerState, body: oa.CompletionRequest) -> StreamingResponse:
         async with gen:
             for i in range(len(gen.handles) if body.echo else 0):
                 yield out.chunk(i, _echo(gen, body, i), None)
-            async for i, event in gen.events():
+            async for i, event in gen.events(max_waiting=state.settings.max_buffered_tokens):
                 if isinstance(event, StreamedToken):
                     if (text := out.token(i, event)) is not None:
                         yield text

@@ -76,7 +76,7 @@ def stream(state: ServerState, body: tgi.GenerateRequest, route: str) -> Streami
     async def events():
         last: StreamedToken | None = None
         async with gen:
-            async for _, event in gen.events():
+            async for _, event in gen.events(max_waiting=state.settings.max_buffered_tokens):
                 if isinstance(event, StreamedToken):
                     last = event
                     if event.finish_reason is None:

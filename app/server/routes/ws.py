@@ -11,7 +11,7 @@ One connection carries requests one after another. Each connection has two corou
   worker thread) as ``token`` messages and one ``done`` or ``error``. It puts them in an outbox
   that a sender task writes to the socket, so a client that stops reading (``send`` then waits
   for as long as the client does) blocks only its own sender: when more than
-  ``ws_max_buffered_tokens`` token messages wait in the outbox, the request is cancelled (its slot
+  ``max_buffered_tokens`` token messages wait in the outbox, the request is cancelled (its slot
   freed) and the connection closed with 1008 (the close frame goes out when the client reads
   again; after ``CLOSE_TIMEOUT`` the handler gives up waiting for that and leaves).
 
@@ -168,7 +168,7 @@ class _Connection:
                 sender.exception()  # retrieved: a ConnectionGone there was acted on above (or the handler is ending)
             self.state.ws_requests -= 1
         if slow:
-            limit = self.state.settings.ws_max_buffered_tokens
+            limit = self.state.settings.max_buffered_tokens
             log.warning("closing a WebSocket that does not read: more than %d token messages waiting", limit)
             self.gone = True
             with contextlib.suppress(TimeoutError):
@@ -194,7 +194,7 @@ class _Connection:
         self, gen: Generation, msg: proto.GenerateMessage, outbox: asyncio.Queue, sender: asyncio.Task
     ) -> bool:
         """Put the request's events in the outbox as messages. True when the client reads too slowly."""
-        rid, limit = msg.id, self.state.settings.ws_max_buffered_tokens
+        rid, limit = msg.id, self.state.settings.max_buffered_tokens
         async for _, event in gen.events():
             if sender.done():  # the connection is gone; awaiting the sender says so
                 return False
