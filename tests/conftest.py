@@ -58,6 +58,7 @@ def _uses_a_server(item) -> bool:
 SLOWEST_FIRST = (
     "keywords/test_learning.py",
     "engine/test_batching.py",
+    "server/test_slow_readers.py",
     "cli/test_devices.py",
     "engine/test_engine.py",
     "server/test_serving.py",
