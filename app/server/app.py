@@ -37,8 +37,7 @@ ROUTERS = (tgi.router, system.router, ws.router, openai.router, attention.router
 
 
 def create_app(settings: Settings | None = None, *, shelf: ProgramShelf | None = None) -> FastAPI:
-    """The server's app; its models load when it starts. ``shelf``: compiled programs shared with
-    other apps in this process (tests start many servers of one model shape); by default its own."""
+    """The server's app (models load when it starts); ``shelf``: programs shared across apps."""
     settings = settings or Settings()
 
     @asynccontextmanager
