@@ -48,7 +48,6 @@ import tensorflow as tf
 
 from app.engine import gpt2, kernels, programs
 from app.engine.buckets import power_buckets, round_up
-from app.engine.programs import ProgramShelf
 from app.model.hparams import HParams, param_shapes
 
 DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
@@ -135,7 +134,7 @@ class Engine:
         params: Mapping[str, np.ndarray],
         config: EngineConfig = EngineConfig(),
         *,
-        shelf: ProgramShelf | None = None,
+        shelf: programs.ProgramShelf | None = None,
     ):
         """``shelf``: where engines of one model shape share their compiled programs (by default
         this engine's own)."""
@@ -164,7 +163,7 @@ class Engine:
         self.kernel_plan = self._initial_plan()
         # kernels="auto" on the CPU in float32: the plan is measured by choose_kernels (once)
         self._kernels_to_measure = self.kernel_plan.reason == _AUTO_PENDING
-        self.programs = (shelf or ProgramShelf()).get(hp, jit)
+        self.programs = (shelf or programs.ProgramShelf()).get(hp, jit)
         self._decode_fn = tf.function(self._decode_graph)
         self._prefill_fn = tf.function(self._prefill_graph)
 

@@ -66,9 +66,6 @@ class Programs:
     """The traced (and, with ``jit_compile``, XLA-compiled) bodies for one model shape."""
 
     def __init__(self, hp: HParams, jit_compile: bool):
-        self.hp = hp
-        self.jit_compile = jit_compile
-
         def compiled(fn):
             return tf.function(fn, jit_compile=jit_compile)
 

@@ -195,8 +195,7 @@ class Trainer:
         call, are the trainer's (:class:`ProgramShelf`). The same weights and seeds give the same
         tokens. ``<|endoftext|>`` does not end a sample.
         """
-        config = EngineConfig(slots=len(seeds))
-        engine = Engine(self.hp, self.params(), config, shelf=self._sample_programs)
+        engine = Engine(self.hp, self.params(), EngineConfig(slots=len(seeds)), shelf=self._sample_programs)
         requests = [
             GenerationSpec(list(context), length, SamplingParams(top_k=self.cfg.top_k, seed=seed))
             for seed in seeds
