@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from app.engine.batcher import Batcher, Entry, StepFailure, TokenEvent
@@ -127,7 +127,6 @@ class ModelWorker:
         self.busy_since: float | None = None  # start of the current compute call, None when idle
         self.last_error: str | None = None
         self.peak_active = 0  # most slots busy at once (shows that batching happens)
-        self.step_hook: Callable[[], None] | None = None  # tests: a spy that may raise inside a step
 
     # ---- control (any thread) ----
 
@@ -147,6 +146,11 @@ class ModelWorker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def batcher(self) -> Batcher:
+        """Its batcher, stepped by the worker thread alone."""
+        return self._batcher
 
     @property
     def in_flight(self) -> int:
@@ -225,8 +229,6 @@ class ModelWorker:
         """One batcher round (a decode call and a prefill call); a failed call fails its requests."""
         try:
             self.busy_since = time.monotonic()
-            if self.step_hook is not None:
-                self.step_hook()
             events = self._batcher.step()
         except Exception as exc:  # noqa: BLE001 - fail this step's requests, keep serving
             events = [StepFailure(list(self._live), exc, "decode")]

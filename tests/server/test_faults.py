@@ -1,5 +1,5 @@
-"""Faults against a real uvicorn server and the tiny real GPT-2, injected through the worker's own
-``step_hook`` (called inside every decode step; nothing is mocked):
+"""Faults against a real uvicorn server and the tiny real GPT-2, injected from outside the worker
+(its batcher's step wrapped on the instance: tests/support/faults.py; nothing is mocked):
 
 * an exception inside one decode step fails exactly the requests of that step, each on its own
   transport (HTTP 424 ``generation``, an SSE error event, a WebSocket ``error``), and the worker
@@ -26,6 +26,7 @@ from websockets.sync.client import connect
 
 from app.server.settings import Settings
 from app.server.worker import ModelWorker
+from tests.support.faults import wrapped_step
 from tests.support.server_harness import (
     LEAKS,
     check_message,
@@ -47,12 +48,6 @@ def server(tiny_dirs, shelf):
     with live_server(settings, shelf=shelf) as live:
         generate(live.url, "Warm up", 4)  # compile before anything is timed
         yield live
-
-
-@pytest.fixture(autouse=True)
-def no_hook(server):
-    with server.no_step_hook():
-        yield
 
 
 def generate(url: str, inputs: str, n: int, **parameters) -> httpx.Response:
@@ -131,8 +126,7 @@ def test_exception_in_a_step_fails_that_steps_requests_only(server):
         for route in ("/generate", "/generate_stream", "/stream")
     }
     hook = FailOnce(server.worker, batch=3)
-    server.worker.step_hook = hook
-    with ThreadPoolExecutor(3) as pool:
+    with wrapped_step(server.worker, hook), ThreadPoolExecutor(3) as pool:
         http = pool.submit(generate, server.url, "Break one", 20)
         sse = pool.submit(stream, server.url, "Break two", 20)
         ws = pool.submit(ws_messages, server.url, "Break three", 20)
@@ -172,8 +166,7 @@ def test_requests_not_in_the_failed_step_are_untouched(server):
     """A request queued behind the failing step (no free slot) is admitted afterwards and succeeds."""
     reference = generate(server.url, "Queued", 6).json()["generated_text"]
     hook = FailOnce(server.worker, batch=4, hold=True)  # all four slots
-    server.worker.step_hook = hook
-    with ThreadPoolExecutor(5) as pool:
+    with wrapped_step(server.worker, hook), ThreadPoolExecutor(5) as pool:
         failing = [pool.submit(generate, server.url, f"Fill {i}", 20) for i in range(4)]
         assert hook.full.wait(30), "the four requests did not fill the slots"
         queued = pool.submit(generate, server.url, "Queued", 6)
@@ -190,15 +183,15 @@ def test_requests_not_in_the_failed_step_are_untouched(server):
 
 
 def test_a_stuck_step_makes_health_503_until_it_ends(server):
-    release = threading.Event()
+    blocked, release = threading.Event(), threading.Event()
 
     def block_once():
-        server.worker.step_hook = None
-        release.wait(30)  # far longer than health_stuck_seconds, until the test lets go
+        if not blocked.is_set():
+            blocked.set()
+            release.wait(30)  # far longer than health_stuck_seconds, until the test lets go
 
     assert httpx.get(f"{server.url}/health", timeout=10, trust_env=False).status_code == 200
-    server.worker.step_hook = block_once
-    with ThreadPoolExecutor(1) as pool:
+    with wrapped_step(server.worker, block_once), ThreadPoolExecutor(1) as pool:
         pending = pool.submit(generate, server.url, "Stuck", 4)
         started = time.monotonic()
         while (r := httpx.get(f"{server.url}/health", timeout=10, trust_env=False)).status_code == 200:

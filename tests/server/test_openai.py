@@ -11,6 +11,7 @@ import pytest
 
 from app.server.app import create_app
 from app.server.settings import Settings
+from tests.support.faults import raising, wrapped_step
 from tests.support.server_harness import metric, running_server, sse_frames
 
 PROMPT = "The quick brown fox"
@@ -356,39 +357,20 @@ def test_neutral_values_of_unsupported_parameters_are_accepted(client, model):
 
 
 def test_failure_mid_stream_is_an_error_event(client, model, worker):
-    calls = []
-
-    def boom():
-        calls.append(1)
-        worker.step_hook = None
-        raise RuntimeError("injected")
-
-    worker.step_hook = boom
-    try:
-        with pytest.raises(openai.APIError) as exc:
-            for _ in client.completions.create(
-                model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, stream=True
-            ):
-                pass
-    finally:
-        worker.step_hook = None
-    assert calls and "generation failed" in exc.value.message
+    with wrapped_step(worker, raising(RuntimeError("injected"))), pytest.raises(openai.APIError) as exc:
+        for _ in client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, stream=True
+        ):
+            pass
+    assert "generation failed" in exc.value.message
     assert exc.value.body["code"] == "generation"
     # The server serves on.
     assert client.completions.create(model=model, prompt=PROMPT, max_tokens=2, temperature=0).choices
 
 
 def test_failure_without_stream_is_an_error_object(client, model, worker):
-    def boom():
-        worker.step_hook = None
-        raise RuntimeError("injected")
-
-    worker.step_hook = boom
-    try:
-        with pytest.raises(openai.APIStatusError) as exc:
-            client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, n=2)
-    finally:
-        worker.step_hook = None
+    with wrapped_step(worker, raising(RuntimeError("injected"))), pytest.raises(openai.APIStatusError) as exc:
+        client.completions.create(model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, n=2)
     assert exc.value.status_code == 424 and exc.value.body["type"] == "server_error"
 
 

@@ -9,10 +9,10 @@ places: capacity 4).
   ``cancel``, and OpenAI's routes, are covered in ``test_ws.py`` and ``test_openai.py``.)
 * A request abandoned while queued is never prefilled, on every transport.
 
-To make "in flight" certain without timing guesses, the worker's decode steps are held by a gate
-installed as ``ModelWorker.step_hook`` (the real hook, inside a real decode step): the loop goes
-round only to admit a waiting request into a free slot, so the first two requests hold both slots
-and the next two wait in the queue until the test releases the gate.
+To make "in flight" certain without timing guesses, the worker's steps are held by a gate run at
+the start of each real step (the batcher's ``step`` wrapped on the instance: tests/support/faults.py):
+the loop goes round only to admit a waiting request into a free slot, so the first two requests
+hold both slots and the next two wait in the queue until the test releases the gate.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from app.server.worker import ModelWorker
+from tests.support.faults import wrapped_step
 from tests.support.server_harness import (
     LiveServer,
     live_server,
@@ -37,6 +38,7 @@ from tests.support.server_harness import (
     sse_events,
     tiny_settings,
     wait_for_metric,
+    wait_until,
 )
 
 MODEL = "tiny-openai"
@@ -60,15 +62,14 @@ def server(tiny_dirs, shelf):
 
 @pytest.fixture(autouse=True)
 def idle(server):
-    """Every test starts and ends with an idle worker and no hook."""
-    with server.no_step_hook():
-        yield
+    """Every test ends with an idle worker."""
+    yield
     wait_for_metric(server.url, "gpt2_active_slots", 0.0, model=MODEL, timeout=30)
     wait_for_metric(server.url, "gpt2_queue_length", 0.0, model=MODEL, timeout=30)
 
 
 class Gate:
-    """A step hook holding every decode step until released; a step returns early only when a
+    """A step hook holding every step until released; a step returns early only when a
     request waits and a slot is free, so the worker's loop goes round and admits it, or when an
     admitted request's prompt is still to be written (prefill happens inside steps)."""
 
@@ -86,19 +87,11 @@ class Gate:
 @contextmanager
 def held(server: LiveServer):
     gate = Gate(server.worker)
-    server.worker.step_hook = gate
-    try:
-        yield gate
-    finally:
-        gate.released.set()
-        server.worker.step_hook = None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    with wrapped_step(server.worker, gate):
+        try:
+            yield gate
+        finally:
+            gate.released.set()
 
 
 # ---- requests over each transport: (token ids or None, text) ----

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from app.server.schemas import ws as proto
+from tests.support.faults import raising, wrapped_step
 from tests.support.server_harness import (
     LiveServer,
     live_server,
@@ -294,19 +295,9 @@ def test_error_echoes_the_request_id(ws):
 
 def test_generation_failure_is_an_error_message(server, ws):
     worker = server.state.registry.get(MODEL).worker
-    failures = iter([None, RuntimeError("injected")])  # the first step writes the prompt
-
-    def fail_once():
-        exc = next(failures, None)
-        if exc is not None:
-            raise exc
-
-    worker.step_hook = fail_once
-    try:
+    with wrapped_step(worker, raising(None, RuntimeError("injected"))):  # the first step writes the prompt
         send(ws, "Break a step", request_id="f", max_new_tokens=5)
         tokens, end = collect(ws)
-    finally:
-        worker.step_hook = None
     assert end == {
         "type": "error",
         "error_type": "generation",

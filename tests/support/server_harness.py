@@ -25,7 +25,7 @@ A server in a child process (``gpt2-serve serve``, or any HTTP server: :func:`se
         httpx.get(f"{srv.url}/models")  # srv.proc is the Popen; the process is stopped on exit
 
 ``wait_ready`` is the one readiness loop of all of them. ``metric`` and ``wait_for_metric`` read
-``GET /metrics`` (Prometheus text). ``sse_events`` parses Server-Sent Events (``sse_frames`` also
+``GET /metrics`` (Prometheus text); ``wait_until`` polls any condition. ``sse_events`` parses Server-Sent Events (``sse_frames`` also
 checks their framing), ``check_message`` checks a client-facing error message.
 
 The app (and TensorFlow) is imported only by what starts an app in this process.
@@ -220,15 +220,6 @@ class LiveServer:
         """A metric sample of this model (0 when absent)."""
         return metric(self.url, name, model=self.model, **labels) or 0.0
 
-    @contextmanager
-    def no_step_hook(self) -> Iterator[None]:
-        """The worker's ``step_hook`` cleared before and after: a test that sets one cannot leak it."""
-        self.worker.step_hook = None
-        try:
-            yield
-        finally:
-            self.worker.step_hook = None
-
 
 @contextmanager
 def live_server(
@@ -264,6 +255,14 @@ def metric(base_url: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def wait_for_metric(base_url: str, name: str, value: float, *, timeout: float = 10.0, **labels: str) -> None:

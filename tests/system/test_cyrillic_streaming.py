@@ -8,7 +8,6 @@ this module; tests/tokenizer/ covers split characters with byte tokens.)"""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.support.server_harness import LiveServer, live_server, tiny_settings
-from tests.system.test_playground import SLOW_STEP, Page, driver  # noqa: F401 - the module's browser
+from tests.system.test_playground import Page, driver, slowed  # noqa: F401 - the module's browser
 
 DEMO_RU = Path(__file__).resolve().parents[2] / "model_store" / "demo-ru"
 PROMPT = "Жизнь — это"
@@ -55,14 +54,11 @@ def test_the_playground_shows_cyrillic_whole_while_streaming(driver, server, tmp
     page.open()
     page.fill(PROMPT, do_sample=True, top_p=1, **PARAMS)
     shown = []
-    server.worker.step_hook = lambda: time.sleep(SLOW_STEP)  # slow enough to watch
-    try:
+    with slowed(server):
         page.generate()
         while (state := page.state()) != "done":  # read once: it may turn "done" between two reads
             assert state in ("connecting", "streaming"), page.shown("#error")
             shown.append(page.text())
-    finally:
-        server.worker.step_hook = None
     page.shot("done")
     final = page.text()
     r = httpx.post(

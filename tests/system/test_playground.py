@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -29,12 +30,19 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from websockets.sync.client import connect
 
 from app.keywords.model_spec import write_model_spec
+from tests.support.faults import wrapped_step
 from tests.support.server_harness import LiveServer, live_server, tiny_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT = 30.0  # seconds: the longest any state of the page may take to appear (a loaded CI machine)
 SLOW_STEP = 0.04  # seconds per decode step while a test watches tokens arrive
+
+
+def slowed(server: LiveServer) -> AbstractContextManager[None]:
+    """Every step of the server's worker takes ``SLOW_STEP`` longer inside the block: slow enough to
+    watch the tokens arrive."""
+    return wrapped_step(server.worker, lambda: time.sleep(SLOW_STEP))
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +229,7 @@ def test_page_loads_with_models_and_no_console_errors(page):
 def test_seeded_generation_streams_tokens_and_equals_generate(page):
     params = dict(max_new_tokens=24, temperature=0.9, top_k=50, seed=1234)
     page.fill("Once upon a time", do_sample=True, top_p=1, **params)
-    page.server.worker.step_hook = lambda: time.sleep(SLOW_STEP)  # slow enough to watch
-    try:
+    with slowed(page.server):
         page.generate()
         seen = set()  # token counts seen while the request was still streaming
         while (
@@ -233,8 +240,6 @@ def test_seeded_generation_streams_tokens_and_equals_generate(page):
                 seen.add(now[1])
             if len(seen) == 3 and not (page.shots / "streaming.png").exists():
                 page.shot("streaming")
-    finally:
-        page.server.worker.step_hook = None
     page.shot("done")
 
     assert len([n for n in seen if n < int(page.el("#count").text)]) >= 3, seen
@@ -310,16 +315,13 @@ def assert_percent(text: str, logprob: float) -> None:
 
 def test_stop_cancels_and_frees_the_slot(page):
     page.fill("A long story:", do_sample=True, seed=3, max_new_tokens=100)
-    page.server.worker.step_hook = lambda: time.sleep(SLOW_STEP)
-    try:
+    with slowed(page.server):
         page.generate()
         page.wait(lambda: page.count() >= 3, "three tokens")
         assert busy_slots(page.server) == 1
         page.shot("before-stop")
         page.el("#stop-button").click()
         page.wait_state("done")
-    finally:
-        page.server.worker.step_hook = None
     assert page.el("#finish-reason").text == "cancelled"
     assert 3 <= page.count() < 100
     deadline = time.monotonic() + 15

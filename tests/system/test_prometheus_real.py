@@ -32,6 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
+from tests.support.faults import wrapped_step
 from tests.support.server_harness import (
     LiveServer,
     free_port,
@@ -127,13 +128,12 @@ def generate(url: str, max_new_tokens: int = 8) -> httpx.Response:
 
 def traffic(server: LiveServer) -> None:
     """Answered requests, then one cancelled while a second is refused (the worker's step held by
-    its step hook, so the slot is certainly taken), then answered ones again."""
+    a gate at the start of its step, so the slot is certainly taken), then answered ones again."""
     for _ in range(3):
         assert generate(server.url).status_code == 200
     gate = threading.Event()
-    server.worker.step_hook = lambda: gate.wait(30)
     try:
-        with connect(server.ws_url) as ws:
+        with wrapped_step(server.worker, lambda: gate.wait(30)), connect(server.ws_url) as ws:
             ws.send(
                 json.dumps(
                     {
@@ -152,7 +152,6 @@ def traffic(server: LiveServer) -> None:
                 pass
             assert message["type"] == "done" and message["finish_reason"] == "cancelled", message
     finally:
-        server.worker.step_hook = None
         gate.set()
     for _ in range(3):
         assert generate(server.url, max_new_tokens=16).status_code == 200
