@@ -8,7 +8,9 @@ with ``loop.call_soon_threadsafe`` into the request's own asyncio queue.
 
 A request ends at EOS, a stop sequence, its token limit, cancellation (the client left: its slot
 is freed before the next step; if it was still queued it is never prefilled) or an error. An
-exception in a step fails the requests of that step only; the worker goes on serving.
+exception in a step fails the requests of that step only; the worker goes on serving, and
+:attr:`ModelWorker.step_error` says why its last step failed until a step goes through (``/health``
+reports it).
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
         self.heartbeat = time.monotonic()  # last time the loop went round (health)
         self.busy_since: float | None = None  # start of the current compute call, None when idle
-        self.last_error: str | None = None
+        # Why the last step failed ("decode: RuntimeError"), None once a step goes through (health).
+        self.step_error: str | None = None
         self.peak_active = 0  # most slots busy at once (shows that batching happens)
 
     # ---- control (any thread) ----
@@ -237,6 +240,8 @@ class ModelWorker:
         finally:
             self.busy_since = None
         now = time.monotonic()
+        failed = next((e for e in events if isinstance(e, StepFailure)), None)
+        self.step_error = f"{failed.phase}: {failed.error.__class__.__name__}" if failed else None
         self._observe_step(events)
         for event in events:
             if isinstance(event, StepFailure):
@@ -263,7 +268,6 @@ class ModelWorker:
     def _fail(self, failure: StepFailure) -> None:
         exc = failure.error
         log.error("a step failed on model %s", self.name, exc_info=(type(exc), exc, exc.__traceback__))
-        self.last_error = f"{failure.phase}: {exc.__class__.__name__}"
         for seq in failure.seqs:
             handle = self._live.get(seq)
             if handle is not None:

@@ -3,7 +3,8 @@
 
 * an exception inside one decode step fails exactly the requests of that step, each on its own
   transport (HTTP 424 ``generation``, an SSE error event, a WebSocket ``error``), and the worker
-  serves on: later requests succeed and ``/health`` stays 200;
+  serves on: later requests succeed; ``/health`` answers 503 naming the model and the failed
+  step until a step succeeds, then 200;
 * a step that takes longer than ``health_stuck_seconds`` makes ``/health`` 503 naming the model,
   and 200 again once it finishes;
 * a model that fails to load (a truncated checkpoint) leaves the server up for the other model:
@@ -26,7 +27,7 @@ from websockets.sync.client import connect
 
 from app.server.settings import Settings
 from app.server.worker import ModelWorker
-from tests.support.faults import wrapped_step
+from tests.support.faults import raising, wrapped_step
 from tests.support.server_harness import (
     LEAKS,
     check_message,
@@ -39,6 +40,10 @@ from tests.support.server_harness import (
 MODEL = "tiny-openai"
 STUCK = 0.5  # health_stuck_seconds of the test server
 FAILED = "generation failed: RuntimeError"  # what a client is told of INJECTED
+UNHEALTHY = (  # what /health says after a step failed with INJECTED
+    f"worker of model {MODEL}: its last step failed (decode: RuntimeError); "
+    "healthy again after a step succeeds"
+)
 INJECTED = 'injected: File "/work/main/app/engine/secret.py", line 1, object at 0xdeadbeef00'
 
 
@@ -152,14 +157,37 @@ def test_exception_in_a_step_fails_that_steps_requests_only(server):
 
     for route, before in errors_before.items():
         assert server.count("gpt2_requests_total", route=route, outcome="error") == before + 1, route
-    assert server.worker.last_error == "decode: RuntimeError"
 
-    # The worker serves on, on every transport; health is unaffected by one failed step.
+    # The worker serves on, on every transport, and is healthy again (the WebSocket's next request
+    # already went through).
     assert server.worker.alive
     assert generate(server.url, "Later", 5).status_code == 200
     *later, final = stream(server.url, "Later", 5)
     assert final["details"]["finish_reason"] in ("length", "eos_token")
     assert httpx.get(f"{server.url}/health", timeout=10, trust_env=False).json() == {"status": "ok"}
+
+
+def health(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/health", timeout=10, trust_env=False)
+
+
+def test_a_failed_step_makes_health_503_until_a_step_succeeds(server):
+    assert health(server.url).json() == {"status": "ok"}
+    with wrapped_step(server.worker, raising(RuntimeError(INJECTED))):
+        failed = generate(server.url, "Break", 5)
+    assert failed.status_code == 424 and failed.json()["error"] == FAILED
+
+    # The worker is idle now: no step has gone through since, and /health says so, every time.
+    for _ in range(3):
+        r = health(server.url)
+        assert r.status_code == 503, r.text
+        assert r.json() == {"status": "error", "error": UNHEALTHY}
+        time.sleep(0.05)
+    check_message(r.json()["error"])
+
+    assert generate(server.url, "Mended", 3).status_code == 200
+    r = health(server.url)
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
 def test_requests_not_in_the_failed_step_are_untouched(server):

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from app.server.registry import describe
 from app.server.schemas import tgi
-from app.server.state import StateDep
+from app.server.state import ServerState, StateDep
+from app.server.worker import ModelWorker
 
 router = APIRouter(tags=["operations"])
 READ_ERRORS = {code: {"model": tgi.ErrorResponse} for code in (401, 503)}
@@ -30,17 +31,25 @@ PROBE = {200: {"model": Probe}, 503: {"model": Probe}}
 
 @router.get("/health", responses=PROBE)
 async def health(state: StateDep):
-    """200 while the process and every loaded worker are responsive; 503 names the first that is not."""
-    now = time.monotonic()
+    """200 while the process and every loaded worker are responsive and the last step of each went
+    through; 503 names the first that is not."""
     for entry in state.registry.entries.values():
-        w = entry.worker
-        if w is None:
-            continue
-        if not w.alive and not state.draining:
-            return JSONResponse({"status": "error", "error": f"worker of model {entry.name} is dead"}, 503)
-        if w.busy_since is not None and now - w.busy_since > state.settings.health_stuck_seconds:
-            return JSONResponse({"status": "error", "error": f"worker of model {entry.name} is stuck"}, 503)
+        if (problem := _worker_problem(entry.name, entry.worker, state)) is not None:
+            return JSONResponse({"status": "error", "error": problem}, 503)
     return {"status": "ok"}
+
+
+def _worker_problem(name: str, w: ModelWorker | None, state: ServerState) -> str | None:
+    """What is wrong with a model's worker (dead, stuck, its last step failed), or None."""
+    if w is None:
+        return None
+    if not w.alive and not state.draining:
+        return f"worker of model {name} is dead"
+    if (since := w.busy_since) is not None and time.monotonic() - since > state.settings.health_stuck_seconds:
+        return f"worker of model {name} is stuck"
+    if (error := w.step_error) is not None:
+        return f"worker of model {name}: its last step failed ({error}); healthy again after a step succeeds"
+    return None
 
 
 @router.get("/ready", responses=PROBE)
