@@ -8,9 +8,9 @@ with ``loop.call_soon_threadsafe`` into the request's own asyncio queue.
 
 A request ends at EOS, a stop sequence, its token limit, cancellation (the client left: its slot
 is freed before the next step; if it was still queued it is never prefilled) or an error. An
-exception in a step fails the requests of that step only; the worker goes on serving, and
-:attr:`ModelWorker.step_error` says why its last step failed until a step goes through (``/health``
-reports it).
+exception in a step fails the requests of that step only (a row whose scores are not finite fails
+its own request only); the worker goes on serving, and :attr:`ModelWorker.step_error` says why its
+last step failed until a step goes through (``/health`` reports it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from app.engine.batcher import Batcher, Entry, StepFailure, TokenEvent
+from app.engine.batcher import Batcher, Entry, NonFiniteScores, StepFailure, TokenEvent
 from app.engine.spec import GenerationSpec
 from app.runtime.load import LoadedModel
 from app.server.metrics import Metrics
@@ -268,10 +268,12 @@ class ModelWorker:
     def _fail(self, failure: StepFailure) -> None:
         exc = failure.error
         log.error("a step failed on model %s", self.name, exc_info=(type(exc), exc, exc.__traceback__))
+        # Our own error's message; another's class only (its message may name files or addresses).
+        what = str(exc) if isinstance(exc, NonFiniteScores) else exc.__class__.__name__
         for seq in failure.seqs:
             handle = self._live.get(seq)
             if handle is not None:
-                self._finish(handle, Failed("generation", f"generation failed: {exc.__class__.__name__}"))
+                self._finish(handle, Failed("generation", f"generation failed: {what}"))
 
     def _on_token(self, handle: RequestHandle, event: TokenEvent) -> None:
         seq, stream = handle.seq, handle.text

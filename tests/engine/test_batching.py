@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.engine.batcher import Batcher, Entry, generate, programs
+from app.engine.batcher import Batcher, Entry, NonFiniteScores, StepFailure, generate, programs
 from app.engine.buckets import round_up
 from app.engine.engine import Engine, EngineConfig, Piece
 from app.engine.sampling import SamplingParams, make_rng, sample, sample_batch
 from app.engine.spec import GenerationSpec
 from app.model.hparams import HParams
 from app.model.random_init import random_params
+from tests.support.faults import wrapped
 from tests.support.server_harness import TINY as HP
 
 
@@ -455,3 +456,74 @@ def test_a_slide_is_written_in_slide_chunks_and_a_new_prompt_in_prefill_chunks(s
     lengths = [len(call.args[0][0].ids) for call in prefill.call_args_list]
     assert lengths == [60, 16, 16, 8]  # the prompt in one piece; its 40-token slide in three
     assert seq.generated == _serial_slide(params, hp, ids, 10, config, shelf)
+
+
+# ---- a row whose scores are not finite ----
+
+
+def nan_in_row_of(victim: Entry):
+    """Wraps ``Engine.step_scores``: a NaN in one logit of ``victim``'s row, in every call it is in."""
+
+    def wrapper(step_scores):
+        def poisoned(tokens):
+            scores = step_scores(tokens)
+            logits = scores.logits.copy()
+            logits[[i for i, slot in enumerate(tokens) if slot == victim.slot], 0] = np.nan
+            return scores._replace(logits=logits)
+
+        return poisoned
+
+    return wrapper
+
+
+def test_a_row_whose_scores_are_not_finite_fails_alone(params, solo, shelf):
+    """Its sequence ends with a NonFiniteScores failure; the others of the same decode calls draw
+    exactly the tokens they draw alone."""
+    engine = Engine(HP, params, EngineConfig(slots=4), shelf=shelf)
+    sampling = [
+        SamplingParams(temperature=0),
+        SamplingParams(top_k=5, seed=2),
+        SamplingParams(temperature=0.8, seed=3),
+    ]
+    specs = [
+        GenerationSpec(p, 8, sp, stop_at_eos=False) for p, sp in zip(prompts([5, 9, 7], seed=4), sampling)
+    ]
+    alone = [generate(solo, [spec], eos_id=None)[0].generated for spec in specs]
+    batcher = Batcher(engine, eos_id=None)
+    first, victim, last = seqs = [batcher.admit(spec) for spec in specs]
+    failures = []
+    with wrapped(engine, "step_scores", nan_in_row_of(victim)):
+        while batcher.active:
+            failures += [e for e in batcher.step() if isinstance(e, StepFailure)]
+    ((failure),) = failures
+    assert failure.seqs == [victim] and failure.phase == "decode"
+    assert isinstance(failure.error, NonFiniteScores)
+    assert victim.finish_reason == "error" and len(victim.generated) == 1  # its prefill's token only
+    assert [first.generated, last.generated] == [alone[0], alone[2]]
+    assert all(s.finish_reason in ("length", "error") for s in seqs) and engine.free_slots() == [0, 1, 2, 3]
+
+
+def test_a_verify_call_with_non_finite_scores_fails_its_sequence(speculating):
+    rng = np.random.default_rng(8)
+    phrase = rng.integers(0, 5000, size=6).tolist()
+    spec = GenerationSpec(phrase * 5, 20, SamplingParams(temperature=0), stop_at_eos=False)
+    batcher = Batcher(speculating, eos_id=None)
+    seq = batcher.admit(spec)
+    calls = []
+
+    def infinite(verify):
+        def poisoned(slot, tokens):
+            calls.append(len(tokens))
+            scores = verify(slot, tokens)
+            return scores._replace(logits=np.full_like(scores.logits, np.inf))
+
+        return poisoned
+
+    events = []
+    with wrapped(speculating, "verify", infinite):
+        while not seq.finished:
+            events += batcher.step()
+    assert len(calls) == 1  # its first verify call failed it
+    failure = events[-1]
+    assert failure.seqs == [seq] and isinstance(failure.error, NonFiniteScores)
+    assert seq.finish_reason == "error" and speculating.free_slots() == [0]

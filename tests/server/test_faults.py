@@ -1,10 +1,13 @@
 """Faults against a real uvicorn server and the tiny real GPT-2, injected from outside the worker
-(its batcher's step wrapped on the instance: tests/support/faults.py; nothing is mocked):
+(its batcher's step or its engine's calls wrapped on the instance: tests/support/faults.py;
+nothing is mocked):
 
 * an exception inside one decode step fails exactly the requests of that step, each on its own
   transport (HTTP 424 ``generation``, an SSE error event, a WebSocket ``error``), and the worker
   serves on: later requests succeed; ``/health`` answers 503 naming the model and the failed
   step until a step succeeds, then 200;
+* NaN or an infinity in one row's scores fails that row's request alone; the requests of the same
+  engine call go on and get exactly the tokens they get alone;
 * a step that takes longer than ``health_stuck_seconds`` makes ``/health`` 503 naming the model,
   and 200 again once it finishes;
 * a model that fails to load (a truncated checkpoint) leaves the server up for the other model:
@@ -27,7 +30,7 @@ from websockets.sync.client import connect
 
 from app.server.settings import Settings
 from app.server.worker import ModelWorker
-from tests.support.faults import raising, wrapped_step
+from tests.support.faults import raising, wrapped, wrapped_step
 from tests.support.server_harness import (
     LEAKS,
     check_message,
@@ -35,6 +38,7 @@ from tests.support.server_harness import (
     running_server,
     sse_events,
     tiny_settings,
+    wait_until,
 )
 
 MODEL = "tiny-openai"
@@ -208,6 +212,91 @@ def test_requests_not_in_the_failed_step_are_untouched(server):
     assert hook.fired.is_set()
     assert [r.status_code for r in results] == [424] * 4
     assert late.status_code == 200 and late.json()["generated_text"] == reference
+
+
+# ---- NaN or an infinity in one row's scores ----
+
+NON_FINITE = "generation failed: the model produced non-finite scores"
+POISONED = "Poison this one"
+BESIDE = [  # (prompt, parameters): requests of the same engine calls as the poisoned one
+    ("The meaning of life is", {"do_sample": True, "seed": 5, "top_k": 40}),
+    ("Once upon a time", {}),  # greedy
+]
+ROWS_OF = {  # an engine call's argument -> the slot of each row of its scores
+    "step_scores": lambda tokens: list(tokens),
+    "prefill_batch": lambda pieces: [p.slot for p in pieces],
+}
+
+
+class Poison:
+    """Wraps one engine call (``step_scores``: decode, ``prefill_batch``: prefill) to write ``value``
+    into one logit of the poisoned request's row, as a model whose numbers overflowed would give
+    it (its log-sum-exp too); ``rows`` records how many rows each poisoned call had."""
+
+    def __init__(self, worker: ModelWorker, method: str, value: float):
+        self.worker, self.method, self.value = worker, method, value
+        self.victim = tuple(worker.model.encoder.encode(POISONED))
+        self.rows: list[int] = []
+
+    def __call__(self, call):
+        def poisoned(arg):
+            out = call(arg)  # the engine's arrays may be read-only: copies
+            scores = out._replace(logits=out.logits.copy(), lse=out.lse.copy())
+            seqs = {s.slot: s for s in self.worker.batcher.active}
+            for row, slot in enumerate(ROWS_OF[self.method](arg)):
+                if seqs[slot].spec.prompt_ids == self.victim:
+                    scores.logits[row, 0] = scores.lse[row] = self.value
+                    self.rows.append(len(scores.lse))
+            return scores
+
+        return poisoned
+
+
+def first_step_held(worker: ModelWorker, queued: int):
+    """A step hook holding the first step until ``queued`` requests wait behind it: the worker's
+    loop then admits them together, so they share their prefill call and their decode calls."""
+    held = threading.Event()
+
+    def hook() -> None:
+        deadline = time.monotonic() + 30
+        while not held.is_set() and worker.queued < queued and time.monotonic() < deadline:
+            time.sleep(0.005)
+        held.set()
+
+    return hook
+
+
+def token_ids(response: httpx.Response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [t["id"] for t in response.json()["details"]["tokens"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "rows"),
+    [("step_scores", float("nan"), 3), ("prefill_batch", float("inf"), 2)],
+    ids=["decode-nan", "prefill-inf"],
+)
+def test_non_finite_scores_fail_that_row_alone(server, method, value, rows):
+    """The first request's prompt is written alone; the poisoned one and the second are admitted
+    together behind it: their prefill call has two rows, the decode calls three."""
+    alone = [token_ids(generate(server.url, p, 12, details=True, **kw)) for p, kw in BESIDE]
+    poison = Poison(server.worker, method, value)
+    (first, first_kw), (second, second_kw) = BESIDE
+    with (
+        wrapped_step(server.worker, first_step_held(server.worker, queued=2)),
+        wrapped(server.worker.model.engine, method, poison),
+        ThreadPoolExecutor(3) as pool,
+    ):
+        beside = [pool.submit(generate, server.url, first, 12, details=True, **first_kw)]
+        wait_until(lambda: server.worker.active == 1)
+        victim = pool.submit(generate, server.url, POISONED, 12, details=True)
+        beside.append(pool.submit(generate, server.url, second, 12, details=True, **second_kw))
+        victim, beside = victim.result(60), [f.result(60) for f in beside]
+    assert victim.status_code == 424, victim.text
+    assert victim.json() == {"error": NON_FINITE, "error_type": "generation"}
+    assert poison.rows == [rows], "the poisoned row did not share its call with the others"
+    assert [token_ids(r) for r in beside] == alone
+    assert health(server.url).json() == {"status": "ok"}  # the others' later steps went through
 
 
 def test_a_stuck_step_makes_health_503_until_it_ends(server):
