@@ -10,6 +10,7 @@ nothing is mocked):
   engine call go on and get exactly the tokens they get alone;
 * a step that takes longer than ``health_stuck_seconds`` makes ``/health`` 503 naming the model,
   and 200 again once it finishes;
+* a model whose folder is deleted after it loaded serves on, and ``GET /models`` still describes it;
 * a model that fails to load (a truncated checkpoint) leaves the server up for the other model:
   ``/ready`` 503, ``GET /models`` says ``failed`` with a one-line reason naming the file, and
   requests for it are answered 503 ``unavailable``.
@@ -324,6 +325,41 @@ def test_a_stuck_step_makes_health_503_until_it_ends(server):
             time.sleep(0.05)
         done = pending.result(60)
     assert done.status_code == 200 and done.json()["generated_text"]
+
+
+# ---- a model whose folder is deleted after it loaded ----
+
+
+def test_a_model_whose_folder_is_deleted_serves_on(tiny_dirs, tmp_path, shelf):
+    """Nothing reads the folder after loading: requests, ``GET /models``, the tokenizer, the
+    OpenAPI document and the probes answer as before, and the model stays ready."""
+    folder = tmp_path / "vanishing"
+    shutil.copytree(tiny_dirs["openai"], folder)
+    reads = [
+        ("GET", "/models", None),
+        ("GET", "/info", None),
+        ("GET", "/v1/models", None),
+        ("POST", "/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 6, "details": True}}),
+        ("POST", "/v1/completions", {"model": "vanishing", "prompt": "Hi", "max_tokens": 6}),
+        ("POST", "/tokenize", {"inputs": "Hello world"}),
+        ("POST", "/attention", {"inputs": "The cat sat"}),
+    ]
+    with (
+        running_server(tiny_settings(folder, slots=4, queue_size=4), shelf=shelf) as url,
+        httpx.Client(base_url=url, timeout=60, trust_env=False) as http,
+    ):
+        before = [http.request(method, path, json=body) for method, path, body in reads]
+        shutil.rmtree(folder)
+        after = [http.request(method, path, json=body) for method, path, body in reads]
+        for (_, path, _), b, a in zip(reads, before, after):
+            assert b.status_code == a.status_code == 200, (path, a.text)
+            if path != "/v1/completions":  # its id and creation time differ
+                assert a.json() == b.json(), path
+        assert after[0].json()["models"][0]["state"] == "ready"
+        assert stream(url, "Hi", 4)[-1]["details"]["finish_reason"] in ("length", "eos_token")
+        assert http.get("/openapi.json").status_code == 200
+        assert http.get("/health").json() == {"status": "ok"}
+        assert http.get("/ready").status_code == 200
 
 
 # ---- a model that fails to load ----
