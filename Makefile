@@ -8,7 +8,7 @@ MODELS_DIR ?= model_store
 MODELS ?= default
 PORT   ?= 8000
 
-.PHONY: install test-deps run generate test test-fast lint bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords demo-ru bench-demo-ru clean
+.PHONY: install test-deps run generate test test-fast lint image-test bench-engine bench-serve bench-roofline bench-precision bench-invariant soak demo-model demo-keywords eval-keywords demo-ru bench-demo-ru clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ lint: install test-deps
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 
+# Both images built and run for real (deploy/image_test.py): on the Docker engine it can reach, else
+# on a dockerd of its own in a temporary folder (stopped at the end), from a Debian base made by
+# debootstrap (cached in ~/.cache/gpt2-serve). Installs docker.io and debootstrap when missing, as
+# test-deps does. IMAGE_TEST_ARGS="--only cpu" builds and checks one image; --keep keeps the logs.
+image-test: install
+	@pkgs=""; command -v dockerd >/dev/null || docker info >/dev/null 2>&1 || pkgs="docker.io"; \
+	command -v debootstrap >/dev/null || pkgs="$$pkgs debootstrap"; \
+	if [ -n "$$pkgs" ]; then $(MAKE) -s test-deps TEST_APT_PACKAGES="$$pkgs"; fi
+	$(PY) deploy/image_test.py $(IMAGE_TEST_ARGS)
+
 bench-engine: install
 	$(PY) bench/engine.py
 
@@ -83,7 +93,8 @@ bench-roofline: install
 bench-invariant: install
 	$(PY) bench/invariant.py
 
-# Hundreds of clients for a set time (not a CI test): SOAK_ARGS="--clients 300 --seconds 900 --model 124M"
+# 200 clients doing everything at once for 30 minutes at the 124M shape (bench/soak.py; its
+# 60-second tiny version is tests/system/test_soak.py). SOAK_ARGS="--seconds 600 --json s.json" etc.
 soak: install
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
