@@ -19,7 +19,9 @@ measure only the queue's growth). At the end the clients are cut off, and:
 * its resident memory is read at 1, 5, 15 and 30 minutes (scaled to ``--seconds``); it must not
   grow by 5 % or more after the first 5;
 * time to first token and inter-token gaps (WebSocket and SSE) in the first and last 5 minutes:
-  the last p50/p99 at most 1.2x the first.
+  the last p50/p99 at most 1.2x the first. The clients start ``--ramp`` seconds (5 minutes) before
+  the measured run, so its first minutes are at the steady load, not the climb from an idle
+  server (requests sent in the ramp are checked like the others, not timed).
 
 It prints a table and writes the summary as JSON (``--json``) and Markdown with the machine and
 the date (``--markdown``). Exit status 1 when a line fails. ``--no-timing-verdict`` (the 60-second
@@ -86,14 +88,16 @@ async def sample_rss(pid: int, marks: list[float], t0: float, out: dict[str, int
 async def drive(base: str, pid: int, args: argparse.Namespace, n_ctx: int) -> tuple[list[Seen], dict, float]:
     seen: list[Seen] = []
     rss: dict[str, int] = {}
-    t0 = time.monotonic()
+    # The clients start --ramp seconds before the measured run (t0), so that its first minutes
+    # already have the steady number of requests in flight (long ones last minutes).
+    t0 = time.monotonic() + args.ramp
     deadline = t0 + args.seconds
     marks = [m * 60 * args.seconds / 1800 for m in RSS_MARKS_MIN]
     marks[-1] = args.seconds - 0.5  # the last reading just before the clients are cut off
     sampler = asyncio.create_task(sample_rss(pid, marks, t0, rss))
     setup = Setup(base, t0, deadline, n_ctx, LIMIT, args.stall, args.think)
     tasks = [asyncio.create_task(client(i, setup, seen)) for i in range(args.clients)]
-    await asyncio.wait(tasks, timeout=args.seconds)
+    await asyncio.wait(tasks, timeout=args.ramp + args.seconds)
     await sampler
     wall = time.monotonic() - t0  # the clients are cut off now (closing their sockets takes a while)
     for task in tasks:
@@ -274,7 +278,7 @@ def table(summary: dict, checks: list, info: dict, args: argparse.Namespace) -> 
     lat = summary["latency"]
     rows = [
         f"Soak: {args.clients} clients, {args.seconds:.0f} s, model {args.model}, stall {args.stall:.0f} s, "
-        f"think {args.think:.0f} s "
+        f"think {args.think:.0f} s, after a {args.ramp:.0f}-s ramp "
         f"({info['date']}, {info['cpu']}, {info['cores']} cores, flags: {info['avx512_amx_flags']}, "
         f"commit {info['commit']}; load average before {info['load_before']}, after {info['load_after']})",
         "",
@@ -317,6 +321,12 @@ def main() -> int:
         type=float,
         default=300.0,
         help="mean seconds a client pauses between requests (200 clients at 300 s: ~0.6 requests/s)",
+    )
+    ap.add_argument(
+        "--ramp",
+        type=float,
+        default=300.0,
+        help="seconds the clients run before the measured --seconds (its requests are checked, not timed)",
     )
     ap.add_argument("--reruns", type=int, default=16, help="completed streams re-run alone and compared")
     ap.add_argument("--queue-size", type=int, default=512)

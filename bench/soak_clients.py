@@ -91,14 +91,16 @@ class Ev:
 @dataclass
 class Seen:
     plan: Plan
-    t_sent: float  # seconds since the soak began
+    t_sent: float  # seconds since the measured run began (negative in the ramp)
     outcome: str = ""  # completed | disconnected | vanished | resumed | refused | cut_at_end | ...
     indices: list[int] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     text: str = ""
     terminal: Ev | None = None
     ttft: float | None = None
-    gaps: list[tuple[float, float]] = field(default_factory=list)  # (seconds since the soak began, gap)
+    gaps: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # (seconds since the measured run began, gap)
     problems: list[str] = field(default_factory=list)
 
     def check(self) -> list[str]:
@@ -317,7 +319,7 @@ class Setup:
     """What every client shares."""
 
     base: str  # the server's URL
-    t0: float  # when the soak began (time.monotonic)
+    t0: float  # when the measured run begins (time.monotonic); the clients start before it
     deadline: float
     n_ctx: int
     limit: int  # the server's max_new_tokens_limit
