@@ -24,8 +24,9 @@ A sequence leaves its slot the moment it finishes (EOS, length, or :meth:`Batche
 caller: stop sequence, cancellation), so a new one can join at the next round. Sampling runs for
 the whole batch at once (:func:`~app.engine.sampling.sample_batch`), each row with its own
 parameters and seeded generator; a row whose scores are not finite (NaN, an infinity) fails its
-own sequence (:class:`NonFiniteScores`) and the others draw what they draw alone. Single-threaded: the server runs it in the model's worker
-thread; offline use calls :func:`generate`.
+own sequence (:class:`NonFiniteScores`) and the others draw what they draw alone.
+Single-threaded: the server runs it in the model's worker thread; offline use calls
+:func:`generate`.
 """
 
 from __future__ import annotations
