@@ -57,6 +57,7 @@ def _uses_a_server(item) -> bool:
 # taken last. Only the order of files changes; the others follow in their usual order.
 SLOWEST_FIRST = (
     "keywords/test_learning.py",
+    "system/test_soak.py",
     "engine/test_batching.py",
     "server/test_slow_readers.py",
     "cli/test_devices.py",
