@@ -22,7 +22,7 @@ from tests.support.server_harness import live_server, metric, tiny_settings, wai
 
 BUFFERED = 8  # max_buffered_tokens of the test server
 STALLED = 20
-STALL_SECONDS = 20.0  # how long the stalled clients stay stalled after their requests were cancelled
+STALL_SECONDS = 15.0  # how long the stalled clients stay stalled after their requests were cancelled
 ROUTES = ("/generate_stream", "/v1/completions")
 
 
