@@ -1,4 +1,5 @@
-"""The images, checked without a Docker engine (none runs here): both Dockerfiles pass hadolint;
+"""The images, checked without a Docker engine (``make image-test``, deploy/image_test.py, builds
+and runs them for real; .ci/run runs it after ``make test``): both Dockerfiles pass hadolint;
 their runtime stage has the promised shape (non-root numeric user, port, volume, HEALTHCHECK by
 ``gpt2-serve healthcheck``, the demo model baked in, the GPU build of the pinned TensorFlow); the
 ``.dockerignore`` lets in exactly what they copy; and the runtime stage's ``ENV`` + ``CMD`` are run
@@ -92,13 +93,27 @@ def test_cuda_image_installs_the_pinned_tensorflow_gpu_build():
     ins = instructions(ROOT / "Dockerfile.cuda")
     assert ("ARG", f"TF_VERSION={version}") in ins
     install = next(args for word, args in ins if word == "RUN" and "and-cuda" in args)
-    assert install.index("pip uninstall -y tensorflow-cpu") < install.index(
-        '"tensorflow[and-cuda]==${TF_VERSION}"'
+    # The project's other requirements (tensorflow-cpu left out) go in with the CUDA build, in one
+    # resolution: tensorflow-cpu, which writes the same `tensorflow` package, is never installed.
+    assert install.index("pip install --no-deps .") < install.index(
+        'pip install "tensorflow[and-cuda]==${TF_VERSION}" -r /tmp/requirements.txt'
     )
+    assert "re.match(r'tensorflow(-cpu)?\\W', r)" in install
     base = next(args for word, args in ins if word == "ARG" and args.startswith("CUDA_BASE="))
-    # Ubuntu 22.04's python3 is 3.10: the venv paths in the build check and XLA_FLAGS depend on it.
-    assert base.endswith("-base-ubuntu22.04")
-    assert "python3.10/site-packages/nvidia/cuda_nvcc" in image_env(ROOT / "Dockerfile.cuda")["XLA_FLAGS"]
+    assert base == "CUDA_BASE=nvidia/cuda:12.5.1-base-ubuntu22.04"
+    # Any base whose python3 has venv: no path names a Python version; XLA's data dir is a link
+    # the build makes to the nvidia-cuda-nvcc wheel wherever site-packages is.
+    assert not re.search(r"python3\.\d", " ".join(args for _, args in ins))
+    assert image_env(ROOT / "Dockerfile.cuda")["XLA_FLAGS"] == "--xla_gpu_cuda_data_dir=/opt/venv/cuda_nvcc"
+    assert 'ln -s "${site#/opt/venv/}/nvidia/cuda_nvcc" /opt/venv/cuda_nvcc' in install
+
+
+def test_ci_builds_and_runs_the_images_after_the_tests():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^\.PHONY:.* image-test( |$)", makefile, re.M)
+    assert re.search(r"^image-test: .*\n(\t.*\n)*\t\$\(PY\) deploy/image_test.py", makefile, re.M)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci.index("make test") < ci.index("make image-test")
 
 
 def docker_ignored(path: str) -> bool:
