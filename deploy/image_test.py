@@ -74,6 +74,7 @@ class Engine:
         self.env = {**os.environ, "DOCKER_BUILDKIT": "0"}
         self.dockerd: subprocess.Popen | None = None
         self.cleanup: list[tuple[str, ...]] = []  # docker commands that undo what the run made
+        self.data_root: Path = workdir  # the filesystem its layers fill (the engine's, when local)
 
     def docker(
         self, *args: str, check: bool = True, timeout: float = 600, **kw
@@ -101,6 +102,8 @@ class Engine:
             raise Failed("no docker command: apt-get install docker.io (make image-test does)")
         if self.reachable():
             say(f"Docker engine: the one reachable at {self.env.get('DOCKER_HOST', 'the default socket')}")
+            root = Path(self.docker("info", "--format", "{{.DockerRootDir}}").stdout.strip())
+            self.data_root = root if root.is_dir() else self.workdir
             return
         if not shutil.which("dockerd") or os.geteuid() != 0:
             raise Failed("no Docker engine reachable, and starting one needs dockerd (docker.io) and root")
@@ -114,6 +117,7 @@ class Engine:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.env["DOCKER_HOST"] = f"unix://{home}/docker.sock"
+        self.data_root = home
         deadline = time.monotonic() + 90
         while not self.reachable():
             if self.dockerd.poll() is not None or time.monotonic() > deadline:
@@ -192,14 +196,36 @@ def debian_base(engine: Engine, cache: Path) -> str:
     return name
 
 
+@contextlib.contextmanager
+def lowest_free(path: Path, every: float = 2.0):
+    """Samples the free space of ``path``'s filesystem while the block runs; yields a list that holds
+    the lowest figure (bytes) once the block is done."""
+    lowest, done = [shutil.disk_usage(path).free], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every):
+            lowest[0] = min(lowest[0], shutil.disk_usage(path).free)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lowest
+    finally:
+        done.set()
+        sampler.join()
+        lowest[0] = min(lowest[0], shutil.disk_usage(path).free)
+
+
 def build(engine: Engine, dockerfile: str, tag: str, build_args: dict[str, str]) -> str:
-    """How long ``docker build`` took and the image's size; its steps are printed as they start."""
+    """How long ``docker build`` took, the image's size and the most disk the build took; its steps
+    are printed as they start."""
     cmd = ["docker", "build", "--network=host", "-f", str(ROOT / dockerfile), "-t", tag]
     for key, value in build_args.items():
         cmd += ["--build-arg", f"{key}={value}"]
     log, started = engine.workdir / f"build-{tag.replace(':', '-')}.log", time.monotonic()
     say(f"build {dockerfile} as {tag} (log: {log})")
-    with open(log, "w") as out:
+    free_before = shutil.disk_usage(engine.data_root).free
+    with open(log, "w") as out, lowest_free(engine.data_root) as lowest:
         proc = subprocess.Popen(
             [*cmd, str(ROOT)], env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -210,6 +236,10 @@ def build(engine: Engine, dockerfile: str, tag: str, build_args: dict[str, str])
         if proc.wait() != 0:
             raise Failed(f"docker build -f {dockerfile} failed; its log ends:\n{tail(log, 40)}")
     seconds = time.monotonic() - started
+    peak = (free_before - lowest[0]) / 1e9
+    say(
+        f"disk: the build took up to {peak:.1f} GB in {engine.data_root} ({lowest[0] / 1e9:.0f} GB free at the lowest)"
+    )
     size = int(engine.docker("image", "inspect", "--format", "{{.Size}}", tag).stdout)
     result = f"in {seconds / 60:.1f} min, {size / 1e9:.2f} GB ({size / 2**20:.0f} MiB)"
     say(f"built {tag} {result}; its layers of 1 MB or more:")
