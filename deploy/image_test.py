@@ -400,7 +400,9 @@ def bind_mount(c: Container) -> str:
     return f"GET /models: {states}; POST /generate: {generate(c)}"
 
 
-def healthy(c: Container, timeout: float = 150) -> str:
+def healthy(c: Container, timeout: float = 300) -> str:
+    """Waits for ``healthy``: here it came 105-123 s after ``docker run`` (ready at ~40 s, probes every
+    30 s, each a Python start); the limit leaves room for a slower machine."""
     while True:
         health = json.loads(c.inspect("{{json .State.Health}}"))
         if health is None:
