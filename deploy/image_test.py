@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import httpx
 from websockets.sync.client import connect
+
+from app.client.process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = time.monotonic()
@@ -251,12 +252,6 @@ def build(engine: Engine, dockerfile: str, tag: str, build_args: dict[str, str])
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Container:
     """A ``docker run -d`` of an image on the host's network, on a free port; removed at the end."""
 
@@ -288,18 +283,16 @@ class Container:
         return self.engine.docker("exec", "-i", self.name, *cmd, check=False, input=stdin)
 
     def wait_ready(self, timeout: float = 300) -> str:
-        while True:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=5).status_code == 200:
-                    return f"{time.monotonic() - self.started:.0f} s after docker run"
-            except httpx.HTTPError:
-                pass
+        def stopped() -> str | None:
             state = self.inspect("{{.State.Status}} (exit code {{.State.ExitCode}})")
-            if not state.startswith("running"):
-                raise Failed(f"the container stopped before it was ready: {state}")
-            if time.monotonic() - self.started > timeout:
-                raise Failed(f"GET /ready did not answer 200 within {timeout:.0f} s")
-            time.sleep(1)
+            return None if state.startswith("running") else state
+
+        try:
+            with httpx.Client(base_url=self.url, timeout=5) as client:
+                wait_ready(client, timeout=timeout, stopped=stopped, poll=1)
+        except (RuntimeError, TimeoutError) as exc:
+            raise Failed(str(exc)) from None
+        return f"{time.monotonic() - self.started:.0f} s after docker run"
 
 
 class Checks:
